@@ -1,0 +1,76 @@
+# barepod.linux entry points. `make demo` and `make test` are the two README commands.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+COLL_PARENT := $(VENV)/collections/ansible_collections/barepod
+COLL := $(COLL_PARENT)/linux
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+PYTEST_ARGS ?=
+
+# Debian packages the modules, tests and benchmarks use.
+DEB_PACKAGES := iptables iproute2 busybox-static util-linux procps psmisc kmod runc \
+	containernetworking-plugins debootstrap ca-certificates python3-venv gcc libc6-dev
+
+.PHONY: setup deps venv collection demo test unit integration docs lint sanity molecule bench reliability clean
+
+setup: deps venv collection
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+venv: $(BIN)/.installed
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+collection:
+	@mkdir -p $(COLL_PARENT)
+	@ln -sfn $(CURDIR) $(COLL)
+
+demo: setup
+	$(BIN)/ansible-playbook playbooks/demo.yml
+
+unit: setup
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+integration: setup
+	$(BIN)/pytest -q tests/integration $(PYTEST_ARGS)
+
+docs: setup
+	@for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
+	  $(BIN)/ansible-doc barepod.linux.$$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; \
+	  echo "ansible-doc barepod.linux.$$m: ok"; done
+
+lint: setup
+	$(BIN)/ruff check plugins tests bench
+	$(BIN)/ansible-lint
+
+sanity: setup
+	bash tests/sanity/run.sh
+
+molecule: setup
+	@if [ -d molecule/default ]; then cd $(CURDIR) && $(BIN)/molecule test -s default; fi
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+reliability: setup
+	$(BIN)/pytest -q -m reliability tests $(PYTEST_ARGS)
+
+# Everything CI runs. Stops at the first failing step.
+test: setup
+	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory docs
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory sanity
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench/results

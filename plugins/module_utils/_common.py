@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared building blocks of every barepod module.
+
+Pure Python, importable without Ansible: the error type every manager raises, validators
+for Kubernetes names, the action recorder that is the single check-mode choke point, and
+file helpers that write only when the content differs (so a second run performs zero
+writes).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import tempfile
+
+# Kubernetes name rules (k8s.io/apimachinery/pkg/util/validation).
+DNS1123_LABEL_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
+DNS1123_LABEL_MAX = 63
+DNS1123_SUBDOMAIN_RE = re.compile(
+    r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+DNS1123_SUBDOMAIN_MAX = 253
+IFNAMSIZ = 16  # includes the trailing NUL: interface names are at most 15 bytes
+
+
+class BarepodError(Exception):
+    """An error with a message fit for fail_json, naming the field and value when known."""
+
+    def __init__(self, msg, field=None, value=None, **extra):
+        self.field = field
+        self.value = value
+        self.extra = extra
+        if field is not None and field not in msg:
+            msg = '%s: %s' % (field, msg)
+        super().__init__(msg)
+
+    @property
+    def msg(self):
+        return str(self)
+
+
+def validate_dns_label(field, value):
+    """A DNS-1123 label (container names, namespaces): lower case, digits, '-', <= 63."""
+    if not isinstance(value, str) or not value:
+        raise BarepodError('must be a non-empty string, got %r' % (value,), field=field, value=value)
+    if len(value) > DNS1123_LABEL_MAX:
+        raise BarepodError('%r is longer than %d characters' % (value, DNS1123_LABEL_MAX),
+                           field=field, value=value)
+    if not DNS1123_LABEL_RE.match(value):
+        raise BarepodError(
+            '%r is not a valid DNS-1123 label (lower case letters, digits and "-", starting '
+            'and ending with a letter or digit)' % (value,), field=field, value=value)
+    return value
+
+
+def validate_dns_subdomain(field, value):
+    """A DNS-1123 subdomain (pod names): like a label, dots allowed, <= 253."""
+    if not isinstance(value, str) or not value:
+        raise BarepodError('must be a non-empty string, got %r' % (value,), field=field, value=value)
+    if len(value) > DNS1123_SUBDOMAIN_MAX:
+        raise BarepodError('%r is longer than %d characters' % (value, DNS1123_SUBDOMAIN_MAX),
+                           field=field, value=value)
+    if not DNS1123_SUBDOMAIN_RE.match(value):
+        raise BarepodError(
+            '%r is not a valid DNS-1123 subdomain (lower case letters, digits, "-" and ".")'
+            % (value,), field=field, value=value)
+    return value
+
+
+UID_RE = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}$')
+
+
+def validate_uid(field, value):
+    """A pod uid as the API server hands them out (a UUID), or any safe token."""
+    if not isinstance(value, str) or not UID_RE.match(value):
+        raise BarepodError('%r is not a valid uid (letters, digits and "-", at most 63)'
+                           % (value,), field=field, value=value)
+    return value
+
+
+def validate_ifname(field, value):
+    if not isinstance(value, str) or not value:
+        raise BarepodError('must be a non-empty interface name', field=field, value=value)
+    if len(value.encode()) >= IFNAMSIZ:
+        raise BarepodError('interface name %r is %d characters, the kernel allows at most %d'
+                           % (value, len(value.encode()), IFNAMSIZ - 1), field=field, value=value)
+    if '/' in value or any(c.isspace() for c in value) or value in ('.', '..') or ':' in value:
+        raise BarepodError('interface name %r contains "/", ":" or whitespace' % (value,),
+                           field=field, value=value)
+    return value
+
+
+class Actions(object):
+    """The single choke point between a plan and the host.
+
+    Managers build a list of actions (dicts with at least 'action' and 'target') with
+    add(); run() executes each callable only outside check mode. `changed` is bool(plan).
+    """
+
+    def __init__(self, check_mode=False):
+        self.check_mode = check_mode
+        self.planned = []
+        self._fns = []
+
+    def add(self, action, target, fn=None, **details):
+        entry = dict(action=action, target=target)
+        entry.update(details)
+        self.planned.append(entry)
+        self._fns.append(fn)
+        return entry
+
+    def __bool__(self):
+        return bool(self.planned)
+
+    __nonzero__ = __bool__
+
+    def __len__(self):
+        return len(self.planned)
+
+    def run(self):
+        if self.check_mode:
+            return self.planned
+        for fn in self._fns:
+            if fn is not None:
+                fn()
+        return self.planned
+
+
+def read_text(path, default=None):
+    try:
+        with open(path, 'r') as f:
+            return f.read()
+    except (IOError, OSError) as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return default
+        raise
+
+
+def makedirs(path, mode=0o755):
+    """mkdir -p that reports whether it created anything."""
+    if os.path.isdir(path):
+        return False
+    os.makedirs(path, mode)
+    return True
+
+
+def write_if_changed(path, data, mode=0o644):
+    """Atomically write `data` (str or bytes) to path unless it already holds exactly that.
+
+    Returns True when the file was written. The temporary file is created in the same
+    directory and renamed over the target, so readers never see a partial file.
+    """
+    if isinstance(data, str):
+        data = data.encode('utf-8')
+    try:
+        with open(path, 'rb') as f:
+            if f.read() == data:
+                st = os.fstat(f.fileno())
+                if (st.st_mode & 0o7777) == mode:
+                    return False
+    except (IOError, OSError) as e:
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            raise
+    d = os.path.dirname(path) or '.'
+    fd, tmp = tempfile.mkstemp(prefix='.barepod-', dir=d)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return True
+
+
+def dump_json(obj):
+    """Stable JSON (sorted keys) so equal records serialise to equal bytes."""
+    return json.dumps(obj, indent=2, sort_keys=True) + '\n'
+
+
+def pid_alive(pid, starttime=None):
+    """True when pid exists (and, if given, still has the same start time: no pid reuse)."""
+    if not pid:
+        return False
+    try:
+        with open('/proc/%d/stat' % int(pid), 'r') as f:
+            stat = f.read()
+    except (IOError, OSError):
+        return False
+    # field 22 (starttime) comes after the parenthesised comm, which may hold spaces
+    rest = stat.rsplit(')', 1)[1].split()
+    if rest[0] == 'Z':
+        return False
+    if starttime is not None and int(rest[19]) != int(starttime):
+        return False
+    return True
+
+
+def pid_starttime(pid):
+    with open('/proc/%d/stat' % int(pid), 'r') as f:
+        stat = f.read()
+    return int(stat.rsplit(')', 1)[1].split()[19])
