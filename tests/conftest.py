@@ -59,8 +59,11 @@ class ModuleResult(dict):
         return bool(self.get('changed'))
 
 
-def run_module(name, args, check=False, diff=False, timeout=120, env=None):
-    """Run plugins/modules/<name>.py in a fresh interpreter as Ansible would; return its JSON."""
+def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns=None):
+    """Run plugins/modules/<name>.py in a fresh interpreter as Ansible would; return its JSON.
+
+    netns: run it inside that `ip netns` namespace (a throwaway "node"), never the host's.
+    """
     payload = dict(args)
     payload['_ansible_check_mode'] = check
     payload['_ansible_diff'] = diff
@@ -72,8 +75,9 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None):
     if env:
         e.update(env)
     try:
+        prefix = ['ip', 'netns', 'exec', netns] if netns else []
         p = subprocess.run(
-            [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
+            prefix + [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             timeout=timeout, env=e, cwd='/')
     finally:
