@@ -79,7 +79,7 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns
         p = subprocess.run(
             prefix + [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            timeout=timeout, env=e, cwd='/')
+            timeout=timeout, env=e, cwd='/', check=False)
     finally:
         os.unlink(argsfile)
     out = p.stdout.decode(errors='replace')
@@ -119,5 +119,4 @@ def netns():
 
     yield make
     for name in made:
-        subprocess.run(['ip', 'netns', 'pids', name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        subprocess.run(['ip', 'netns', 'del', name], stderr=subprocess.DEVNULL)
+        subprocess.run(['ip', 'netns', 'del', name], stderr=subprocess.DEVNULL, check=False)
