@@ -1,0 +1,606 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pod networking like the CNI bridge + host-local plugins, over netlink (veth_net).
+
+    node netns (where the module runs)          pod netns (bind mount, e.g. /run/netns/barepod-xxxx)
+    cni0 (bridge, gateway 10.244.0.1/24)
+      `- vethXXXXXXXXXXX (hairpin, master cni0) <==veth==> eth0 10.244.0.2/24, default via .1
+    net.ipv4.ip_forward = 1                                lo up
+    nat: POSTROUTING -s 10.244.0.2 -j CNI-<hash>; CNI-<hash>: -d 10.244.0.0/24 ACCEPT,
+         ! -d 224.0.0.0/4 MASQUERADE (the bridge plugin's ipMasq, same chain name/comment)
+
+The shape is observe -> plan (Actions, the single check-mode choke point) -> apply. In
+check mode nothing is written (the address comes from Allocator.peek()); a converged run
+plans nothing and writes nothing. `NodeRoutes` adds kindnet-style routes to the other
+nodes' pod CIDRs, owned through a route protocol number.
+
+The iptables part is a minimal private helper (iptables-save to observe, one
+`iptables-restore --noflush` batch to change), owning only rules tagged with its comment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import subprocess
+
+from ansible_collections.barepod.linux.plugins.module_utils._common import (
+    Actions, BarepodError, validate_ifname, validate_uid)
+from ansible_collections.barepod.linux.plugins.module_utils import _ipam
+from ansible_collections.barepod.linux.plugins.module_utils import _netlink as nl
+from ansible_collections.barepod.linux.plugins.module_utils._state import (
+    DEFAULT_CNI_DATA_DIR, DEFAULT_STATE_ROOT, PodRecord, list_records, netns_path)
+
+DEFAULT_NETWORK = 'barepod'
+DEFAULT_BRIDGE = 'cni0'
+DEFAULT_IFNAME = 'eth0'
+DEFAULT_MTU = 1500
+MULTICAST_V4 = '224.0.0.0/4'
+CHAIN_PREFIX = 'CNI-'
+MAX_CHAIN = 28  # iptables chain names are at most 28 characters
+
+
+# --------------------------------------------------------------------------- names
+def host_ifname_for(uid):
+    """Deterministic host-side veth name: 'veth' + 11 hex of sha256(uid) = 15 characters."""
+    return 'veth' + hashlib.sha256(uid.encode()).hexdigest()[:11]
+
+
+def chain_name(network, container_id):
+    """The CNI bridge plugin's ipMasq chain: utils.FormatChainName(network, containerID)."""
+    h = hashlib.sha512((network + container_id).encode()).hexdigest()
+    return (CHAIN_PREFIX + h)[:MAX_CHAIN]
+
+
+def _goquote(s):
+    return '"%s"' % s.replace('\\', '\\\\').replace('"', '\\"')
+
+
+def masq_comment(network, container_id):
+    """utils.FormatComment: name: "<network>" id: "<container id>"."""
+    return 'name: %s id: %s' % (_goquote(network), _goquote(container_id))
+
+
+def _save_quote(s):
+    # how iptables-save prints a --comment argument
+    return '"%s"' % s.replace('\\', '\\\\').replace('"', '\\"')
+
+
+def masq_rules(network, container_id, ip, subnet):
+    """The three rules the bridge plugin installs, as iptables-save prints them."""
+    chain = chain_name(network, container_id)
+    c = _save_quote(masq_comment(network, container_id))
+    host = '%s/%d' % (ip, 32 if ip.version == 4 else 128)
+    mcast = MULTICAST_V4 if ip.version == 4 else 'ff00::/8'
+    return chain, [
+        '-A POSTROUTING -s %s -m comment --comment %s -j %s' % (host, c, chain),
+        '-A %s -d %s -m comment --comment %s -j ACCEPT' % (chain, subnet, c),
+        '-A %s ! -d %s -m comment --comment %s -j MASQUERADE' % (chain, mcast, c),
+    ]
+
+
+# --------------------------------------------------------------------------- iptables
+class Iptables(object):
+    """iptables-save / iptables-restore --noflush on the current network namespace."""
+
+    def __init__(self, save='iptables-save', restore='iptables-restore'):
+        self.save_bin = save
+        self.restore_bin = restore
+
+    def save_nat(self):
+        p = subprocess.run([self.save_bin, '-t', 'nat'], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        if p.returncode != 0:
+            raise BarepodError('%s -t nat failed: %s' % (self.save_bin, p.stderr.decode(errors='replace').strip()))
+        return p.stdout.decode()
+
+    def restore(self, text):
+        p = subprocess.run([self.restore_bin, '-w', '--noflush'], input=text.encode(),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if p.returncode != 0:
+            raise BarepodError('%s --noflush failed: %s\ninput:\n%s'
+                               % (self.restore_bin, p.stderr.decode(errors='replace').strip(), text))
+
+
+def owned_nat(save_text, network, container_id):
+    """(chain exists, [owned rule lines]) for this pod in iptables-save -t nat output."""
+    chain = chain_name(network, container_id)
+    tag = '--comment %s ' % _save_quote(masq_comment(network, container_id))
+    exists = False
+    lines = []
+    for line in save_text.splitlines():
+        if line.startswith(':%s ' % chain):
+            exists = True
+        elif line.startswith('-A ') and (tag in line or line.startswith('-A %s ' % chain)):
+            lines.append(line)
+    return exists, lines
+
+
+def masq_batch(want, have, chain, chain_exists):
+    """One iptables-restore batch turning `have` into `want` (None removes the chain)."""
+    out = ['*nat', ':%s - [0:0]' % chain]  # declaring a chain flushes it under --noflush
+    for line in have:
+        if line.startswith('-A POSTROUTING '):
+            out.append('-D' + line[2:])
+    if want is None:
+        out.append('-X %s' % chain)
+    else:
+        out.extend(want)
+    out.append('COMMIT')
+    return '\n'.join(out) + '\n'
+
+
+# --------------------------------------------------------------------------- spec
+def _opt(params, key, default=None):
+    v = params.get(key)
+    return default if v is None else v
+
+
+class Spec(object):
+    """Validated, normalised parameters (raises BarepodError before anything changes)."""
+
+    def __init__(self, params):
+        self.state = _opt(params, 'state', 'present')
+        self.uid = validate_uid('uid', params.get('uid'))
+        self.container_id = _opt(params, 'container_id', self.uid)
+        if not self.container_id.strip() or '\n' in self.container_id or '\r' in self.container_id:
+            raise BarepodError('must be a non-empty single line', field='container_id', value=self.container_id)
+        self.namespace = params.get('namespace')
+        self.name = params.get('name')
+        if bool(self.namespace) != bool(self.name):
+            raise BarepodError('namespace and name must be given together', field='name', value=self.name)
+        self.state_root = _opt(params, 'state_root', DEFAULT_STATE_ROOT)
+        self.network = _ipam.validate_network_name('network', _opt(params, 'network', DEFAULT_NETWORK))
+        self.data_dir = _opt(params, 'data_dir', DEFAULT_CNI_DATA_DIR)
+        self.bridge = validate_ifname('bridge', _opt(params, 'bridge', DEFAULT_BRIDGE))
+        self.ifname = validate_ifname('ifname', _opt(params, 'ifname', DEFAULT_IFNAME))
+        self.host_ifname = validate_ifname('host_ifname', _opt(params, 'host_ifname', host_ifname_for(self.uid)))
+        mtu = _opt(params, 'mtu', DEFAULT_MTU)
+        if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
+            raise BarepodError('MTU %r is outside 68..65535' % (mtu,), field='mtu', value=mtu)
+        self.mtu = mtu
+        self.hairpin = bool(_opt(params, 'hairpin_mode', True))
+        self.ip_masq = bool(_opt(params, 'ip_masq', True))
+        self.ip_forward = bool(_opt(params, 'ip_forward', True))
+        self.gc = bool(_opt(params, 'gc', False))
+        self.netns = params.get('netns')
+        if self.netns is not None and not os.path.isabs(self.netns):
+            raise BarepodError('must be an absolute path', field='netns', value=self.netns)
+        self.subnet = None
+        self.range = None
+        self.requested = None
+        if self.state == 'present':
+            if not params.get('subnet'):
+                raise BarepodError('is required with state=present', field='subnet', value=None)
+            self.range = _ipam.Range(_ipam.parse_subnet('subnet', params['subnet']),
+                                     params.get('range_start'), params.get('range_end'),
+                                     params.get('gateway'))
+            self.subnet = self.range.subnet
+            if self.subnet.version != 4:
+                raise BarepodError('only IPv4 pod CIDRs are supported', field='subnet', value=params['subnet'])
+            if params.get('ip'):
+                self.requested = _ipam.parse_ip('ip', params['ip'])
+                if not self.range.contains(self.requested):
+                    raise BarepodError('%s is not in range %r of %s' % (self.requested, self.range, self.subnet),
+                                       field='ip', value=params['ip'])
+        self.record = PodRecord(self.namespace, self.name, self.state_root) if self.namespace else None
+
+    def resolve_netns(self):
+        if self.netns:
+            return self.netns
+        if self.record is not None:
+            rec = self.record.load()
+            for sec in ('sandbox', 'network'):
+                s = rec.get(sec) or {}
+                for key in ('netns_path', 'netns'):
+                    if isinstance(s.get(key), str) and s[key].startswith('/'):
+                        return s[key]
+        return netns_path(self.uid)
+
+
+# --------------------------------------------------------------------------- observe
+def observe_node(ipr, spec, proc_root='/proc'):
+    bridge = nl.get_link(ipr, spec.bridge)
+    if bridge is not None:
+        bridge['addresses'] = nl.addresses(ipr, bridge['index'], family=2)
+    host = nl.get_link(ipr, spec.host_ifname)
+    return dict(bridge=bridge, host=host, ip_forward=nl.get_sysctl('net.ipv4.ip_forward', proc_root))
+
+
+def observe_pod(pipr, spec):
+    if pipr is None:
+        return None
+    eth = nl.get_link(pipr, spec.ifname)
+    if eth is not None:
+        eth['addresses'] = nl.addresses(pipr, eth['index'], family=2)
+    lo = nl.get_link(pipr, 'lo')
+    default = [r for r in nl.routes(pipr) if r['dst'] == '0.0.0.0/0']
+    return dict(eth=eth, lo_up=bool(lo and lo['up']), default_routes=default)
+
+
+def paired(host, eth):
+    """host veth and pod eth0 are the two ends of one pair."""
+    return (host is not None and eth is not None and host['kind'] == 'veth'
+            and host['link'] == eth['index'] and eth['link'] == host['index'])
+
+
+def summary(node, pod, ip=None, masq=None):
+    """A stable, JSON-friendly picture for --diff."""
+    b = node.get('bridge')
+    h = node.get('host')
+    e = (pod or {}).get('eth')
+    return dict(
+        bridge=None if b is None else dict(name=b['ifname'], up=b['up'], mtu=b['mtu'], addresses=b['addresses']),
+        host_veth=None if h is None else dict(name=h['ifname'], up=h['up'], mtu=h['mtu'],
+                                              master=h['master'], hairpin=h['hairpin']),
+        pod_interface=None if e is None else dict(name=e['ifname'], up=e['up'], mtu=e['mtu'],
+                                                  addresses=e['addresses']),
+        default_route=[r['gateway'] for r in (pod or {}).get('default_routes', [])],
+        ip_forward=node.get('ip_forward'),
+        ip=None if ip is None else str(ip),
+        masquerade=masq,
+    )
+
+
+# --------------------------------------------------------------------------- manager
+class VethNet(object):
+    def __init__(self, params, check_mode=False, proc_root='/proc', iptables=None):
+        self.spec = Spec(params)
+        self.check_mode = check_mode
+        self.proc_root = proc_root
+        self.ipt = iptables or Iptables()
+        self.actions = Actions(check_mode)
+        self.before = {}
+        self.after = {}
+        self.result = {}
+
+    def run(self):
+        nl.require_pyroute2()
+        if self.spec.state == 'present':
+            self.present()
+        else:
+            self.absent()
+        if self.spec.gc:
+            self.collect_garbage()
+        return self.result
+
+    @property
+    def changed(self):
+        return bool(self.actions)
+
+    # ---------------------------------------------------------------- present
+    def present(self):
+        spec = self.spec
+        ns = spec.resolve_netns()
+        if not nl.is_netns(ns):
+            raise BarepodError('network namespace %s does not exist' % ns, field='netns', value=ns)
+        store = _ipam.Store(spec.network, spec.data_dir)
+        alloc = _ipam.Allocator(store, _ipam.RangeSet([spec.range]))
+        ipr = nl.open_ipr()
+        pipr = nl.open_ipr(ns)
+        try:
+            node = observe_node(ipr, spec, self.proc_root)
+            pod = observe_pod(pipr, spec)
+            ip, rng, new = alloc.peek(spec.container_id, spec.ifname, spec.requested)
+            stale = alloc.stale(spec.container_id, spec.ifname)
+            held = [a for a in store.get_by_id(spec.container_id, spec.ifname) if alloc.rangeset.contains(a)]
+            other = [a for a in held if a != ip]
+            have_masq = owned_nat(self.ipt.save_nat(), spec.network, spec.container_id) if spec.ip_masq else None
+            self.before = summary(node, pod, held[0] if held else None,
+                                  None if have_masq is None else have_masq[1])
+            if not self.check_mode and (new or stale or other):
+                # reserve for real first, so every later step uses the address we hold
+                ip, rng, new = alloc.allocate(spec.container_id, spec.ifname, spec.requested)
+            if new:
+                self.actions.add('reserve', '%s/%s' % (store.dir, ip), ip=str(ip))
+            for a in stale + other:
+                self.actions.add('release', '%s/%s' % (store.dir, a), fn=self._releaser(store, a), ip=str(a))
+            try:
+                self._plan_links(ipr, pipr, ns, node, pod, ip, rng)
+                want_masq = None
+                if spec.ip_masq:
+                    chain, want_masq = masq_rules(spec.network, spec.container_id, ip, spec.subnet)
+                    exists, have = have_masq
+                    if not exists or sorted(have) != sorted(want_masq):
+                        text = masq_batch(want_masq, have, chain, exists)
+                        self.actions.add('masquerade', chain, fn=lambda t=text: self.ipt.restore(t), rules=want_masq)
+                self.actions.run()
+                self._record(ns, ip, rng, pipr, (pod.get('eth') or {}).get('mac'))
+            except BaseException:
+                if new and not self.check_mode:
+                    # roll back a fresh attachment: no veth and no address left behind
+                    nl.delete_link(ipr, spec.host_ifname)
+                    alloc.release(spec.container_id, spec.ifname)
+                raise
+            if self.check_mode:
+                after_pod = pod
+                self.after = self._desired_summary(node, ip, rng, want_masq)
+            else:
+                after_pod = observe_pod(pipr, spec)
+                self.after = summary(observe_node(ipr, spec, self.proc_root), after_pod, ip, want_masq)
+            eth = (after_pod or {}).get('eth') or {}
+            self.result.update(
+                ip=str(ip), cidr='%s/%d' % (ip, spec.subnet.prefixlen), gateway=str(rng.gateway),
+                subnet=str(spec.subnet), mac=eth.get('mac'), host_ifname=spec.host_ifname,
+                ifname=spec.ifname, bridge=spec.bridge, netns=ns, network=spec.network,
+                chain=chain_name(spec.network, spec.container_id) if spec.ip_masq else None,
+                actions=self.actions.planned)
+        finally:
+            pipr.close()
+            ipr.close()
+
+    def _desired_summary(self, node, ip, rng, want_masq):
+        spec = self.spec
+        plen = spec.subnet.prefixlen
+        gw_cidr = '%s/%d' % (rng.gateway, plen)
+        b = node.get('bridge')
+        baddrs = sorted(set((b or {}).get('addresses', [])) | set([gw_cidr]))
+        return dict(
+            bridge=dict(name=spec.bridge, up=True, mtu=b['mtu'] if b else spec.mtu, addresses=baddrs),
+            host_veth=dict(name=spec.host_ifname, up=True, mtu=spec.mtu,
+                           master=b['index'] if b else None, hairpin=spec.hairpin),
+            pod_interface=dict(name=spec.ifname, up=True, mtu=spec.mtu, addresses=['%s/%d' % (ip, plen)]),
+            default_route=[str(rng.gateway)],
+            ip_forward='1' if spec.ip_forward else node.get('ip_forward'),
+            ip=str(ip), masquerade=want_masq)
+
+    def _releaser(self, store, addr):
+        def fn():
+            with store.lock():
+                store.release_ip(addr)
+        return fn
+
+    def _plan_links(self, ipr, pipr, ns, node, pod, ip, rng):
+        spec = self.spec
+        add = self.actions.add
+        gw_cidr = '%s/%d' % (rng.gateway, spec.subnet.prefixlen)
+        pod_cidr = '%s/%d' % (ip, spec.subnet.prefixlen)
+
+        def idx(handle, name):
+            link = nl.get_link(handle, name)
+            if link is None:
+                raise BarepodError('interface %s vanished while being configured' % name)
+            return link['index']
+
+        # bridge (cni0) with the gateway address, up, MTU
+        b = node['bridge']
+        if b is None:
+            add('create bridge', spec.bridge, fn=lambda: nl.create_bridge(ipr, spec.bridge, spec.mtu))
+        elif b['kind'] != 'bridge':
+            raise BarepodError('%s exists and is a %s, not a bridge' % (spec.bridge, b['kind']),
+                               field='bridge', value=spec.bridge)
+        if b is None or gw_cidr not in b['addresses']:
+            add('add address', spec.bridge, address=gw_cidr,
+                fn=lambda: nl.add_address(ipr, idx(ipr, spec.bridge), gw_cidr))
+        if b is None or not b['up']:
+            add('set up', spec.bridge, fn=lambda: nl.set_link(ipr, idx(ipr, spec.bridge), state='up'))
+        if spec.ip_forward and node['ip_forward'] != '1':
+            add('sysctl', 'net.ipv4.ip_forward', value='1',
+                fn=lambda: nl.set_sysctl('net.ipv4.ip_forward', 1, self.proc_root))
+
+        # the veth pair: host side here, eth0 in the pod
+        h = node['host']
+        e = pod['eth']
+        if h is not None and h['kind'] != 'veth':
+            raise BarepodError('%s exists and is not a veth' % spec.host_ifname,
+                               field='host_ifname', value=spec.host_ifname)
+        if not paired(h, e):
+            if e is not None:
+                add('delete stale interface', '%s:%s' % (ns, spec.ifname),
+                    fn=lambda: nl.delete_link(pipr, spec.ifname))
+            if h is not None:
+                add('delete stale veth', spec.host_ifname, fn=lambda: nl.delete_link(ipr, spec.host_ifname))
+            add('create veth', spec.host_ifname, peer='%s:%s' % (ns, spec.ifname), mtu=spec.mtu,
+                fn=lambda: nl.create_veth(ipr, spec.host_ifname, spec.ifname, ns, spec.mtu))
+            h = e = None
+        # host side: mtu, master, hairpin, up
+        if h is None or h['mtu'] != spec.mtu:
+            if h is not None:
+                add('set mtu', spec.host_ifname, mtu=spec.mtu,
+                    fn=lambda: nl.set_link(ipr, idx(ipr, spec.host_ifname), mtu=spec.mtu))
+        if h is None or b is None or h['master'] != b['index']:
+            add('set master', spec.host_ifname, master=spec.bridge,
+                fn=lambda: nl.set_link(ipr, idx(ipr, spec.host_ifname), master=idx(ipr, spec.bridge)))
+        if h is None or bool(h['hairpin']) != spec.hairpin:
+            add('set hairpin', spec.host_ifname, hairpin=spec.hairpin,
+                fn=lambda: nl.set_hairpin(ipr, idx(ipr, spec.host_ifname), spec.hairpin))
+        if h is None or not h['up']:
+            add('set up', spec.host_ifname, fn=lambda: nl.set_link(ipr, idx(ipr, spec.host_ifname), state='up'))
+
+        # pod side: lo up, eth0 mtu + address + up, default route via the gateway
+        if not pod['lo_up']:
+            add('set up', '%s:lo' % ns, fn=lambda: nl.set_link(pipr, idx(pipr, 'lo'), state='up'))
+        if e is not None and e['mtu'] != spec.mtu:
+            add('set mtu', '%s:%s' % (ns, spec.ifname), mtu=spec.mtu,
+                fn=lambda: nl.set_link(pipr, idx(pipr, spec.ifname), mtu=spec.mtu))
+        have_addrs = e['addresses'] if e is not None else []
+        for a in have_addrs:
+            if a != pod_cidr:
+                add('delete address', '%s:%s' % (ns, spec.ifname), address=a,
+                    fn=lambda a=a: nl.del_address(pipr, idx(pipr, spec.ifname), a))
+        if pod_cidr not in have_addrs:
+            add('add address', '%s:%s' % (ns, spec.ifname), address=pod_cidr,
+                fn=lambda: nl.add_address(pipr, idx(pipr, spec.ifname), pod_cidr))
+        if e is None or not e['up']:
+            add('set up', '%s:%s' % (ns, spec.ifname),
+                fn=lambda: nl.set_link(pipr, idx(pipr, spec.ifname), state='up'))
+        gw = str(rng.gateway)
+        defaults = pod['default_routes']
+        ok = (e is not None and len(defaults) == 1 and defaults[0]['gateway'] == gw
+              and defaults[0]['oif'] == e['index'])
+        if not ok:
+            add('set default route', ns, gateway=gw,
+                fn=lambda: nl.add_route(pipr, '0.0.0.0/0', gateway=gw, oif=idx(pipr, spec.ifname),
+                                        proto=nl.RTPROT_BOOT, replace=True))
+
+    def _record(self, ns, ip, rng, pipr, observed_mac):
+        spec = self.spec
+        if spec.record is None:
+            return
+        if self.check_mode:
+            mac = observed_mac
+        else:
+            eth = nl.get_link(pipr, spec.ifname)
+            mac = eth['mac'] if eth else None
+        section = dict(ip=str(ip), cidr='%s/%d' % (ip, spec.subnet.prefixlen), gateway=str(rng.gateway),
+                       subnet=str(spec.subnet), mac=mac, host_ifname=spec.host_ifname,
+                       ifname=spec.ifname, bridge=spec.bridge, netns=ns, network=spec.network,
+                       container_id=spec.container_id,
+                       chain=chain_name(spec.network, spec.container_id) if spec.ip_masq else None)
+        cur = spec.record.load()
+        if cur.get('network') == section and cur.get('uid') == spec.uid:
+            return
+        self.actions.add('record', spec.record.record_path, section='network')
+        if not self.check_mode:
+            spec.record.update('network', section, uid=spec.uid)
+
+    # ---------------------------------------------------------------- absent
+    def absent(self):
+        spec = self.spec
+        store = _ipam.Store(spec.network, spec.data_dir)
+        ipr = nl.open_ipr()
+        try:
+            host = nl.get_link(ipr, spec.host_ifname)
+            ns = spec.resolve_netns()
+            pod_eth = None
+            pipr = None
+            if nl.is_netns(ns):
+                pipr = nl.open_ipr(ns)
+                pod_eth = nl.get_link(pipr, spec.ifname)
+            try:
+                held = store.get_by_id(spec.container_id, spec.ifname)
+                save = self.ipt.save_nat()
+                exists, have = owned_nat(save, spec.network, spec.container_id)
+                self.before = dict(host_veth=spec.host_ifname if host else None,
+                                   pod_interface=spec.ifname if pod_eth else None,
+                                   ips=[str(a) for a in held], masquerade=have if exists else None)
+                self.after = dict(host_veth=None, pod_interface=None, ips=[], masquerade=None)
+                if pod_eth is not None and paired(host, pod_eth):
+                    add_target = '%s:%s' % (ns, spec.ifname)
+                    self.actions.add('delete veth', add_target, fn=lambda: nl.delete_link(pipr, spec.ifname))
+                    self.actions.add('delete veth', spec.host_ifname,
+                                     fn=lambda: nl.delete_link(ipr, spec.host_ifname))
+                elif host is not None:
+                    self.actions.add('delete veth', spec.host_ifname,
+                                     fn=lambda: nl.delete_link(ipr, spec.host_ifname))
+                if held:
+                    self.actions.add('release', store.dir, ips=[str(a) for a in held],
+                                     fn=lambda: _ipam.Allocator(store, _ipam.RangeSet()).release(
+                                         spec.container_id, spec.ifname))
+                if exists or have:
+                    chain = chain_name(spec.network, spec.container_id)
+                    text = masq_batch(None, have, chain, exists)
+                    self.actions.add('remove masquerade', chain, fn=lambda: self.ipt.restore(text))
+                if spec.record is not None and spec.record.exists() and \
+                        spec.record.load().get('network') is not None:
+                    self.actions.add('record', spec.record.record_path, section='network',
+                                     fn=lambda: spec.record.update('network', None))
+                self.actions.run()
+            finally:
+                if pipr is not None:
+                    pipr.close()
+            self.result.update(host_ifname=spec.host_ifname, netns=ns, released=[str(a) for a in held],
+                               actions=self.actions.planned)
+        finally:
+            ipr.close()
+
+    # ---------------------------------------------------------------- gc
+    def collect_garbage(self):
+        """Release allocations whose pod is gone: no host veth for it and no pod record."""
+        spec = self.spec
+        store = _ipam.Store(spec.network, spec.data_dir)
+        uids = set(r.get('uid') for r in list_records(spec.state_root))
+        ipr = nl.open_ipr()
+        try:
+            links = set(link['ifname'] for link in nl.list_links(ipr))
+        finally:
+            ipr.close()
+
+        def alive(cid, ifname):
+            if spec.state == 'present' and cid == spec.container_id:
+                return True
+            return cid in uids or host_ifname_for(cid) in links
+
+        dead = _ipam.garbage(store, alive)
+        for addr, cid in dead:
+            self.actions.add('release', '%s/%s' % (store.dir, addr), ip=str(addr), owner=cid,
+                             fn=self._releaser(store, addr))
+        if dead and not self.check_mode:
+            for addr, cid in dead:
+                with store.lock():
+                    if store.allocations().get(addr, (None,))[0] == cid:
+                        store.release_ip(addr)
+        self.result['collected'] = [str(a) for a, _ in dead]
+
+
+# --------------------------------------------------------------------------- node routes
+class NodeRoutes(object):
+    """kindnet-style routes: every other node's pod CIDR via that node's address.
+
+    Routes are tagged with protocol RTPROT_BAREPOD; any tagged route that is not wanted any
+    more (a node left the list) is removed. A node whose node_ip is a local address of this
+    namespace (or whose name is `node_name`) is this node and gets no route.
+    """
+
+    def __init__(self, params, check_mode=False):
+        self.check_mode = check_mode
+        self.state = _opt(params, 'state', 'present')
+        self.node_name = params.get('node_name')
+        self.nodes = []
+        seen = set()
+        for i, n in enumerate(_opt(params, 'nodes', [])):
+            field = 'nodes[%d]' % i
+            if not isinstance(n, dict) or not n.get('pod_cidr') or not n.get('node_ip'):
+                raise BarepodError('each node needs pod_cidr and node_ip, got %r' % (n,), field=field, value=n)
+            try:
+                cidr = ipaddress.ip_network(n['pod_cidr'], strict=True)
+            except ValueError as e:
+                raise BarepodError('pod_cidr %r is not a valid CIDR: %s' % (n['pod_cidr'], e),
+                                   field=field + '.pod_cidr', value=n['pod_cidr'])
+            node_ip = _ipam.parse_ip(field + '.node_ip', n['node_ip'])
+            if cidr.version != 4 or node_ip.version != 4:
+                raise BarepodError('only IPv4 is supported', field=field, value=n)
+            if cidr in seen:
+                raise BarepodError('pod_cidr %s is listed twice' % cidr, field=field + '.pod_cidr', value=str(cidr))
+            seen.add(cidr)
+            self.nodes.append(dict(name=n.get('name'), pod_cidr=str(cidr), node_ip=str(node_ip)))
+        self.actions = Actions(check_mode)
+        self.before = self.after = None
+
+    def run(self):
+        ipr = nl.open_ipr()
+        try:
+            local = nl.local_addresses(ipr)
+            want = {}
+            if self.state == 'present':
+                for n in self.nodes:
+                    if n['node_ip'] in local or (self.node_name and n['name'] == self.node_name):
+                        continue
+                    want[n['pod_cidr']] = n['node_ip']
+            have = {}
+            for r in nl.routes(ipr, proto=nl.RTPROT_BAREPOD):
+                have.setdefault(r['dst'], []).append(r['gateway'])
+            for dst, gws in sorted(have.items()):
+                if dst not in want or gws != [want[dst]]:
+                    for gw in gws:
+                        self.actions.add('delete route', dst, gateway=gw,
+                                         fn=lambda d=dst, g=gw: nl.del_route(ipr, d, gateway=g,
+                                                                             proto=nl.RTPROT_BAREPOD))
+            for dst, gw in sorted(want.items()):
+                if have.get(dst) != [gw]:
+                    self.actions.add('add route', dst, gateway=gw,
+                                     fn=lambda d=dst, g=gw: nl.add_route(ipr, d, gateway=g,
+                                                                         proto=nl.RTPROT_BAREPOD))
+            self.actions.run()
+            self.before = dict(routes=dict((d, g[0] if len(g) == 1 else g) for d, g in sorted(have.items())))
+            self.after = dict(routes=dict(sorted(want.items())))
+            return dict(routes=[dict(dst=d, gateway=g) for d, g in sorted(want.items())],
+                        actions=self.actions.planned)
+        finally:
+            ipr.close()
+
+    @property
+    def changed(self):
+        return bool(self.actions)

@@ -1,0 +1,278 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+---
+module: veth_net
+short_description: Attach a pod's network namespace to a node bridge, like the CNI bridge and host-local plugins
+version_added: 0.1.0
+description:
+  - Gives a pod sandbox its network, the way the CNI C(bridge) plugin with C(host-local) IPAM does,
+    through netlink (pyroute2) calls instead of plugins.
+  - In the network namespace the module runs in (the node), ensures a bridge (default C(cni0)) holding the
+    gateway address of the pod CIDR, a veth pair whose host side has a name derived from the pod uid,
+    hairpin mode on the bridge port, C(net.ipv4.ip_forward=1), and (O(ip_masq)) the bridge plugin's
+    masquerade chain C(CNI-<hash>) in the nat table, applied as one C(iptables-restore --noflush) batch.
+  - Inside the pod's network namespace, ensures C(lo) up, O(ifname) with the pod address, the MTU and a
+    default route via the gateway.
+  - Addresses come from an IPAM store in the CNI host-local on-disk format
+    (C(<data_dir>/<network>/<ip>) holding C(<container id>\r\n<ifname>), C(last_reserved_ip.0), a C(lock)
+    file), allocated round-robin like host-local under the same lock, so host-local and this module can
+    share a network directory.
+  - Converges. A repeated run keeps the same address and reports no change. Drift (a missing address,
+    route or veth) is reported in check mode and repaired otherwise.
+  - O(state=absent) deletes the veth, releases the address and removes the masquerade rules. It is safe to
+    repeat and works when the network namespace or the pod record is already gone.
+options:
+  state:
+    description: Whether the pod is attached (V(present)) or detached (V(absent)).
+    type: str
+    choices: [present, absent]
+    default: present
+  uid:
+    description:
+      - The pod uid. The host-side veth name and the default network namespace path
+        (C(/run/netns/barepod-<first 8 of uid>)) are derived from it.
+    type: str
+    required: true
+  container_id:
+    description:
+      - The id written into the IPAM files and the masquerade comment (CNI_CONTAINERID).
+      - Defaults to O(uid).
+    type: str
+  namespace:
+    description: The pod's Kubernetes namespace; with O(name), selects the pod record to update.
+    type: str
+  name:
+    description: The pod's name; with O(namespace), the pod record's section C(network) is written.
+    type: str
+  state_root:
+    description: Directory of pod records.
+    type: path
+    default: /run/barepod/pods
+  netns:
+    description:
+      - Path of the pod's network namespace (a bind mount such as C(/run/netns/barepod-1234abcd)).
+      - Defaults to the sandbox's netns from the pod record, then to C(/run/netns/barepod-<uid8>).
+    type: path
+  network:
+    description: Network name; the IPAM directory is O(data_dir)/O(network) and the masquerade comment names it.
+    type: str
+    default: barepod
+  subnet:
+    description: The node's pod CIDR, for example C(10.244.0.0/24). Required with O(state=present).
+    type: str
+  range_start:
+    description: First address to allocate (host-local C(rangeStart)); default the subnet's first address.
+    type: str
+  range_end:
+    description: Last address to allocate (host-local C(rangeEnd)); default the last address before broadcast.
+    type: str
+  gateway:
+    description: Gateway address, put on the bridge and used as the pod's default route; default the subnet's first address.
+    type: str
+  ip:
+    description: Ask for this exact address. Fails when another pod holds it.
+    type: str
+  bridge:
+    description: The node bridge.
+    type: str
+    default: cni0
+  ifname:
+    description: Interface name inside the pod (CNI_IFNAME).
+    type: str
+    default: eth0
+  host_ifname:
+    description: Host-side veth name; default C(veth) + 11 hex digits of sha256(uid).
+    type: str
+  mtu:
+    description: MTU of the veth pair (and of the bridge when the module creates it).
+    type: int
+    default: 1500
+  hairpin_mode:
+    description: Set hairpin mode on the bridge port, so a pod can reach itself through a service address.
+    type: bool
+    default: true
+  ip_masq:
+    description: Masquerade traffic from the pod leaving the pod CIDR (the bridge plugin's C(ipMasq)).
+    type: bool
+    default: true
+  ip_forward:
+    description: Ensure C(net.ipv4.ip_forward=1) in the node's network namespace.
+    type: bool
+    default: true
+  data_dir:
+    description: IPAM root (host-local C(dataDir)).
+    type: path
+    default: /var/lib/cni/networks
+  gc:
+    description:
+      - Also release every allocation of O(network) whose pod is gone (no pod record with that uid under
+        O(state_root) and no host-side veth named after it).
+    type: bool
+    default: false
+author:
+  - barepod.linux developers
+notes:
+  - Acts on the network namespace it runs in (the node). Run it inside a node container, or under
+    C(ip netns exec) for experiments; it never creates network namespaces.
+  - Supports check mode and diff mode.
+requirements:
+  - pyroute2
+  - iptables (iptables-save and iptables-restore) when O(ip_masq=true)
+'''
+
+EXAMPLES = r'''
+- name: Attach the pod to cni0 with an address from 10.244.0.0/24
+  barepod.linux.veth_net:
+    uid: 6f1c3a52-9a43-4f0e-8d2b-0b7cf3b0f2a1
+    namespace: default
+    name: nginx
+    subnet: 10.244.0.0/24
+  register: net
+
+- name: Show the pod address
+  ansible.builtin.debug:
+    msg: "{{ net.ip }} via {{ net.gateway }} on {{ net.host_ifname }}"
+
+- name: Detach it again (safe to repeat, also when the netns is gone)
+  barepod.linux.veth_net:
+    uid: 6f1c3a52-9a43-4f0e-8d2b-0b7cf3b0f2a1
+    namespace: default
+    name: nginx
+    state: absent
+'''
+
+RETURN = r'''
+ip:
+  description: The pod's address.
+  returned: state=present
+  type: str
+  sample: 10.244.0.2
+cidr:
+  description: The pod's address with the prefix length.
+  returned: state=present
+  type: str
+  sample: 10.244.0.2/24
+gateway:
+  description: The gateway (bridge) address.
+  returned: state=present
+  type: str
+  sample: 10.244.0.1
+subnet:
+  description: The pod CIDR.
+  returned: state=present
+  type: str
+  sample: 10.244.0.0/24
+mac:
+  description: MAC address of the pod's interface (null in check mode before it exists).
+  returned: state=present
+  type: str
+  sample: 0a:58:0a:f4:00:02
+host_ifname:
+  description: Name of the host-side veth.
+  returned: always
+  type: str
+  sample: veth3f2a9c0d1b7
+ifname:
+  description: Interface name inside the pod.
+  returned: state=present
+  type: str
+  sample: eth0
+bridge:
+  description: The bridge.
+  returned: state=present
+  type: str
+  sample: cni0
+netns:
+  description: Path of the pod's network namespace.
+  returned: always
+  type: str
+  sample: /run/netns/barepod-6f1c3a52
+network:
+  description: The network name (IPAM directory).
+  returned: state=present
+  type: str
+  sample: barepod
+chain:
+  description: The nat chain holding the pod's masquerade rules (null when O(ip_masq=false)).
+  returned: state=present
+  type: str
+  sample: CNI-3b9cba8d2e5a1c0f7e6d4b21
+released:
+  description: Addresses released by O(state=absent).
+  returned: state=absent
+  type: list
+  elements: str
+collected:
+  description: Addresses released by O(gc).
+  returned: when gc=true
+  type: list
+  elements: str
+actions:
+  description: What was (or in check mode would be) done.
+  returned: always
+  type: list
+  elements: dict
+'''
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils import _netlink
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            uid=dict(type='str', required=True),
+            container_id=dict(type='str'),
+            namespace=dict(type='str'),
+            name=dict(type='str'),
+            state_root=dict(type='path', default='/run/barepod/pods'),
+            netns=dict(type='path'),
+            network=dict(type='str', default='barepod'),
+            subnet=dict(type='str'),
+            range_start=dict(type='str'),
+            range_end=dict(type='str'),
+            gateway=dict(type='str'),
+            ip=dict(type='str'),
+            bridge=dict(type='str', default='cni0'),
+            ifname=dict(type='str', default='eth0'),
+            host_ifname=dict(type='str'),
+            mtu=dict(type='int', default=1500),
+            hairpin_mode=dict(type='bool', default=True),
+            ip_masq=dict(type='bool', default=True),
+            ip_forward=dict(type='bool', default=True),
+            data_dir=dict(type='path', default='/var/lib/cni/networks'),
+            gc=dict(type='bool', default=False),
+        ),
+        required_if=[('state', 'present', ['subnet'])],
+        required_together=[('namespace', 'name')],
+        supports_check_mode=True,
+    )
+    if not _netlink.HAS_PYROUTE2:
+        module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
+
+    from ansible_collections.barepod.linux.plugins.module_utils._veth import Iptables, VethNet
+    try:
+        ipt = Iptables(module.get_bin_path('iptables-save') or 'iptables-save',
+                       module.get_bin_path('iptables-restore') or 'iptables-restore')
+        mgr = VethNet(module.params, check_mode=module.check_mode, iptables=ipt)
+        result = mgr.run()
+    except BarepodError as e:
+        module.fail_json(msg=e.msg)
+    out = dict(changed=mgr.changed, **result)
+    if module._diff:
+        out['diff'] = dict(before=mgr.before, after=mgr.after)
+    module.exit_json(**out)
+
+
+if __name__ == '__main__':
+    main()
