@@ -85,8 +85,8 @@ def ignore(code, fn, *args, **kwargs):
 # --------------------------------------------------------------------------- links
 def _link_dict(msg):
     info = msg.get('IFLA_LINKINFO')
-    kind = info.get('IFLA_INFO_KIND') if info else None
-    slave = info.get('IFLA_INFO_SLAVE_DATA') if info else None
+    kind = info.get('IFLA_INFO_KIND') if info is not None else None
+    slave = info.get('IFLA_INFO_SLAVE_DATA') if info is not None else None
     hairpin = None
     if slave is not None and info.get('IFLA_INFO_SLAVE_KIND') == 'bridge':
         hairpin = bool(slave.get('IFLA_BRPORT_MODE'))
