@@ -688,6 +688,9 @@ class CgroupLimit(object):
         self.root = params.get('cgroup_root') or DEFAULT_CGROUP_ROOT
         self.mountinfo = params.get('mountinfo') or DEFAULT_MOUNTINFO
         self.qos, self.rel, self.cfg = build_config(params)
+        self.uid = params['pod_uid']
+        self.container = params.get('container') or None
+        self.parent = validate_relpath('parent', params.get('parent', DEFAULT_PARENT), allow_empty=True)
         self.layout = detect(self.root, self.mountinfo, params.get('hierarchy') or 'auto')
         self.page = PAGE_SIZE
 
@@ -842,7 +845,11 @@ class CgroupLimit(object):
             mounts.setdefault(m, c)
         if self.layout.unified:
             mounts.setdefault(self.layout.unified, 'unified')
-        dirs = [self.dir_for(m) for m in sorted(mounts) if os.path.isdir(self.dir_for(m))]
+        # the pod may sit under any QoS class directory: look in all of them
+        from ansible_collections.barepod.linux.plugins.module_utils._qos import QOS_CLASSES
+        rels = [self.rel] + [pod_relpath(self.parent, q, self.uid, self.container)
+                             for q in QOS_CLASSES if q != self.qos]
+        dirs = [os.path.join(m, r) for r in rels for m in sorted(mounts) if os.path.isdir(os.path.join(m, r))]
         procs = sorted(set(p for d in dirs for p in procs_recursive(d)))
         mode = self.p.get('on_processes') or 'fail'
         if procs:
@@ -956,3 +963,118 @@ def _record(params, mgr, res, check_mode):
     if not check_mode:
         rec.update('cgroups', value, uid=params.get('pod_uid'))
     return True
+
+
+# ---------------------------------------------------------------------------- audit
+
+def node_memory_total(meminfo='/proc/meminfo'):
+    raw = read_file(meminfo) or ''
+    for line in raw.splitlines():
+        if line.startswith('MemTotal:'):
+            parts = line.split()
+            return int(parts[1]) * (1024 if len(parts) > 2 and parts[2] == 'kB' else 1)
+    raise BarepodError('no MemTotal in %s' % meminfo, field='meminfo', value=meminfo)
+
+
+def collect(layout, subtree='', max_depth=None, page=PAGE_SIZE):
+    """Walk the subtree in the primary hierarchy and read every cgroup's files."""
+    v2 = layout.mode == 'v2' or not layout.v1
+    if v2:
+        primary = layout.unified
+    else:
+        primary = layout.v1.get('memory') or sorted(layout.v1.values())[0]
+
+    def reader(r):
+        return read_cgroup_v2(primary, r, page) if v2 else read_cgroup_v1(layout, r, page)
+    top = os.path.join(primary, subtree) if subtree else primary
+    if not os.path.isdir(top):
+        return None
+    out = []
+    for r in walk(top, max_depth):
+        rel = (subtree + '/' + r if r else subtree) if subtree else r
+        info = reader(rel)
+        qos, uid, container = parse_pod_path(rel)
+        info['path'] = rel or '/'
+        info['qos_class'] = qos
+        info['pod_uid'] = uid
+        info['container'] = container
+        out.append(info)
+    return out
+
+
+def audit(cgroups, policy, node_memory, subtree):
+    """Policy checks over collected cgroups -> (summary, violations)."""
+    violations = []
+    pods = [c for c in cgroups if c['pod_uid'] and not c['container']]
+    procs_by_pod = {}
+    for c in cgroups:
+        if c['pod_uid']:
+            procs_by_pod[c['pod_uid']] = procs_by_pod.get(c['pod_uid'], 0) + (c['procs'] or 0)
+    limited = [c for c in pods if isinstance(c['limits'].get('memory'), int)]
+    total = sum(c['limits']['memory'] for c in limited)
+    ceiling = policy.get('memory_limit_ceiling')
+    for c in pods:
+        if policy.get('require_memory_limit', True) and not isinstance(c['limits'].get('memory'), int):
+            violations.append({'path': c['path'], 'reason': 'no_memory_limit', 'pod_uid': c['pod_uid'],
+                               'qos_class': c['qos_class'],
+                               'message': 'pod cgroup has no memory limit'})
+        if policy.get('check_empty_pods', True) and procs_by_pod.get(c['pod_uid'], 0) == 0:
+            violations.append({'path': c['path'], 'reason': 'empty_pod_cgroup', 'pod_uid': c['pod_uid'],
+                               'message': 'pod cgroup holds no processes (left behind?)'})
+    for c in cgroups:
+        if not c['pod_uid']:
+            continue
+        lim = c['limits'].get('memory')
+        if ceiling is not None and isinstance(lim, int) and lim > ceiling:
+            violations.append({'path': c['path'], 'reason': 'memory_limit_above_ceiling', 'pod_uid': c['pod_uid'],
+                               'limit': lim, 'ceiling': ceiling,
+                               'message': 'memory limit %d is above the ceiling %d' % (lim, ceiling)})
+        if policy.get('check_cpu_limit_without_request', True):
+            quota = c['limits'].get('cpu_quota')
+            minimal = (c['limits'].get('cpu_shares') == 2) if 'cpu_shares' in c['limits'] else \
+                (c['limits'].get('cpu_weight') == 1)
+            if isinstance(quota, int) and quota > 0 and minimal:
+                violations.append({'path': c['path'], 'reason': 'cpu_limit_without_request', 'pod_uid': c['pod_uid'],
+                                   'cpu_quota': quota,
+                                   'message': 'cpu quota %d set while cpu shares/weight are at the minimum' % quota})
+    if policy.get('check_node_memory', True) and node_memory and total > node_memory:
+        violations.append({'path': subtree or '/', 'reason': 'pod_limits_exceed_node_memory', 'total': total,
+                           'node_memory': node_memory,
+                           'message': 'sum of pod memory limits %d exceeds node memory %d' % (total, node_memory)})
+    summary = {'cgroups': len(cgroups), 'pods': len(pods), 'memory_limited': len(limited),
+               'memory_unlimited': len(pods) - len(limited), 'memory_limits_total': total,
+               'node_memory': node_memory, 'violations': len(violations),
+               'processes': sum(c['procs'] or 0 for c in cgroups),
+               'oom_kills': sum((c['events'].get('oom_kill') or 0) for c in pods)}
+    return summary, violations
+
+
+def run_info(params):
+    from ansible_collections.barepod.linux.plugins.module_utils._quantity import to_bytes
+    subtree = validate_relpath('path', params.get('path'), allow_empty=True)
+    policy = dict(require_memory_limit=params.get('require_memory_limit', True),
+                  check_empty_pods=params.get('check_empty_pods', True),
+                  check_node_memory=params.get('check_node_memory', True),
+                  check_cpu_limit_without_request=params.get('check_cpu_limit_without_request', True))
+    if params.get('memory_limit_ceiling') is not None:
+        policy['memory_limit_ceiling'] = to_bytes(params['memory_limit_ceiling'], 'memory_limit_ceiling')
+    if params.get('node_memory') is not None:
+        node_memory = to_bytes(params['node_memory'], 'node_memory')
+    else:
+        node_memory = node_memory_total(params.get('meminfo') or '/proc/meminfo')
+    max_depth = params.get('max_depth')
+    layout = detect(params.get('cgroup_root') or DEFAULT_CGROUP_ROOT, params.get('mountinfo') or DEFAULT_MOUNTINFO,
+                    params.get('hierarchy') or 'auto')
+    cgroups = collect(layout, subtree, max_depth)
+    exists = cgroups is not None
+    cgroups = cgroups or []
+    summary, violations = audit(cgroups, policy, node_memory, subtree)
+    report = params.get('report') or 'pods'
+    if report == 'pods':
+        listed = [c for c in cgroups if c['pod_uid']]
+    elif report == 'all':
+        listed = cgroups
+    else:
+        listed = []
+    return {'changed': False, 'exists': exists, 'path': subtree, 'hierarchy': layout.as_dict(),
+            'summary': summary, 'violations': violations, 'cgroups': listed}
