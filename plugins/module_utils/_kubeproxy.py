@@ -1,0 +1,919 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""kube-proxy's iptables mode, as a pure function of Services and EndpointSlices.
+
+render(objects, settings) returns a Ruleset: per table ("filter", "nat") an ordered mapping
+chain -> rules, plus the jump rules from the built-in chains. Every rule is held in two
+spellings built from the same pieces in one pass:
+
+- ``kp``: exactly what kube-proxy's syncProxyRules writes into its iptables-restore input
+  (argument order, quoting, "%0.10f" probabilities, ``--or-mark``), used for the returned
+  payload and compared verbatim with kube-proxy's own golden dumps (proxier_test.go);
+- ``saved``: how iptables-save prints that rule back (``-d 10.0.0.1/32 -p tcp`` first,
+  ``%.11f`` probabilities, ``--set-xmark``, the recent match's implied options ...), which
+  is what the partial sync compares against, chain by chain, to decide what to rewrite.
+  Both backends (iptables-nft and iptables-legacy 1.8.x) print the same text.
+
+Behaviour follows kubernetes pkg/proxy/iptables/proxier.go (chain names from
+sha256(servicePortName + protocol [+ endpoint]) in base32, first 16 characters), the
+EndpointSliceCache (dedupe by ip:port, ready/serving/terminating conditions, endpoints sorted
+by "ip:port") and pkg/proxy/topology.go CategorizeEndpoints (Cluster/Local traffic policy,
+falling back to serving+terminating endpoints). IPv4 only; topology hints are not used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import re
+
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+
+PROTOCOLS = ('TCP', 'UDP', 'SCTP')
+SERVICE_TYPES = ('ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName')
+LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000
+DEFAULT_AFFINITY_TIMEOUT = 10800
+MAX_AFFINITY_TIMEOUT = 86400
+SERVICE_NAME_LABEL = 'kubernetes.io/service-name'
+PREFIX_RE = re.compile(r'^[A-Z][A-Z0-9]{0,6}$')
+NFACCT_CT_INVALID = 'ct_state_invalid_dropped_pkts'
+NFACCT_LOCALHOST_NP = 'localhost_nps_accepted_pkts'
+TABLES = ('filter', 'nat')
+BUILTIN_CHAINS = {
+    'filter': ('INPUT', 'FORWARD', 'OUTPUT'),
+    'nat': ('PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'),
+}
+SERVICE_CHAIN_KINDS = ('SVC', 'SVL', 'EXT', 'FW', 'SEP')
+
+
+# --------------------------------------------------------------------------- naming
+
+def port_proto_hash(service_port_name, protocol):
+    digest = hashlib.sha256((service_port_name + protocol).encode('utf-8')).digest()
+    return base64.b32encode(digest).decode('ascii')[:16]
+
+
+def endpoint_hash(service_port_name, protocol, endpoint):
+    digest = hashlib.sha256((service_port_name + protocol + endpoint).encode('utf-8')).digest()
+    return base64.b32encode(digest).decode('ascii')[:16]
+
+
+def service_port_name(namespace, name, port_name):
+    """proxy.ServicePortName.String(): ns/name, plus :port when the port is named."""
+    s = '%s/%s' % (namespace, name)
+    return s + ':' + port_name if port_name else s
+
+
+def compute_probability(n):
+    return '%0.10f' % (1.0 / n)
+
+
+def saved_probability(kp_probability):
+    """libxt_statistic stores lround(p * 2^31) and prints it back with %.11f."""
+    v = int(float(kp_probability) * 0x80000000 + 0.5)
+    return '%.11f' % (v / float(0x80000000))
+
+
+def chain_names(prefix):
+    """The fixed chains of a ruleset with this prefix (KUBE matches kube-proxy)."""
+    return dict(
+        services=prefix + '-SERVICES',
+        external_services=prefix + '-EXTERNAL-SERVICES',
+        nodeports=prefix + '-NODEPORTS',
+        postrouting=prefix + '-POSTROUTING',
+        mark_masq=prefix + '-MARK-MASQ',
+        forward=prefix + '-FORWARD',
+        proxy_firewall=prefix + '-PROXY-FIREWALL',
+        firewall=prefix + '-FIREWALL',
+    )
+
+
+def is_service_chain(prefix, chain):
+    for kind in SERVICE_CHAIN_KINDS:
+        if chain.startswith('%s-%s-' % (prefix, kind)):
+            return True
+    return False
+
+
+def owned_chains(prefix):
+    """table -> set of fixed chain names this ruleset owns (service chains go by prefix)."""
+    c = chain_names(prefix)
+    filt = {c['services'], c['external_services'], c['forward'], c['nodeports'],
+            c['proxy_firewall'], c['firewall']}
+    nat = {c['services'], c['nodeports'], c['postrouting'], c['mark_masq']}
+    return {'filter': filt, 'nat': nat}
+
+
+def owns_chain(prefix, table, chain):
+    return chain in owned_chains(prefix)[table] or (table == 'nat' and is_service_chain(prefix, chain))
+
+
+# --------------------------------------------------------------------------- quoting
+
+def kp_comment(text):
+    """kube-proxy wraps comments holding spaces in literal double quotes."""
+    return '"%s"' % text if ' ' in text else text
+
+
+def saved_comment(text):
+    return '"%s"' % text
+
+
+def split_rule(line):
+    """Split an iptables-save rule into tokens, honouring double quotes."""
+    out = []
+    i, n = 0, len(line)
+    while i < n:
+        if line[i] == ' ':
+            i += 1
+            continue
+        if line[i] == '"':
+            j = i + 1
+            buf = []
+            while j < n and line[j] != '"':
+                if line[j] == '\\' and j + 1 < n:
+                    j += 1
+                buf.append(line[j])
+                j += 1
+            out.append(''.join(buf))
+            i = j + 1
+        else:
+            j = line.find(' ', i)
+            if j < 0:
+                j = n
+            out.append(line[i:j])
+            i = j
+    return out
+
+
+# --------------------------------------------------------------------------- input
+
+def _err(msg, field, value=None):
+    return BarepodError(msg, field=field, value=value)
+
+
+def _ipv4(field, value, allow_none=False):
+    if not isinstance(value, str) or not value:
+        raise _err('must be an IP address, got %r' % (value,), field, value)
+    try:
+        ip = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise _err('%r is not a valid IP address' % (value,), field, value)
+    return ip
+
+
+def _cidr(field, value):
+    if not isinstance(value, str):
+        raise _err('must be a CIDR such as 10.0.0.0/8, got %r' % (value,), field, value)
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise _err('%r is not a valid CIDR' % (value,), field, value)
+
+
+def _int(field, value, lo, hi, what='a number'):
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        else:
+            raise _err('must be %s between %d and %d, got %r' % (what, lo, hi, value), field, value)
+    if not lo <= value <= hi:
+        raise _err('%d is out of range (%d-%d)' % (value, lo, hi), field, value)
+    return value
+
+
+def _str(field, value, default=None, required=False):
+    if value is None:
+        if required:
+            raise _err('is required', field, value)
+        return default
+    if not isinstance(value, str):
+        raise _err('must be a string, got %r' % (value,), field, value)
+    return value
+
+
+def _protocol(field, value):
+    if value is None:
+        return 'TCP'
+    if value not in PROTOCOLS:
+        raise _err('unknown protocol %r (one of %s)' % (value, ', '.join(PROTOCOLS)), field, value)
+    return value
+
+
+def flatten_objects(objs, field='objects'):
+    """Expand v1 List objects; reject anything that is not a mapping."""
+    out = []
+    for i, o in enumerate(objs or []):
+        f = '%s[%d]' % (field, i)
+        if o is None:
+            continue
+        if not isinstance(o, dict):
+            raise _err('must be a Kubernetes object (a mapping), got %r' % (type(o).__name__,), f, o)
+        if o.get('kind') == 'List' or (isinstance(o.get('kind'), str) and o['kind'].endswith('List')
+                                       and isinstance(o.get('items'), list)):
+            for j, item in enumerate(o.get('items') or []):
+                out.append(('%s.items[%d]' % (f, j), item))
+        else:
+            out.append((f, o))
+    return out
+
+
+class ServicePort(object):
+    """One port of one Service: kube-proxy's servicePortInfo."""
+
+    __slots__ = ('namespace', 'name', 'port_name', 'name_string', 'protocol', 'proto', 'cluster_ip',
+                 'port', 'node_port', 'external_ips', 'lb_vips', 'lb_source_ranges',
+                 'affinity_timeout', 'health_check_node_port', 'internal_local', 'external_local',
+                 'hash', 'field')
+
+    def externally_accessible(self):
+        return bool(self.node_port or self.lb_vips or self.external_ips)
+
+    def uses_cluster_endpoints(self):
+        return not self.internal_local or self.externally_accessible()
+
+    def uses_local_endpoints(self):
+        return self.internal_local or (self.external_local and self.externally_accessible())
+
+
+class Endpoint(object):
+    __slots__ = ('ip', 'port', 'local', 'ready', 'serving', 'terminating', 'string', 'chain_hash')
+
+
+def parse_service(field, obj, skipped):
+    meta = obj.get('metadata') or {}
+    if not isinstance(meta, dict):
+        raise _err('must be a mapping', field + '.metadata', meta)
+    name = _str(field + '.metadata.name', meta.get('name'), required=True)
+    if not name:
+        raise _err('is required', field + '.metadata.name', name)
+    namespace = _str(field + '.metadata.namespace', meta.get('namespace'), 'default') or 'default'
+    spec = obj.get('spec')
+    if not isinstance(spec, dict):
+        raise _err('is required (a Service needs a spec)', field + '.spec', spec)
+    svc_type = spec.get('type') or 'ClusterIP'
+    if svc_type not in SERVICE_TYPES:
+        raise _err('unknown Service type %r (one of %s)' % (svc_type, ', '.join(SERVICE_TYPES)),
+                   field + '.spec.type', svc_type)
+    key = '%s/%s' % (namespace, name)
+    cluster_ip = spec.get('clusterIP')
+    if svc_type == 'ExternalName':
+        skipped.append(dict(service=key, reason='type ExternalName is not proxied'))
+        return key, []
+    if cluster_ip is None or cluster_ip == '':
+        raise _err('Service %s has no clusterIP: kube-proxy only proxies Services with a cluster IP '
+                   '(set it to the address the API server allocated, or "None" for a headless '
+                   'Service)' % key, field + '.spec.clusterIP', cluster_ip)
+    if cluster_ip == 'None':
+        skipped.append(dict(service=key, reason='headless (clusterIP None)'))
+        return key, []
+    ip = _ipv4(field + '.spec.clusterIP', cluster_ip)
+    if ip.version != 4:
+        skipped.append(dict(service=key, reason='IPv6 cluster IP %s (this proxier is IPv4)' % ip))
+        return key, []
+    ports = spec.get('ports')
+    if not isinstance(ports, list) or not ports:
+        raise _err('Service %s needs at least one port' % key, field + '.spec.ports', ports)
+
+    etp = spec.get('externalTrafficPolicy') or 'Cluster'
+    itp = spec.get('internalTrafficPolicy') or 'Cluster'
+    for f, v in (('externalTrafficPolicy', etp), ('internalTrafficPolicy', itp)):
+        if v not in ('Cluster', 'Local'):
+            raise _err('must be Cluster or Local, got %r' % (v,), field + '.spec.' + f, v)
+    externally = svc_type in ('NodePort', 'LoadBalancer') or bool(spec.get('externalIPs'))
+    external_local = externally and etp == 'Local'
+    internal_local = itp == 'Local'
+
+    affinity = spec.get('sessionAffinity') or 'None'
+    if affinity not in ('None', 'ClientIP'):
+        raise _err('must be None or ClientIP, got %r' % (affinity,), field + '.spec.sessionAffinity', affinity)
+    timeout = 0
+    if affinity == 'ClientIP':
+        timeout = DEFAULT_AFFINITY_TIMEOUT
+        cfg = ((spec.get('sessionAffinityConfig') or {}).get('clientIP') or {})
+        if cfg.get('timeoutSeconds') is not None:
+            timeout = _int(field + '.spec.sessionAffinityConfig.clientIP.timeoutSeconds',
+                           cfg['timeoutSeconds'], 1, MAX_AFFINITY_TIMEOUT, 'a number of seconds')
+
+    external_ips = []
+    for i, e in enumerate(spec.get('externalIPs') or []):
+        eip = _ipv4('%s.spec.externalIPs[%d]' % (field, i), e)
+        if eip.version == 4:
+            external_ips.append(str(eip))
+    lb_vips = []
+    if svc_type == 'LoadBalancer':
+        ingress = ((obj.get('status') or {}).get('loadBalancer') or {}).get('ingress') or []
+        for i, ing in enumerate(ingress):
+            if not isinstance(ing, dict) or not ing.get('ip'):
+                continue
+            if ing.get('ipMode') == 'Proxy':
+                continue
+            vip = _ipv4('%s.status.loadBalancer.ingress[%d].ip' % (field, i), ing['ip'])
+            if vip.version == 4:
+                lb_vips.append(str(vip))
+    source_ranges = []
+    for i, r in enumerate(spec.get('loadBalancerSourceRanges') or []):
+        net = _cidr('%s.spec.loadBalancerSourceRanges[%d]' % (field, i), r)
+        if net.version == 4:
+            source_ranges.append(net)
+    hc_port = 0
+    if svc_type == 'LoadBalancer' and etp == 'Local' and spec.get('healthCheckNodePort'):
+        hc_port = _int(field + '.spec.healthCheckNodePort', spec['healthCheckNodePort'], 1, 65535, 'a port')
+
+    out = []
+    seen = set()
+    for i, p in enumerate(ports):
+        pf = '%s.spec.ports[%d]' % (field, i)
+        if not isinstance(p, dict):
+            raise _err('must be a mapping', pf, p)
+        pname = _str(pf + '.name', p.get('name'), '') or ''
+        if len(ports) > 1 and not pname:
+            raise _err('is required when a Service has more than one port', pf + '.name', pname)
+        if pname in seen:
+            raise _err('duplicate port name %r' % pname, pf + '.name', pname)
+        seen.add(pname)
+        sp = ServicePort()
+        sp.field = pf
+        sp.namespace, sp.name, sp.port_name = namespace, name, pname
+        sp.protocol = _protocol(pf + '.protocol', p.get('protocol'))
+        sp.proto = sp.protocol.lower()
+        sp.port = _int(pf + '.port', p.get('port'), 1, 65535, 'a port')
+        np_ = p.get('nodePort')
+        sp.node_port = _int(pf + '.nodePort', np_, 1, 65535, 'a port') if np_ not in (None, 0) else 0
+        sp.cluster_ip = str(ip)
+        sp.name_string = service_port_name(namespace, name, pname)
+        sp.external_ips = external_ips
+        sp.lb_vips = lb_vips
+        sp.lb_source_ranges = source_ranges
+        sp.affinity_timeout = timeout
+        sp.health_check_node_port = hc_port
+        sp.internal_local = internal_local
+        sp.external_local = external_local
+        sp.hash = port_proto_hash(sp.name_string, sp.proto)
+        out.append(sp)
+    return key, out
+
+
+def parse_slice(field, obj, node_name):
+    """-> (service key, {(port name, protocol): [Endpoint]}) following EndpointSliceCache."""
+    meta = obj.get('metadata') or {}
+    namespace = _str(field + '.metadata.namespace', meta.get('namespace'), 'default') or 'default'
+    labels = meta.get('labels') or {}
+    svc = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    if not svc:
+        raise _err('an EndpointSlice must carry the label %s naming its Service' % SERVICE_NAME_LABEL,
+                   field + '.metadata.labels', labels)
+    key = '%s/%s' % (namespace, svc)
+    address_type = obj.get('addressType') or 'IPv4'
+    if address_type not in ('IPv4', 'IPv6', 'FQDN'):
+        raise _err('unknown addressType %r' % (address_type,), field + '.addressType', address_type)
+    result = {}
+    if address_type != 'IPv4':
+        return key, result
+    endpoints = obj.get('endpoints') or []
+    if not isinstance(endpoints, list):
+        raise _err('must be a list', field + '.endpoints', endpoints)
+    parsed = []
+    for i, ep in enumerate(endpoints):
+        ef = '%s.endpoints[%d]' % (field, i)
+        if not isinstance(ep, dict):
+            raise _err('must be a mapping', ef, ep)
+        addrs = ep.get('addresses') or []
+        if not addrs:
+            continue
+        ip = _ipv4(ef + '.addresses[0]', addrs[0])
+        if ip.version != 4:
+            continue
+        cond = ep.get('conditions') or {}
+        ready = cond.get('ready') is None or bool(cond.get('ready'))
+        serving = cond.get('serving') is None or bool(cond.get('serving'))
+        terminating = bool(cond.get('terminating'))
+        local = bool(node_name) and ep.get('nodeName') == node_name
+        parsed.append((str(ip), local, ready, serving, terminating))
+    for i, p in enumerate(obj.get('ports') or []):
+        pf = '%s.ports[%d]' % (field, i)
+        if not isinstance(p, dict):
+            raise _err('must be a mapping', pf, p)
+        if p.get('port') in (None, 0):
+            continue
+        port = _int(pf + '.port', p.get('port'), 1, 65535, 'a port')
+        pname = _str(pf + '.name', p.get('name'), '') or ''
+        proto = _protocol(pf + '.protocol', p.get('protocol'))
+        eps = result.setdefault((pname, proto), [])
+        for ip, local, ready, serving, terminating in parsed:
+            e = Endpoint()
+            e.ip, e.port, e.local = ip, port, local
+            e.ready, e.serving, e.terminating = ready, serving, terminating
+            e.string = '%s:%d' % (ip, port)
+            eps.append(e)
+    return key, result
+
+
+def load(objects, node_name=None):
+    """objects -> (sorted [ServicePort], {svc port name string: [Endpoint]}, skipped)."""
+    services = {}
+    slices = []
+    skipped = []
+    for field, obj in flatten_objects(objects):
+        kind = obj.get('kind')
+        if kind == 'Service':
+            key, ports = parse_service(field, obj, skipped)
+            if key in services:
+                raise _err('Service %s is given twice' % key, field, key)
+            services[key] = ports
+        elif kind == 'EndpointSlice':
+            slices.append(parse_slice(field, obj, node_name) + (field,))
+        elif kind in ('Endpoints',):
+            skipped.append(dict(object=field, reason='v1 Endpoints are ignored; kube-proxy reads EndpointSlices'))
+        else:
+            raise _err('unsupported kind %r (expected Service or EndpointSlice)' % (kind,), field + '.kind', kind)
+    # endpoints per (service, port name, protocol), deduplicated by ip:port (local wins)
+    by_port = {}
+    for key, ports, field in slices:
+        if key not in services:
+            raise _err('EndpointSlice names Service %s, which is not among the given Services' % key,
+                       field + '.metadata.labels.' + SERVICE_NAME_LABEL, key)
+        for (pname, proto), eps in ports.items():
+            d = by_port.setdefault((key, pname, proto), {})
+            for e in eps:
+                if e.string not in d or e.local:
+                    d[e.string] = e
+    svc_ports = []
+    endpoints = {}
+    for key in services:
+        for sp in services[key]:
+            svc_ports.append(sp)
+            d = by_port.get(('%s/%s' % (sp.namespace, sp.name), sp.port_name, sp.protocol), {})
+            eps = sorted(d.values(), key=lambda e: e.string)
+            for e in eps:
+                e.chain_hash = endpoint_hash(sp.name_string, sp.proto, e.string)
+            endpoints[(sp.name_string, sp.protocol)] = eps
+    svc_ports.sort(key=lambda s: (s.name_string, s.protocol))
+    return svc_ports, endpoints, skipped
+
+
+def categorize_endpoints(endpoints, sp):
+    """pkg/proxy/topology.go CategorizeEndpoints (without topology hints)."""
+    cluster, local, reachable, has_any = [], [], [], False
+    if sp.uses_cluster_endpoints():
+        cluster = [e for e in endpoints if e.ready]
+        if not cluster:
+            cluster = [e for e in endpoints if e.serving and e.terminating]
+        if cluster:
+            has_any = True
+    if not sp.uses_local_endpoints():
+        return cluster, local, cluster, has_any
+    has_local_ready = has_local_st = False
+    for e in endpoints:
+        if e.ready:
+            has_any = True
+            if e.local:
+                has_local_ready = True
+        elif e.serving and e.terminating:
+            has_any = True
+            if e.local:
+                has_local_st = True
+    use_st = False
+    if has_local_ready:
+        local = [e for e in endpoints if e.local and e.ready]
+    elif has_local_st:
+        use_st = True
+        local = [e for e in endpoints if e.local and e.serving and e.terminating]
+    if not sp.uses_cluster_endpoints():
+        return cluster, local, local, has_any
+    if not use_st:
+        return cluster, local, cluster, has_any
+    merged = {}
+    for e in cluster + local:
+        merged[e.string] = e
+    reachable = [merged[k] for k in sorted(merged)]
+    return cluster, local, reachable, has_any
+
+
+# --------------------------------------------------------------------------- settings
+
+class Settings(object):
+    """The node's kube-proxy configuration (flags of the iptables proxier)."""
+
+    def __init__(self, node_name=None, node_ip=None, cluster_cidr=None, masquerade_bit=14,
+                 masquerade_all=False, nodeport_addresses=None, nodeport_ips=None,
+                 localhost_nodeports=True, random_fully=True, conntrack_tcp_be_liberal=False,
+                 nfacct=False, chain_prefix='KUBE'):
+        if not isinstance(chain_prefix, str) or not PREFIX_RE.match(chain_prefix):
+            raise _err('must be 1-7 upper-case letters or digits starting with a letter (chain '
+                       'names are limited to 28 characters), got %r' % (chain_prefix,),
+                       'chain_prefix', chain_prefix)
+        self.chain_prefix = chain_prefix
+        self.node_name = node_name or None
+        self.node_ip = _ipv4('node_ip', node_ip) if node_ip else None
+        self.cluster_cidr = None
+        if cluster_cidr:
+            self.cluster_cidr = _cidr('cluster_cidr', cluster_cidr)
+            if self.cluster_cidr.version != 4:
+                raise _err('must be an IPv4 CIDR', 'cluster_cidr', cluster_cidr)
+        self.masquerade_bit = _int('masquerade_bit', masquerade_bit, 0, 31, 'a bit number')
+        self.mark = '0x%08x' % (1 << self.masquerade_bit)
+        self.mark_saved = '0x%x' % (1 << self.masquerade_bit)
+        self.masquerade_all = bool(masquerade_all)
+        self.nodeport_addresses = [_cidr('nodeport_addresses[%d]' % i, c)
+                                   for i, c in enumerate(nodeport_addresses or [])]
+        self.nodeport_addresses = [n for n in self.nodeport_addresses if n.version == 4]
+        self.nodeport_ips = [_ipv4('nodeport_ips[%d]' % i, a) for i, a in enumerate(nodeport_ips or [])]
+        loop = ipaddress.ip_address('127.0.0.1')
+        contains_loopback = (not self.nodeport_addresses) or any(loop in n for n in self.nodeport_addresses)
+        self.localhost_nodeports = bool(localhost_nodeports) and contains_loopback
+        self.random_fully = bool(random_fully)
+        self.conntrack_tcp_be_liberal = bool(conntrack_tcp_be_liberal)
+        self.nfacct = bool(nfacct)
+
+    def nodeport_match_all(self):
+        return not self.nodeport_addresses
+
+    def selected_nodeport_ips(self):
+        out = []
+        for ip in self.nodeport_ips:
+            if ip.version == 4 and any(ip in n for n in self.nodeport_addresses):
+                out.append(ip)
+        return sorted(set(out))
+
+
+# --------------------------------------------------------------------------- the ruleset
+
+class Ruleset(object):
+    """table -> {chain: [(kp, saved)]} in output order, plus jump rules from built-in chains."""
+
+    def __init__(self, prefix):
+        self.prefix = prefix
+        self.chains = {'filter': {}, 'nat': {}}
+        self.jumps = []  # (table, builtin chain, kp args, saved args)
+        self.services = 0
+        self.endpoints = 0
+        self.large_cluster_mode = False
+
+    def chain(self, table, name):
+        c = self.chains[table].get(name)
+        if c is None:
+            c = self.chains[table][name] = []
+        return c
+
+    def ordered_chains(self, table):
+        """kube-proxy's golden-test order: NODEPORTS, SERVICES, then alphabetical."""
+        p = self.prefix
+        first = [p + '-NODEPORTS', p + '-SERVICES']
+        names = self.chains[table]
+        head = [c for c in first if c in names]
+        return head + sorted(c for c in names if c not in first)
+
+    def saved_rules(self, table, chain):
+        return [s for _k, s in self.chains[table][chain]]
+
+    def payload(self):
+        """The iptables-restore input kube-proxy would write (chains grouped)."""
+        out = []
+        for table in TABLES:
+            out.append('*' + table)
+            order = self.ordered_chains(table)
+            for c in order:
+                out.append(':%s - [0:0]' % c)
+            for c in order:
+                for kp, _s in self.chains[table][c]:
+                    out.append('-A %s %s' % (c, kp))
+            out.append('COMMIT')
+        return '\n'.join(out) + '\n'
+
+    def rule_count(self):
+        return dict((t, sum(len(r) for r in self.chains[t].values())) for t in TABLES)
+
+
+def _jump_specs(prefix, localhost_fw):
+    c = chain_names(prefix)
+    new = ['-m', 'conntrack', '--ctstate', 'NEW']
+    specs = [
+        ('filter', c['external_services'], 'INPUT', 'kubernetes externally-visible service portals', new),
+        ('filter', c['external_services'], 'FORWARD', 'kubernetes externally-visible service portals', new),
+        ('filter', c['nodeports'], 'INPUT', 'kubernetes health check service ports', []),
+        ('filter', c['services'], 'FORWARD', 'kubernetes service portals', new),
+        ('filter', c['services'], 'OUTPUT', 'kubernetes service portals', new),
+        ('filter', c['forward'], 'FORWARD', 'kubernetes forwarding rules', []),
+        ('filter', c['proxy_firewall'], 'INPUT', 'kubernetes load balancer firewall', new),
+        ('filter', c['proxy_firewall'], 'OUTPUT', 'kubernetes load balancer firewall', new),
+        ('filter', c['proxy_firewall'], 'FORWARD', 'kubernetes load balancer firewall', new),
+        ('nat', c['services'], 'OUTPUT', 'kubernetes service portals', []),
+        ('nat', c['services'], 'PREROUTING', 'kubernetes service portals', []),
+        ('nat', c['postrouting'], 'POSTROUTING', 'kubernetes postrouting rules', []),
+    ]
+    if localhost_fw:
+        specs += [('filter', c['firewall'], 'INPUT', '', []), ('filter', c['firewall'], 'OUTPUT', '', [])]
+    out = []
+    for table, dst, src, comment, extra in specs:
+        kp = list(extra)
+        saved = list(extra)
+        if comment:
+            kp += ['-m', 'comment', '--comment', kp_comment(comment)]
+            saved += ['-m', 'comment', '--comment', saved_comment(comment)]
+        kp += ['-j', dst]
+        saved += ['-j', dst]
+        out.append((table, src, ' '.join(kp), ' '.join(saved)))
+    return out
+
+
+def render(objects, settings):
+    """Services + EndpointSlices -> Ruleset, exactly as kube-proxy's syncProxyRules."""
+    svc_ports, endpoints, skipped = load(objects, settings.node_name)
+    rs = _render(svc_ports, endpoints, settings)
+    rs.skipped = skipped
+    return rs
+
+
+def _render(svc_ports, endpoints_map, st):
+    p = st.chain_prefix
+    cn = chain_names(p)
+    rs = Ruleset(p)
+    mark, mark_s = st.mark, st.mark_saved
+    f_services = rs.chain('filter', cn['services'])
+    f_ext = rs.chain('filter', cn['external_services'])
+    f_forward = rs.chain('filter', cn['forward'])
+    f_nodeports = rs.chain('filter', cn['nodeports'])
+    f_pfw = rs.chain('filter', cn['proxy_firewall'])
+    n_services = rs.chain('nat', cn['services'])
+    n_nodeports = rs.chain('nat', cn['nodeports'])
+    n_post = rs.chain('nat', cn['postrouting'])
+    n_masq = rs.chain('nat', cn['mark_masq'])
+    MASQ = cn['mark_masq']
+
+    n_post.append(('-m mark ! --mark %s/%s -j RETURN' % (mark, mark),
+                   '-m mark ! --mark %s/%s -j RETURN' % (mark_s, mark_s)))
+    n_post.append(('-j MARK --xor-mark %s' % mark, '-j MARK --set-xmark %s/0x0' % mark_s))
+    rf = ' --random-fully' if st.random_fully else ''
+    n_post.append(('-m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE' + rf,
+                   '-m comment --comment "kubernetes service traffic requiring SNAT" -j MASQUERADE' + rf))
+    n_masq.append(('-j MARK --or-mark %s' % mark, '-j MARK --set-xmark %s/%s' % (mark_s, mark_s)))
+    if st.localhost_nodeports:
+        rs.chain('filter', cn['firewall']).append((
+            '-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 '
+            '-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP',
+            '! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" '
+            '-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP'))
+
+    local_cidr = str(st.cluster_cidr) if st.cluster_cidr else None
+    total = 0
+    for sp in svc_ports:
+        total += len(endpoints_map.get((sp.name_string, sp.protocol), ()))
+    large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+    rs.large_cluster_mode = large
+    rs.services = len(svc_ports)
+    rs.endpoints = total
+
+    for sp in svc_ports:
+        proto = sp.proto
+        name = sp.name_string
+        cip = sp.cluster_ip
+        port = str(sp.port)
+        all_eps = endpoints_map.get((name, sp.protocol), [])
+        cluster_eps, local_eps, reachable, has_eps = categorize_endpoints(all_eps, sp)
+        svc_chain = '%s-SVC-%s' % (p, sp.hash)
+        svl_chain = '%s-SVL-%s' % (p, sp.hash)
+        ext_chain = '%s-EXT-%s' % (p, sp.hash)
+        fw_chain = '%s-FW-%s' % (p, sp.hash)
+        uses_cluster_chain = bool(cluster_eps) and sp.uses_cluster_endpoints()
+        uses_local_chain = bool(local_eps) and sp.uses_local_endpoints()
+        internal_chain = svc_chain
+        has_internal = has_eps
+        if sp.internal_local:
+            internal_chain = svl_chain
+            if not local_eps:
+                has_internal = False
+        external_policy_chain = svc_chain
+        has_external = has_eps
+        if sp.external_local:
+            external_policy_chain = svl_chain
+            if not local_eps:
+                has_external = False
+        uses_ext_chain = has_eps and sp.externally_accessible()
+        lb_chain = ext_chain
+        uses_fw = has_eps and bool(sp.lb_vips) and bool(sp.lb_source_ranges)
+        if uses_fw:
+            lb_chain = fw_chain
+
+        int_target = int_comment = ext_target = ext_comment = None
+        if not has_eps:
+            int_target = ext_target = 'REJECT'
+            int_comment = ext_comment = '%s has no endpoints' % name
+        else:
+            if not has_internal:
+                int_target, int_comment = 'DROP', '%s has no local endpoints' % name
+            if not has_external:
+                ext_target, ext_comment = 'DROP', '%s has no local endpoints' % name
+
+        def filter_rule(comment, dst, dport, target, addrtype=False):
+            kp_t = target
+            sv_t = target + (' --reject-with icmp-port-unreachable' if target == 'REJECT' else '')
+            if addrtype:
+                return ('-m comment --comment %s -m addrtype --dst-type LOCAL -m %s -p %s --dport %s -j %s'
+                        % (kp_comment(comment), proto, proto, dport, kp_t),
+                        '-p %s -m comment --comment %s -m addrtype --dst-type LOCAL -m %s --dport %s -j %s'
+                        % (proto, saved_comment(comment), proto, dport, sv_t))
+            return ('-m comment --comment %s -m %s -p %s -d %s --dport %s -j %s'
+                    % (kp_comment(comment), proto, proto, dst, dport, kp_t),
+                    '-d %s/32 -p %s -m comment --comment %s -m %s --dport %s -j %s'
+                    % (dst, proto, saved_comment(comment), proto, dport, sv_t))
+
+        def dnat_capture(comment, dst, dport, target):
+            return ('-m comment --comment %s -m %s -p %s -d %s --dport %s -j %s'
+                    % (kp_comment(comment), proto, proto, dst, dport, target),
+                    '-d %s/32 -p %s -m comment --comment %s -m %s --dport %s -j %s'
+                    % (dst, proto, saved_comment(comment), proto, dport, target))
+
+        # Capture the clusterIP.
+        if has_internal:
+            n_services.append(dnat_capture(name + ' cluster IP', cip, port, internal_chain))
+        else:
+            f_services.append(filter_rule(int_comment, cip, port, int_target))
+        # Capture externalIPs.
+        for eip in sp.external_ips:
+            if has_eps:
+                n_services.append(dnat_capture(name + ' external IP', eip, port, ext_chain))
+            if not has_external:
+                f_ext.append(filter_rule(ext_comment, eip, port, ext_target))
+        # Capture load-balancer ingress.
+        for vip in sp.lb_vips:
+            if has_eps:
+                n_services.append(dnat_capture(name + ' loadbalancer IP', vip, port, lb_chain))
+            if uses_fw:
+                f_pfw.append(filter_rule('%s traffic not accepted by %s' % (name, fw_chain), vip, port, 'DROP'))
+        if not has_external:
+            for vip in sp.lb_vips:
+                f_ext.append(filter_rule(ext_comment, vip, port, ext_target))
+        # Capture nodeports.
+        if sp.node_port:
+            npt = str(sp.node_port)
+            if has_eps:
+                if st.localhost_nodeports and st.nfacct:
+                    n_nodeports.append((
+                        '-m comment --comment %s -m %s -p %s -d 127.0.0.0/8 --dport %s -m nfacct '
+                        '--nfacct-name %s -j %s' % (kp_comment(name), proto, proto, npt, NFACCT_LOCALHOST_NP,
+                                                    ext_chain),
+                        '-d 127.0.0.0/8 -p %s -m comment --comment %s -m %s --dport %s -m nfacct '
+                        '--nfacct-name  %s -j %s' % (proto, saved_comment(name), proto, npt,
+                                                     NFACCT_LOCALHOST_NP, ext_chain)))
+                n_nodeports.append((
+                    '-m comment --comment %s -m %s -p %s --dport %s -j %s'
+                    % (kp_comment(name), proto, proto, npt, ext_chain),
+                    '-p %s -m comment --comment %s -m %s --dport %s -j %s'
+                    % (proto, saved_comment(name), proto, npt, ext_chain)))
+            if not has_external:
+                f_ext.append(filter_rule(ext_comment, None, npt, ext_target, addrtype=True))
+        # Capture healthCheckNodePorts.
+        if sp.health_check_node_port:
+            c = '%s health check node port' % name
+            hp = str(sp.health_check_node_port)
+            f_nodeports.append((
+                '-m comment --comment %s -m tcp -p tcp --dport %s -j ACCEPT' % (kp_comment(c), hp),
+                '-p tcp -m comment --comment %s -m tcp --dport %s -j ACCEPT' % (saved_comment(c), hp)))
+
+        # Internal traffic handling.
+        if has_internal:
+            c = name + ' cluster IP'
+            kp_args = '-m comment --comment %s -m %s -p %s -d %s --dport %s' % (kp_comment(c), proto, proto, cip, port)
+            if st.masquerade_all:
+                rs.chain('nat', internal_chain).append((
+                    kp_args + ' -j ' + MASQ,
+                    '-d %s/32 -p %s -m comment --comment %s -m %s --dport %s -j %s'
+                    % (cip, proto, saved_comment(c), proto, port, MASQ)))
+            elif local_cidr:
+                rs.chain('nat', internal_chain).append((
+                    kp_args + ' ! -s %s -j %s' % (local_cidr, MASQ),
+                    '! -s %s -d %s/32 -p %s -m comment --comment %s -m %s --dport %s -j %s'
+                    % (local_cidr, cip, proto, saved_comment(c), proto, port, MASQ)))
+
+        # External traffic handling.
+        if uses_ext_chain:
+            ext = rs.chain('nat', ext_chain)
+            if not sp.external_local:
+                c = 'masquerade traffic for %s external destinations' % name
+                ext.append(('-m comment --comment %s -j %s' % (kp_comment(c), MASQ),
+                            '-m comment --comment %s -j %s' % (saved_comment(c), MASQ)))
+            else:
+                if local_cidr:
+                    c = 'pod traffic for %s external destinations' % name
+                    ext.append(('-m comment --comment %s -s %s -j %s' % (kp_comment(c), local_cidr, svc_chain),
+                                '-s %s -m comment --comment %s -j %s' % (local_cidr, saved_comment(c), svc_chain)))
+                c = 'masquerade LOCAL traffic for %s external destinations' % name
+                ext.append(('-m comment --comment %s -m addrtype --src-type LOCAL -j %s' % (kp_comment(c), MASQ),
+                            '-m comment --comment %s -m addrtype --src-type LOCAL -j %s'
+                            % (saved_comment(c), MASQ)))
+                c = 'route LOCAL traffic for %s external destinations' % name
+                ext.append(('-m comment --comment %s -m addrtype --src-type LOCAL -j %s' % (kp_comment(c), svc_chain),
+                            '-m comment --comment %s -m addrtype --src-type LOCAL -j %s'
+                            % (saved_comment(c), svc_chain)))
+            if has_external:
+                ext.append(('-j ' + external_policy_chain, '-j ' + external_policy_chain))
+
+        # Firewall chain.
+        if uses_fw:
+            fw = rs.chain('nat', fw_chain)
+            c = '%s loadbalancer IP' % name
+            allow_from_node = False
+            for cidr in sp.lb_source_ranges:
+                fw.append(('-m comment --comment %s -s %s -j %s' % (kp_comment(c), cidr, ext_chain),
+                           '-s %s -m comment --comment %s -j %s' % (cidr, saved_comment(c), ext_chain)))
+                if st.node_ip is not None and st.node_ip in cidr:
+                    allow_from_node = True
+            if allow_from_node:
+                for vip in sp.lb_vips:
+                    fw.append(('-m comment --comment %s -s %s -j %s' % (kp_comment(c), vip, ext_chain),
+                               '-s %s/32 -m comment --comment %s -j %s' % (vip, saved_comment(c), ext_chain)))
+            c = 'other traffic to %s will be dropped by %s' % (name, cn['proxy_firewall'])
+            fw.append(('-m comment --comment %s' % kp_comment(c), '-m comment --comment %s' % saved_comment(c)))
+
+        if uses_cluster_chain:
+            _service_to_endpoints(rs, sp, svc_chain, cluster_eps, large)
+        if uses_local_chain:
+            _service_to_endpoints(rs, sp, svl_chain, local_eps, large)
+
+        # Per-endpoint chains.
+        for e in reachable:
+            sep = '%s-SEP-%s' % (p, e.chain_hash)
+            chain = rs.chain('nat', sep)
+            kc = '' if large else ' -m comment --comment %s' % kp_comment(name)
+            sc = '' if large else ' -m comment --comment %s' % saved_comment(name)
+            chain.append(('%s -s %s -j %s' % (kc, e.ip, MASQ), '-s %s/32%s -j %s' % (e.ip, sc, MASQ)))
+            if sp.affinity_timeout:
+                chain.append((
+                    '%s -m recent --name %s --set -m %s -p %s -j DNAT --to-destination %s'
+                    % (kc, sep, proto, proto, e.string),
+                    '-p %s%s -m recent --set --name %s --mask 255.255.255.255 --rsource -m %s -j DNAT '
+                    '--to-destination %s' % (proto, sc, sep, proto, e.string)))
+            else:
+                chain.append(('%s -m %s -p %s -j DNAT --to-destination %s' % (kc, proto, proto, e.string),
+                              '-p %s%s -m %s -j DNAT --to-destination %s' % (proto, sc, proto, e.string)))
+            chain[-2] = (chain[-2][0].lstrip(), chain[-2][1].lstrip())
+            chain[-1] = (chain[-1][0].lstrip(), chain[-1][1].lstrip())
+
+    # Tail-call to the nodeports chain: after all other service portal rules.
+    c = 'kubernetes service nodeports; NOTE: this must be the last rule in this chain'
+    if st.nodeport_match_all():
+        if st.localhost_nodeports:
+            n_services.append(('-m comment --comment %s -m addrtype --dst-type LOCAL -j %s'
+                               % (kp_comment(c), cn['nodeports']),
+                               '-m comment --comment %s -m addrtype --dst-type LOCAL -j %s'
+                               % (saved_comment(c), cn['nodeports'])))
+        else:
+            n_services.append(('-m comment --comment %s -m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j %s'
+                               % (kp_comment(c), cn['nodeports']),
+                               '! -d 127.0.0.0/8 -m comment --comment %s -m addrtype --dst-type LOCAL -j %s'
+                               % (saved_comment(c), cn['nodeports'])))
+    else:
+        for ip in st.selected_nodeport_ips():
+            if ip.is_loopback and not st.localhost_nodeports:
+                continue
+            n_services.append(('-m comment --comment %s -d %s -j %s' % (kp_comment(c), ip, cn['nodeports']),
+                               '-d %s/32 -m comment --comment %s -j %s' % (ip, saved_comment(c), cn['nodeports'])))
+
+    if not st.conntrack_tcp_be_liberal:
+        if st.nfacct:
+            f_forward.append(('-m conntrack --ctstate INVALID -m nfacct --nfacct-name %s -j DROP' % NFACCT_CT_INVALID,
+                              '-m conntrack --ctstate INVALID -m nfacct --nfacct-name  %s -j DROP'
+                              % NFACCT_CT_INVALID))
+        else:
+            f_forward.append(('-m conntrack --ctstate INVALID -j DROP', '-m conntrack --ctstate INVALID -j DROP'))
+    f_forward.append(('-m comment --comment "kubernetes forwarding rules" -m mark --mark %s/%s -j ACCEPT'
+                      % (mark, mark),
+                      '-m comment --comment "kubernetes forwarding rules" -m mark --mark %s/%s -j ACCEPT'
+                      % (mark_s, mark_s)))
+    f_forward.append(('-m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate '
+                      'RELATED,ESTABLISHED -j ACCEPT',
+                      '-m comment --comment "kubernetes forwarding conntrack rule" -m conntrack --ctstate '
+                      'RELATED,ESTABLISHED -j ACCEPT'))
+    rs.jumps = _jump_specs(p, st.localhost_nodeports)
+    return rs
+
+
+def _service_to_endpoints(rs, sp, chain_name, endpoints, large):
+    chain = rs.chain('nat', chain_name)
+    name = sp.name_string
+    p = rs.prefix
+    if sp.affinity_timeout:
+        for e in endpoints:
+            sep = '%s-SEP-%s' % (p, e.chain_hash)
+            c = '%s -> %s' % (name, e.string)
+            kc = '' if large else '-m comment --comment %s ' % kp_comment(c)
+            sc = '' if large else '-m comment --comment %s ' % saved_comment(c)
+            chain.append(('%s-m recent --name %s --rcheck --seconds %d --reap -j %s'
+                          % (kc, sep, sp.affinity_timeout, sep),
+                          '%s-m recent --rcheck --seconds %d --reap --name %s --mask 255.255.255.255 --rsource -j %s'
+                          % (sc, sp.affinity_timeout, sep, sep)))
+    n = len(endpoints)
+    for i, e in enumerate(endpoints):
+        sep = '%s-SEP-%s' % (p, e.chain_hash)
+        c = '%s -> %s' % (name, e.string)
+        kc = '' if large else '-m comment --comment %s ' % kp_comment(c)
+        sc = '' if large else '-m comment --comment %s ' % saved_comment(c)
+        if i < n - 1:
+            prob = compute_probability(n - i)
+            chain.append(('%s-m statistic --mode random --probability %s -j %s' % (kc, prob, sep),
+                          '%s-m statistic --mode random --probability %s -j %s' % (sc, saved_probability(prob), sep)))
+        else:
+            chain.append(('%s-j %s' % (kc, sep), '%s-j %s' % (sc, sep)))
