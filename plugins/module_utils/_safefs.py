@@ -1,0 +1,267 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""File operations confined to a root directory.
+
+Every path inside the root is first resolved with secure_join (symlinks re-rooted, `..`
+stopping at the root), then the parent directory is opened component by component from
+the root with O_NOFOLLOW (so a symlink swapped in after resolution fails with ELOOP instead
+of being followed), and the final entry is created relative to that directory fd without
+following it: files are written to a temporary name and renamed over, symlinks likewise,
+so an existing symlink at the final name is replaced, never written through.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import shutil
+import stat
+
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._paths import secure_join, is_within
+
+O_PATH = getattr(os, 'O_PATH', 0o10000000)
+
+
+def clean(path):
+    """A path inside the root as '/a/b' (lexically normalised, never above '/')."""
+    p = posixpath.normpath('/' + path.lstrip('/'))
+    while p.startswith('//'):
+        p = p[1:]
+    return p
+
+
+class SafeRoot(object):
+    """Operations on paths inside `root` that never leave it."""
+
+    def __init__(self, root, mountpoints=()):
+        self.root = os.path.realpath(root)
+        # absolute host paths of mount points under the root: never removed across
+        self.mountpoints = [m for m in mountpoints if is_within(self.root, m) and m != self.root]
+
+    def host(self, path):
+        return os.path.join(self.root, clean(path).lstrip('/'))
+
+    def resolve(self, path, field='path'):
+        """secure_join of a path inside the root; returns the host path."""
+        return secure_join(self.root, clean(path), field=field)
+
+    def open_dir(self, rel, create=True, mode=0o755):
+        """fd of directory `rel` (a resolved path relative to root), walked with O_NOFOLLOW."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for comp in [c for c in rel.split('/') if c and c != '.']:
+                try:
+                    nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  dir_fd=fd)
+                except OSError as e:
+                    if e.errno == errno.ENOENT and create:
+                        os.mkdir(comp, mode, dir_fd=fd)
+                        nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                      dir_fd=fd)
+                    elif e.errno in (errno.ELOOP, errno.ENOTDIR):
+                        # a non-directory where a directory must be: replace it (it belongs to
+                        # the rootfs being built); a symlink is never followed
+                        if not create:
+                            raise
+                        self._remove_at(fd, comp, rel)
+                        os.mkdir(comp, mode, dir_fd=fd)
+                        nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                      dir_fd=fd)
+                    else:
+                        raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def parent(self, path, create=True):
+        """(dirfd, name, host_path) for the entry `path` inside the root.
+
+        The parent is resolved with secure_join; the final component is not (it is what
+        gets created or replaced).
+        """
+        p = clean(path)
+        if p == '/':
+            raise BarepodError('cannot replace the root itself', field='path', value=path)
+        d, name = posixpath.split(p)
+        hd = self.resolve(d)
+        rel = os.path.relpath(hd, self.root)
+        fd = self.open_dir('' if rel == '.' else rel, create=create)
+        return fd, name, os.path.join(hd, name)
+
+    def lstat(self, path):
+        """lstat of the entry (parent resolved inside root); None when absent."""
+        p = clean(path)
+        if p == '/':
+            return os.lstat(self.root)
+        d, name = posixpath.split(p)
+        try:
+            return os.lstat(os.path.join(self.resolve(d), name))
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+
+    def _check_mounts(self, host_path):
+        for m in self.mountpoints:
+            if is_within(host_path, m):
+                raise BarepodError('refusing to remove %s: %s is a mount point under it'
+                                   % (host_path, m), field='path', value=host_path)
+
+    def _remove_at(self, dirfd, name, where=''):
+        try:
+            st = os.lstat(name, dir_fd=dirfd)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return False
+            raise
+        hp = os.path.join(os.readlink('/proc/self/fd/%d' % dirfd), name)
+        self._check_mounts(hp)
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=dirfd)
+        else:
+            os.unlink(name, dir_fd=dirfd)
+        return True
+
+    def remove(self, path):
+        """Remove the entry (recursively, never following symlinks or crossing mounts)."""
+        try:
+            fd, name, _hp = self.parent(path, create=False)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return False
+            raise
+        try:
+            return self._remove_at(fd, name)
+        finally:
+            os.close(fd)
+
+    def _tmpname(self, name):
+        return '.%s.barepod-tmp-%d' % (name[:64], os.getpid())
+
+    def _replace(self, fd, tmp, name):
+        try:
+            st = os.lstat(name, dir_fd=fd)
+        except OSError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            self._remove_at(fd, name)
+        os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+
+    def write_file(self, path, src, mode=0o644, uid=None, gid=None, mtime_ns=None):
+        """Write a regular file from a readable binary file object `src`."""
+        fd, name, _hp = self.parent(path)
+        try:
+            tmp = self._tmpname(name)
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          0o600, dir_fd=fd)
+            try:
+                with os.fdopen(wfd, 'wb', closefd=False) as w:
+                    shutil.copyfileobj(src, w, 1 << 20)
+                if uid is not None:
+                    os.fchown(wfd, uid, gid if gid is not None else -1)
+                os.fchmod(wfd, mode & 0o7777)
+                if mtime_ns is not None:
+                    os.utime(wfd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(wfd)
+            self._replace(fd, tmp, name)
+        finally:
+            os.close(fd)
+
+    def symlink(self, path, target, uid=None, gid=None, mtime_ns=None):
+        fd, name, _hp = self.parent(path)
+        try:
+            try:
+                st = os.lstat(name, dir_fd=fd)
+                if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=fd) == target:
+                    return False
+            except OSError:
+                pass
+            tmp = self._tmpname(name)
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            os.symlink(target, tmp, dir_fd=fd)
+            if uid is not None:
+                os.chown(tmp, uid, gid if gid is not None else -1, dir_fd=fd, follow_symlinks=False)
+            if mtime_ns is not None:
+                os.utime(tmp, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
+            self._replace(fd, tmp, name)
+            return True
+        finally:
+            os.close(fd)
+
+    def mkdir(self, path, mode=0o755, uid=None, gid=None, mtime_ns=None):
+        p = clean(path)
+        if p == '/':
+            dfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            fd, name, _hp = self.parent(p)
+            try:
+                try:
+                    st = os.lstat(name, dir_fd=fd)
+                except OSError:
+                    st = None
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    self._remove_at(fd, name)
+                    st = None
+                if st is None:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            finally:
+                os.close(fd)
+        try:
+            if uid is not None:
+                os.fchown(dfd, uid, gid if gid is not None else -1)
+            if stat.S_IMODE(os.fstat(dfd).st_mode) != mode & 0o7777:
+                os.fchmod(dfd, mode & 0o7777)
+            if mtime_ns is not None:
+                os.utime(dfd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(dfd)
+
+    def hardlink(self, path, target):
+        """Hard link `path` to `target` (both inside the root; target resolved inside it)."""
+        src = self.resolve(target, field='image')
+        st = os.lstat(src) if os.path.lexists(src) else None
+        if st is None or stat.S_ISDIR(st.st_mode):
+            return False
+        fd, name, _hp = self.parent(path)
+        try:
+            tmp = self._tmpname(name)
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            os.link(src, tmp, dst_dir_fd=fd, follow_symlinks=False)
+            self._replace(fd, tmp, name)
+            return True
+        finally:
+            os.close(fd)
+
+    def mkfifo(self, path, mode=0o644):
+        fd, name, _hp = self.parent(path)
+        try:
+            self._remove_at(fd, name)
+            os.mkfifo(name, mode & 0o7777, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def open_path(self, path, field='path'):
+        """O_PATH|O_NOFOLLOW fd of an existing entry inside the root (for mounting on it)."""
+        fd, name, hp = self.parent(path, create=False)
+        try:
+            return os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
