@@ -1,0 +1,309 @@
+"""ns_sandbox as root: the chapter's isolation, observed from inside a real container.
+
+Every test gets throwaway state_root / netns_dir / log_root directories and a unique pod
+name; the finalizer tears the pod down (through the module logic, then by killing only the
+pids the module reported) and unmounts what the test created, even on failure.
+"""
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import run_module, unique
+
+from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
+from ansible_collections.barepod.linux.plugins.module_utils._common import pid_alive
+from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
+
+BUSYBOX = '/bin/busybox'
+DEFAULT_CAPEFF = 0xa80425fb  # containerd's 14 default capabilities
+
+
+def make_busybox_rootfs(path):
+    os.makedirs(os.path.join(path, 'bin'))
+    shutil.copy(BUSYBOX, os.path.join(path, 'bin', 'busybox'))
+    applets = subprocess.check_output([BUSYBOX, '--list']).decode().split()
+    for a in applets:
+        if a != 'busybox':
+            os.symlink('busybox', os.path.join(path, 'bin', a))
+    for d in ('proc', 'dev', 'sys', 'tmp', 'etc'):
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    return path
+
+
+class Pod(object):
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.name = unique('bp')
+        self.base = dict(name=self.name, state_root=os.path.join(tmp, 'state'),
+                         netns_dir=os.path.join(tmp, 'netns'), log_root=os.path.join(tmp, 'logs'),
+                         grace_period=1)
+        self.pids = set()
+
+    def rootfs(self, name='rootfs'):
+        return make_busybox_rootfs(os.path.join(self.tmp, name))
+
+    def run(self, check=False, diff=False, **args):
+        a = dict(self.base)
+        a.update(args)
+        r = run_module('ns_sandbox', a, check=check, diff=diff, timeout=30)
+        if r.get('pid'):
+            self.pids.add(r['pid'])
+        for c in r.get('containers') or []:
+            if c.get('pid'):
+                self.pids.add(c['pid'])
+        return r
+
+    def teardown(self):
+        try:
+            SandboxManager(dict(self.base, state='absent', grace_period=0)).run()
+        finally:
+            for pid in self.pids:
+                if pid_alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            subprocess.run(['umount', '-l', self.base['netns_dir']], stderr=subprocess.DEVNULL)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def pod(tmp_path):
+    p = Pod(str(tmp_path))
+    try:
+        yield p
+    finally:
+        p.teardown()
+
+
+@pytest.fixture
+def host_sleep():
+    proc = subprocess.Popen(['sleep', '4321'], stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def wait_log(path, marker='DONE', timeout=15):
+    deadline = time.monotonic() + timeout
+    text = ''
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            text = ''
+        if marker in text:
+            return text
+        time.sleep(0.05)
+    raise AssertionError('marker %r not in log %s:\n%s' % (marker, path, text))
+
+
+def sections(text):
+    return [s.strip() for s in text.split('---')]
+
+
+def mounted(path, mountinfo='/proc/self/mountinfo'):
+    return path in ns.mount_points(mountinfo)
+
+
+def test_chapter_isolation(pod, host_sleep):
+    rootfs = pod.rootfs()
+    # the masked paths this kernel has: files read as empty, directories list as empty
+    masked = [m for m in ns.DEFAULT_MASKED_PATHS if m.startswith('/proc/') and os.path.exists(m)]
+    masked_script = ''.join('echo "%s $(cat %s | wc -c) 0";' % (m, m) if os.path.isfile(m) else 'echo "%s 0 $(ls -A %s | wc -l)";' % (m, m)
+                            for m in masked)
+    script = ('ps ax; echo -""--; ls /; echo -""--; ip a; echo -""--; hostname; echo -""--; '
+              'kill -9 %d && echo KILLED || echo cannot-kill; echo -""--; '
+              'grep -E "^(CapEff|CapBnd|CapPrm|CapInh|NoNewPrivs)" /proc/1/status; echo -""--; '
+              '(echo 1 > /proc/sys/kernel/ns_last_pid) 2>&1 && echo WROTE || echo read-only; echo -""--; '
+              '%s echo -""--; ls /dev; echo DO""NE; sleep 1000' % (host_sleep.pid, masked_script))
+    r = pod.run(containers=[dict(name='box', rootfs=rootfs, command=['sh', '-c', script])])
+    assert r['changed'] and not r.failed, r
+    c = r['containers'][0]
+    out = sections(wait_log(c['log_path']))
+    ps, ls, ipa, hostname, kill, caps, ro, kcore, dev = out[:9]
+    # ps ax: only the container's processes, the entry process is PID 1
+    rows = [line.split(None, 2) for line in ps.splitlines()[1:]]
+    assert rows[0][0] == '1' and 'sh -c' in rows[0][2]
+    assert all(int(row[0]) < 10 for row in rows), ps
+    assert '4321' not in ps and 'pause' not in ps
+    # ls /: the rootfs, nothing of the host
+    assert ls.split() == sorted(os.listdir(rootfs))
+    # ip a: only lo, as the chapter shows before networking
+    assert 'lo:' in ipa and 'eth0' not in ipa
+    assert len([ln for ln in ipa.splitlines() if not ln.startswith(' ')]) == 1
+    assert hostname == pod.name
+    # the host's sleep can be neither seen nor killed
+    assert 'cannot-kill' in kill
+    assert host_sleep.poll() is None
+    status = dict(line.split(':') for line in caps.splitlines())
+    assert int(status['CapEff'], 16) == DEFAULT_CAPEFF
+    assert int(status['CapBnd'], 16) == DEFAULT_CAPEFF
+    assert int(status['CapInh'], 16) == 0
+    assert status['NoNewPrivs'].strip() == '1'
+    assert 'read-only' in ro.splitlines()[-1]
+    for line in kcore.splitlines():  # masked: /dev/null bind or an empty read-only tmpfs
+        assert line.split()[1:] == ['0', '0'], kcore
+    assert len(kcore.splitlines()) == len(masked)
+    assert {'null', 'zero', 'urandom', 'pts', 'shm'} <= set(dev.split())
+    # the sandbox: new namespaces, netns visible at the netns path
+    sb = r['sandbox']
+    host_ns = ns.ns_inodes(os.getpid())
+    for n in ('pid', 'net', 'mnt', 'uts', 'ipc'):
+        assert sb['ns_inodes'][n] != host_ns[n]
+    for n in ('net', 'uts', 'ipc'):
+        assert c['ns_inodes'][n] == sb['ns_inodes'][n]
+    for n in ('pid', 'mnt'):
+        assert c['ns_inodes'][n] not in (sb['ns_inodes'][n], host_ns[n])
+    assert os.stat(r['netns_path']).st_ino == sb['ns_inodes']['net']
+    assert sb['rss_kib'] is not None and sb['rss_kib'] <= 1024, sb
+
+
+def test_chroot_escape_and_host_files_unreachable(pod):
+    rootfs = pod.rootfs()
+    marker = 'HOSTMARKER-%s' % pod.name
+    with open(os.path.join(pod.tmp, marker), 'w') as f:
+        f.write('host\n')
+    script = ('mkdir -p /x/bin && cp /bin/busybox /x/bin/ && '
+              'chroot /x /bin/busybox sh -c "cd ../../..; /bin/busybox ls /"; echo -""--; '
+              'cd /../../..; ls; echo -""--; find / -xdev -name "%s"; echo DO""NE' % marker)
+    r = pod.run(containers=[dict(name='esc', rootfs=rootfs, command=['sh', '-c', script])])
+    assert not r.failed, r
+    chrooted, top, found = sections(wait_log(r['containers'][0]['log_path']))
+    assert chrooted.split() == ['bin']
+    assert top.split() == sorted(os.listdir(rootfs))
+    assert found == 'DONE'  # find printed nothing before the end marker
+
+
+def test_lifecycle_check_mode_idempotence_restart_absent(pod):
+    rootfs = pod.rootfs()
+    spec = dict(containers=[dict(name='sleeper', rootfs=rootfs, command=['sleep', '1000'])])
+    # check mode starts nothing
+    r = pod.run(check=True, diff=True, **spec)
+    assert r['changed'] and not r.failed, r
+    assert r['diff']['before']['sandbox'] == 'absent' and r['diff']['after']['sandbox'] == 'running'
+    assert not os.path.exists(pod.base['state_root'] + '/default_' + pod.name)
+    assert not os.path.exists(pod.base['netns_dir']) or not os.listdir(pod.base['netns_dir'])
+    # present: returns promptly (no hang on the detached sleep 1000: run_module has a timeout)
+    r = pod.run(**spec)
+    assert r['changed'] and not r.failed, r
+    c = r['containers'][0]
+    assert pid_alive(r['pid']) and pid_alive(c['pid'])
+    record = r['record_path']
+    mtime = os.stat(record).st_mtime_ns
+    # second run: nothing to do, nothing written
+    r2 = pod.run(**spec)
+    assert not r2['changed'] and r2['actions'] == [], r2
+    assert r2['pid'] == r['pid'] and r2['containers'][0]['pid'] == c['pid']
+    assert os.stat(record).st_mtime_ns == mtime
+    # a dead container is restarted, restartCount + 1, its own log file
+    os.kill(c['pid'], signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while pid_alive(c['pid']) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r3 = pod.run(**spec)
+    assert r3['changed'], r3
+    c3 = r3['containers'][0]
+    assert c3['restart_count'] == 1 and c3['pid'] != c['pid'] and pid_alive(c3['pid'])
+    assert c3['log_path'].endswith('/1.log')
+    assert r3['pid'] == r['pid']  # the sandbox was kept
+    # changed spec: the container is replaced
+    spec2 = dict(containers=[dict(name='sleeper', rootfs=rootfs, command=['sleep', '999'])])
+    r4 = pod.run(**spec2)
+    assert r4['changed'] and r4['containers'][0]['restart_count'] == 2
+    assert not pid_alive(c3['pid'], c3['starttime'])
+    # absent: nothing remains
+    nspath = r['netns_path']
+    r5 = pod.run(state='absent')
+    assert r5['changed'] and not r5.failed, r5
+    for pid in (r['pid'], r4['containers'][0]['pid']):
+        assert not pid_alive(pid)
+    assert not os.path.lexists(nspath)
+    assert not mounted(nspath)
+    assert not os.path.exists(os.path.dirname(record))
+    r6 = pod.run(state='absent')
+    assert not r6['changed'] and not r6.failed, r6
+
+
+def test_absent_when_half_gone(pod):
+    rootfs = pod.rootfs()
+    r = pod.run(containers=[dict(name='c', rootfs=rootfs, command=['sleep', '1000'])])
+    assert not r.failed, r
+    # the sandbox dies under us, then the record disappears: absent still cleans up
+    os.kill(r['pid'], signal.SIGKILL)
+    shutil.rmtree(os.path.dirname(r['record_path']))
+    r2 = pod.run(state='absent')
+    assert r2['changed'] and not r2.failed, r2
+    assert not os.path.lexists(r['netns_path']) and not mounted(r['netns_path'])
+    # the container (own pid ns) is not in the record any more: the fixture kills its pid
+
+
+def test_sandbox_recreated_when_pause_dies(pod):
+    rootfs = pod.rootfs()
+    spec = dict(containers=[dict(name='c', rootfs=rootfs, command=['sleep', '1000'])])
+    r = pod.run(**spec)
+    os.kill(r['pid'], signal.SIGKILL)
+    time.sleep(0.1)
+    r2 = pod.run(**spec)
+    assert r2['changed'] and r2['pid'] != r['pid']
+    assert r2['containers'][0]['restart_count'] == 1
+    assert not pid_alive(r['containers'][0]['pid'], r['containers'][0]['starttime'])
+    assert os.stat(r2['netns_path']).st_ino == r2['sandbox']['ns_inodes']['net']
+
+
+def test_shared_pid_namespace_and_run_as_user(pod):
+    rootfs = pod.rootfs()
+    r = pod.run(share_process_namespace=True, containers=[
+        dict(name='a', rootfs=rootfs, command=['sleep', '1000']),
+        dict(name='b', rootfs=rootfs, command=['sh', '-c'],
+             args=['ps ax; echo -""--; id -u; id -g; echo -""--; grep CapEff /proc/self/status; echo -""--; '
+                   'echo "$GREETING"; pwd; echo DO""NE; sleep 1000'],
+             env=[dict(name='GREETING', value='hello pod')], working_dir='/tmp/work',
+             securityContext=dict(runAsUser=1000, runAsGroup=1001)),
+    ])
+    assert not r.failed, r
+    b = r['containers'][1]
+    ps, ids, cap, env_cwd = sections(wait_log(b['log_path']))
+    rows = [line.split(None, 2) for line in ps.splitlines()[1:]]
+    assert rows[0][0] == '1' and 'pause' in rows[0][2]
+    assert any('sleep 1000' in row[2] for row in rows)
+    assert ids.split() == ['1000', '1001']
+    assert int(cap.split()[1], 16) == 0  # non-root: no effective capabilities after exec
+    assert env_cwd.splitlines() == ['hello pod', '/tmp/work', 'DONE']
+    assert b['ns_inodes']['pid'] == r['sandbox']['ns_inodes']['pid']
+
+
+@pytest.mark.parametrize('override, field', [
+    (dict(name='a/b'), 'name'),
+    (dict(name='..'), 'name'),
+    (dict(name='pod;reboot'), 'name'),
+    (dict(containers=[dict(name='c$(id)', rootfs='ROOTFS', command=['sh'])]), 'containers[0].name'),
+    (dict(containers=[dict(name='c', rootfs='ROOTFS', command=['no-such-binary'])]), 'containers[0].command'),
+    (dict(namespaces=['pid', 'time-travel']), 'namespaces'),
+    (dict(containers=[dict(name='c', rootfs='LINK', command=['sh'])]), 'containers[0].rootfs'),
+    (dict(containers=[dict(name='c', rootfs='FILE', command=['sh'])]), 'containers[0].rootfs'),
+])
+def test_bad_input_fails_before_any_change(pod, override, field):
+    rootfs = pod.rootfs()
+    link = os.path.join(pod.tmp, 'link')
+    os.symlink(rootfs, link)
+    afile = os.path.join(pod.tmp, 'afile')
+    open(afile, 'w').close()
+    subst = dict(ROOTFS=rootfs, LINK=link, FILE=afile)
+    args = dict(containers=[dict(name='c', rootfs=rootfs, command=['sh'])])
+    args.update(override)
+    for c in args.get('containers', []):
+        c['rootfs'] = subst.get(c['rootfs'], c['rootfs'])
+    r = pod.run(**args)
+    assert r.failed and field in r['msg'], r
+    assert 'Traceback' not in r['msg']
+    assert not os.path.exists(pod.base['state_root'])
+    assert not os.path.exists(pod.base['netns_dir'])
+    assert not os.path.exists(pod.base['log_root'])
