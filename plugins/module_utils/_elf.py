@@ -218,7 +218,10 @@ class Resolver(object):
 
     def info(self, path):
         if path not in self._cache:
-            self._cache[path] = parse_elf(self.host(path))
+            obj = parse_elf(self.host(path))
+            if obj is not None:
+                obj.path = path  # as seen inside root: $ORIGIN is relative to it
+            self._cache[path] = obj
         return self._cache[path]
 
     def _candidate(self, d, name, like):
@@ -268,7 +271,7 @@ class Resolver(object):
         exe = os.path.realpath(self.host(executable))
         if self.root not in ('/', ''):
             exe = '/' + os.path.relpath(exe, os.path.realpath(self.root))
-        info = parse_elf(self.host(exe))
+        info = self.info(exe)
         out = []
         if info is None:
             return out  # a script or another non-ELF file: nothing to load

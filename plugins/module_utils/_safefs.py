@@ -38,6 +38,8 @@ class SafeRoot(object):
 
     def __init__(self, root, mountpoints=()):
         self.root = os.path.realpath(root)
+        # ownership from images is applied only as root (unit tests run unprivileged)
+        self.chown = os.geteuid() == 0
         # absolute host paths of mount points under the root: never removed across
         self.mountpoints = [m for m in mountpoints if is_within(self.root, m) and m != self.root]
 
@@ -167,7 +169,7 @@ class SafeRoot(object):
             try:
                 with os.fdopen(wfd, 'wb', closefd=False) as w:
                     shutil.copyfileobj(src, w, 1 << 20)
-                if uid is not None:
+                if uid is not None and self.chown:
                     os.fchown(wfd, uid, gid if gid is not None else -1)
                 os.fchmod(wfd, mode & 0o7777)
                 if mtime_ns is not None:
@@ -193,7 +195,7 @@ class SafeRoot(object):
             except OSError:
                 pass
             os.symlink(target, tmp, dir_fd=fd)
-            if uid is not None:
+            if uid is not None and self.chown:
                 os.chown(tmp, uid, gid if gid is not None else -1, dir_fd=fd, follow_symlinks=False)
             if mtime_ns is not None:
                 os.utime(tmp, ns=(mtime_ns, mtime_ns), dir_fd=fd, follow_symlinks=False)
@@ -222,7 +224,7 @@ class SafeRoot(object):
             finally:
                 os.close(fd)
         try:
-            if uid is not None:
+            if uid is not None and self.chown:
                 os.fchown(dfd, uid, gid if gid is not None else -1)
             if stat.S_IMODE(os.fstat(dfd).st_mode) != mode & 0o7777:
                 os.fchmod(dfd, mode & 0o7777)

@@ -1,0 +1,303 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Image formats, layer order, whiteouts, and hostile archives that must not write outside
+the root (a sentinel directory next to it must stay untouched)."""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, detect_format
+from ansible_collections.barepod.linux.plugins.module_utils._safefs import SafeRoot, clean
+
+
+# ------------------------------------------------------------------ fixture builders
+
+def member(name, kind='file', data=b'', target='', mode=None):
+    ti = tarfile.TarInfo(name)
+    ti.mtime = 1700000000
+    if kind == 'file':
+        ti.type, ti.size, ti.mode = tarfile.REGTYPE, len(data), mode or 0o644
+    elif kind == 'dir':
+        ti.type, ti.mode = tarfile.DIRTYPE, mode or 0o755
+    elif kind == 'symlink':
+        ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, target, 0o777
+    elif kind == 'hardlink':
+        ti.type, ti.linkname = tarfile.LNKTYPE, target
+    elif kind == 'chr':
+        ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 3
+    return ti, data
+
+
+def tar_bytes(members, gz=False):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
+    raw = buf.getvalue()
+    return gzip.compress(raw) if gz else raw
+
+
+def write_tar(path, members, gz=False):
+    with open(str(path), 'wb') as f:
+        f.write(tar_bytes(members, gz))
+    return str(path)
+
+
+def oci_layout(dirpath, layers, gz=True, as_tar=None):
+    """An OCI image layout with an index -> manifest -> layers (optionally packed in a tar)."""
+    blobs = os.path.join(str(dirpath), 'blobs', 'sha256')
+    os.makedirs(blobs)
+
+    def blob(data):
+        d = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, d), 'wb') as f:
+            f.write(data)
+        return 'sha256:' + d, len(data)
+
+    layer_descs = []
+    for members in layers:
+        dg, size = blob(tar_bytes(members, gz))
+        layer_descs.append({'mediaType': 'application/vnd.oci.image.layer.v1.tar' + ('+gzip' if gz else ''),
+                            'digest': dg, 'size': size})
+    cfg, cfg_size = blob(b'{"architecture":"amd64","os":"linux"}')
+    manifest = json.dumps({'schemaVersion': 2, 'config': {'mediaType': 'application/vnd.oci.image.config.v1+json',
+                                                          'digest': cfg, 'size': cfg_size},
+                           'layers': layer_descs}).encode()
+    mdg, msize = blob(manifest)
+    index = {'schemaVersion': 2, 'manifests': [
+        {'mediaType': 'application/vnd.oci.image.manifest.v1+json', 'digest': mdg, 'size': msize,
+         'platform': {'architecture': 'amd64', 'os': 'linux'}}]}
+    with open(os.path.join(str(dirpath), 'index.json'), 'w') as f:
+        json.dump(index, f)
+    with open(os.path.join(str(dirpath), 'oci-layout'), 'w') as f:
+        f.write('{"imageLayoutVersion": "1.0.0"}')
+    if as_tar:
+        with tarfile.open(str(as_tar), 'w') as tf:
+            for n in sorted(os.listdir(str(dirpath))):
+                tf.add(os.path.join(str(dirpath), n), n)
+        return str(as_tar)
+    return str(dirpath)
+
+
+def docker_archive(path, layers):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as tf:
+        names = []
+        for i, members in enumerate(layers):
+            data = tar_bytes(members)
+            name = 'layer%d/layer.tar' % i
+            names.append(name)
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        man = json.dumps([{'Config': 'cfg.json', 'RepoTags': ['busybox:latest'], 'Layers': names}]).encode()
+        ti = tarfile.TarInfo('manifest.json')
+        ti.size = len(man)
+        tf.addfile(ti, io.BytesIO(man))
+    with open(str(path), 'wb') as f:
+        f.write(buf.getvalue())
+    return str(path)
+
+
+LOWER = [member('a', 'dir'), member('a/f1', data=b'one'), member('a/f2', data=b'two'), member('b', 'dir'),
+         member('b/g', data=b'g'), member('c', 'dir'), member('c/old', data=b'old'), member('c/sub', 'dir'),
+         member('c/sub/deep', data=b'deep'), member('bin', 'dir'), member('bin/sh', data=b'#!sh', mode=0o755)]
+UPPER = [member('a/.wh.f1'), member('.wh.b'), member('c', 'dir'), member('c/.wh..wh..opq'),
+         member('c/new', data=b'new'), member('a/f2', data=b'TWO')]
+
+
+def tree(root):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            rel = '/' + os.path.relpath(p, root)
+            if os.path.islink(p):
+                out[rel] = '-> ' + os.readlink(p)
+            elif os.path.isdir(p):
+                out[rel] = 'dir'
+            else:
+                out[rel] = open(p, 'rb').read()
+    return out
+
+
+def check_layered(root, paths):
+    t = tree(root)
+    assert '/a/f1' not in t and '/b' not in t and '/b/g' not in t
+    assert t['/a/f2'] == b'TWO'
+    assert t['/c/new'] == b'new'
+    assert '/c/old' not in t and '/c/sub' not in t
+    assert t['/bin/sh'] == b'#!sh'
+    assert paths == sorted(['/a', '/a/f2', '/bin', '/bin/sh', '/c', '/c/new'])
+
+
+# ------------------------------------------------------------------ formats
+
+def test_oci_layout_dir_whiteouts(tmp_path):
+    img = oci_layout(tmp_path / 'oci', [LOWER, UPPER])
+    root = tmp_path / 'root'
+    root.mkdir()
+    image = Image(img)
+    assert image.format == 'oci'
+    paths = apply_image(SafeRoot(str(root)), image, [])
+    check_layered(str(root), paths)
+
+
+def test_oci_layout_tar_uncompressed(tmp_path):
+    img = oci_layout(tmp_path / 'oci', [LOWER, UPPER], gz=False, as_tar=tmp_path / 'oci.tar')
+    assert detect_format(img) == 'oci'
+    root = tmp_path / 'root'
+    root.mkdir()
+    check_layered(str(root), apply_image(SafeRoot(str(root)), Image(img), []))
+
+
+def test_docker_save_archive(tmp_path):
+    img = docker_archive(tmp_path / 'saved.tar', [LOWER, UPPER])
+    assert detect_format(img) == 'docker-archive'
+    root = tmp_path / 'root'
+    root.mkdir()
+    check_layered(str(root), apply_image(SafeRoot(str(root)), Image(img), []))
+
+
+def test_plain_tar_gz_and_dir(tmp_path):
+    img = write_tar(tmp_path / 'rootfs.tar.gz', LOWER, gz=True)
+    assert detect_format(img) == 'tar'
+    root = tmp_path / 'root'
+    root.mkdir()
+    paths = apply_image(SafeRoot(str(root)), Image(img), [])
+    assert tree(str(root))['/c/sub/deep'] == b'deep'
+    assert '/c/sub/deep' in paths
+    # the result as a 'dir' image into another root
+    root2 = tmp_path / 'root2'
+    root2.mkdir()
+    image = Image(str(root))
+    assert image.format == 'dir'
+    apply_image(SafeRoot(str(root2)), image, [])
+    assert tree(str(root2)) == tree(str(root))
+    assert os.stat(str(root2 / 'bin' / 'sh')).st_mode & 0o777 == 0o755
+
+
+def test_fingerprint_changes_with_content(tmp_path):
+    img = write_tar(tmp_path / 'r.tar', LOWER)
+    fp = Image(img).fingerprint()
+    assert Image(img).fingerprint() == fp
+    write_tar(tmp_path / 'r.tar', LOWER + [member('extra', data=b'x')])
+    assert Image(img).fingerprint() != fp
+
+
+def test_bad_images(tmp_path):
+    with pytest.raises(BarepodError, match='image'):
+        Image(str(tmp_path / 'nope.tar'))
+    junk = tmp_path / 'junk.tar'
+    junk.write_bytes(b'not a tar at all' * 100)
+    with pytest.raises(BarepodError, match='image'):
+        Image(str(junk))
+    with pytest.raises(BarepodError, match='image'):
+        Image('relative.tar')
+    d = tmp_path / 'bad-oci'
+    d.mkdir()
+    (d / 'oci-layout').write_text('{}')
+    (d / 'index.json').write_text('{"manifests": [{"digest": "sha256:../../etc"}]}')
+    root = tmp_path / 'root'
+    root.mkdir()
+    with pytest.raises(BarepodError):
+        apply_image(SafeRoot(str(root)), Image(str(d)), [])
+
+
+# ------------------------------------------------------------------ hostile archives
+
+HOSTILE = [
+    member('/abs-file', data=b'abs'),
+    member('../../../../escape-dotdot', data=b'dotdot'),
+    member('etc', 'symlink', target='/'),
+    member('etc/passwd-from-image', data=b'through-etc-symlink'),
+    member('up', 'symlink', target='../../../../../'),
+    member('up/through-up', data=b'through-up'),
+    member('sentinel-link', 'symlink', target='SENTINEL'),
+    member('sentinel-link/pwned', data=b'pwned'),
+    member('hl', 'hardlink', target='../../../../SENTINEL/secret'),
+    member('hl-abs', 'hardlink', target='SENTINEL/secret'),
+    member('dev-null', 'chr'),
+    member('up/.wh.secret'),
+    member('sentinel-link/.wh..wh..opq'),
+]
+
+
+def _hostile_setup(tmp_path):
+    sentinel = tmp_path / 'sentinel'
+    sentinel.mkdir()
+    (sentinel / 'secret').write_text('do not touch')
+    root = tmp_path / 'box' / 'root'
+    root.mkdir(parents=True)
+    members = []
+    for ti, data in HOSTILE:
+        if 'SENTINEL' in ti.linkname:
+            ti.linkname = ti.linkname.replace('SENTINEL', str(sentinel))
+        members.append((ti, data))
+    return sentinel, root, members
+
+
+def _snapshot(d):
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(str(d)):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            out[p] = (st.st_mode, st.st_size, st.st_mtime_ns, st.st_nlink)
+    return out
+
+
+@pytest.mark.parametrize('fmt', ['tar', 'oci', 'docker-archive'])
+def test_hostile_image_writes_nothing_outside(tmp_path, fmt):
+    sentinel, root, members = _hostile_setup(tmp_path)
+    if fmt == 'tar':
+        img = write_tar(tmp_path / 'evil.tar', members)
+    elif fmt == 'oci':
+        img = oci_layout(tmp_path / 'oci', [members[:8], members[8:]])
+    else:
+        img = docker_archive(tmp_path / 'evil-save.tar', [members[:8], members[8:]])
+    def outside():
+        return dict((p, v) for p, v in _snapshot(tmp_path).items()
+                    if not p.startswith(str(root)) and not p.startswith(str(tmp_path / 'oci'))
+                    and not p.endswith('.tar'))
+
+    outside_before = outside()
+    warnings = []
+    paths = apply_image(SafeRoot(str(root)), Image(img), warnings)
+    outside_after = outside()
+    assert outside_after == outside_before
+    assert sorted(os.listdir(str(sentinel))) == ['secret']
+    assert (sentinel / 'secret').read_text() == 'do not touch'
+    t = tree(str(root))
+    # everything landed inside the root, re-rooted
+    assert t['/abs-file'] == b'abs'
+    assert t['/escape-dotdot'] == b'dotdot'
+    assert t['/passwd-from-image'] == b'through-etc-symlink'  # etc -> / means the root's /
+    assert t['/through-up'] == b'through-up'
+    assert any('device node' in w for w in warnings)
+    assert all(p.startswith('/') and '..' not in p for p in paths)
+
+
+def test_safe_root_resolves_inside(tmp_path):
+    root = tmp_path / 'r'
+    (root / 'x').mkdir(parents=True)
+    os.symlink('/', str(root / 'etc'))
+    os.symlink('../../../..', str(root / 'x' / 'up'))
+    fs = SafeRoot(str(root))
+    assert fs.resolve('/etc/passwd') == os.path.join(str(root), 'passwd')
+    assert fs.resolve('x/up/etc') == str(root)
+    fs.write_file('/etc/shadow', io.BytesIO(b's'), 0o600)
+    assert (root / 'shadow').read_bytes() == b's'
+    # writing at a path that *is* a symlink replaces the link, never writes through it
+    os.symlink(str(tmp_path / 'outside-file'), str(root / 'link'))
+    fs.write_file('/link', io.BytesIO(b'in'), 0o644)
+    assert not os.path.islink(str(root / 'link')) and not (tmp_path / 'outside-file').exists()
+    assert clean('../../a/./b/..') == '/a'
