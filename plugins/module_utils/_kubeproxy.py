@@ -27,7 +27,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import os
 import re
+import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
@@ -917,3 +919,111 @@ def _service_to_endpoints(rs, sp, chain_name, endpoints, large):
                           '%s-m statistic --mode random --probability %s -j %s' % (sc, saved_probability(prob), sep)))
         else:
             chain.append(('%s-j %s' % (kc, sep), '%s-j %s' % (sc, sep)))
+
+
+# --------------------------------------------------------------------------- the manager
+
+def read_object_files(paths, yaml_mod):
+    out = []
+    for i, path in enumerate(paths or []):
+        field = 'src[%d]' % i
+        try:
+            with open(path, 'r') as f:
+                text = f.read()
+        except (IOError, OSError) as e:
+            raise _err('cannot read %s: %s' % (path, e.strerror or e), field, path)
+        try:
+            docs = list(yaml_mod.safe_load_all(text))
+        except yaml_mod.YAMLError as e:
+            raise _err('%s is not valid YAML: %s' % (path, e), field, path)
+        for d in docs:
+            if d is not None:
+                out.append(d)
+    return out
+
+
+def _read_sysctl(proc_root, name):
+    try:
+        with open(os.path.join(proc_root, 'sys', name), 'r') as f:
+            return f.read().strip()
+    except (IOError, OSError):
+        return None
+
+
+def _local_ipv4_addresses():
+    """The IPv4 addresses of this (network namespace's) node, for nodeport_addresses."""
+    p = subprocess.run(['ip', '-4', '-o', 'addr', 'show'], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, universal_newlines=True)
+    out = []
+    for line in p.stdout.splitlines():
+        parts = line.split()
+        if 'inet' in parts:
+            out.append(parts[parts.index('inet') + 1].split('/')[0])
+    return out
+
+
+def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None, backend=None):
+    """The kube_svc_rules module: render, observe, plan the partial sync, apply once."""
+    from ansible_collections.barepod.linux.plugins.module_utils import _iptables
+
+    state = params.get('state') or 'present'
+    if state not in ('present', 'absent'):
+        raise _err('must be present or absent', 'state', state)
+    objects = list(params.get('objects') or [])
+    if params.get('src'):
+        objects += read_object_files(params['src'], yaml_mod)
+    proc_root = params.get('proc_root') or '/proc'
+    apply_ = params.get('apply', True)
+    liberal = params.get('conntrack_tcp_be_liberal')
+    if liberal is None:
+        liberal = apply_ and _read_sysctl(proc_root, 'net/netfilter/nf_conntrack_tcp_be_liberal') not in (None, '0')
+    nodeport_ips = params.get('nodeport_ips')
+    if params.get('nodeport_addresses') and not nodeport_ips and apply_:
+        nodeport_ips = _local_ipv4_addresses()
+    settings = Settings(
+        node_name=params.get('node_name'), node_ip=params.get('node_ip'),
+        cluster_cidr=params.get('cluster_cidr'), masquerade_bit=params.get('masquerade_bit', 14),
+        masquerade_all=params.get('masquerade_all', False),
+        nodeport_addresses=params.get('nodeport_addresses'), nodeport_ips=nodeport_ips,
+        localhost_nodeports=params.get('localhost_nodeports', True),
+        random_fully=params.get('random_fully', True), conntrack_tcp_be_liberal=liberal,
+        nfacct=params.get('nfacct', False), chain_prefix=params.get('chain_prefix') or 'KUBE')
+    prefix = settings.chain_prefix
+    if state == 'present':
+        rs = render(objects, settings)
+    else:
+        rs = Ruleset(prefix)
+        rs.skipped = []
+    result = dict(changed=False, services=rs.services, endpoints=rs.endpoints,
+                  large_cluster_mode=rs.large_cluster_mode, skipped=rs.skipped,
+                  rules=rs.rule_count(), chain_prefix=prefix)
+    if params.get('return_payload', True):
+        result['payload'] = rs.payload() if state == 'present' else ''
+    if not apply_:
+        result['chains'] = dict(desired=['%s/%s' % (t, c) for t in TABLES for c in rs.ordered_chains(t)])
+        return result
+
+    if backend is None:
+        backend = _iptables.Backend(params.get('backend') or 'auto', save=params.get('iptables_save'),
+                                    restore=params.get('iptables_restore'))
+    result['backend'] = backend.mode
+    result['backend_reason'] = backend.reason
+    existing = _iptables.parse_save(backend.save(), tables=TABLES)
+    desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
+    jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
+    keep = set()
+    if prefix == 'KUBE':
+        # shared with kubelet: kube-proxy's CleanupLeftovers leaves these too
+        keep = {('filter', 'KUBE-FIREWALL'), ('nat', 'KUBE-MARK-MASQ')}
+    plan = _iptables.plan_sync(existing, desired, jumps,
+                               owns=lambda t, c: owns_chain(prefix, t, c), keep=keep, tables=TABLES)
+    result['chains'] = plan.summary()
+    result['restore_payload'] = plan.payload
+    result['changed'] = bool(plan)
+    if want_diff:
+        before, after = _iptables.diff_text(plan)
+        result['diff'] = dict(before=before, after=after)
+    if plan and not check_mode:
+        backend.restore(plan.payload)
+    result['restores'] = backend.restores
+    return result
