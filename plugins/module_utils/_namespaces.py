@@ -129,9 +129,8 @@ def normalise_namespaces(field, value):
     for v in value:
         name = NAMESPACE_ALIASES.get(v, v)
         if name not in NAMESPACES:
-            raise BarepodError('unknown namespace %r (known: %s)'
-                                % (v, ', '.join(sorted(list(NAMESPACES) + list(NAMESPACE_ALIASES)))),
-                                field=field, value=v)
+            known = ', '.join(sorted(list(NAMESPACES) + list(NAMESPACE_ALIASES)))
+            raise BarepodError('unknown namespace %r (known: %s)' % (v, known), field=field, value=v)
         if name not in out:
             out.append(name)
     return sorted(out, key=list(SANDBOX_NAMESPACES).index)
@@ -162,7 +161,7 @@ def parse_status_caps(text):
     """/proc/<pid>/status text -> {'CapInh': int, 'CapPrm': ..., 'NoNewPrivs': int}."""
     out = {}
     for line in text.splitlines():
-        key, _, val = line.partition(':')
+        key, dummy, val = line.partition(':')
         if key in ('CapInh', 'CapPrm', 'CapEff', 'CapBnd', 'CapAmb'):
             out[key] = int(val.strip(), 16)
         elif key in ('NoNewPrivs', 'Seccomp'):

@@ -37,37 +37,37 @@ PAUSE_C = r'''
 
 static void sigdown(int signo)
 {
-	(void)signo;
-	_exit(0);
+    (void)signo;
+    _exit(0);
 }
 
 static void sigreap(int signo)
 {
-	(void)signo;
-	while (waitpid(-1, NULL, WNOHANG) > 0)
-		;
+    (void)signo;
+    while (waitpid(-1, NULL, WNOHANG) > 0)
+        ;
 }
 
 int main(int argc, char **argv)
 {
-	struct sigaction sa;
+    struct sigaction sa;
 
-	if (argc > 1 && strcmp(argv[1], "-v") == 0) {
-		puts("barepod-pause 1");
-		return 0;
-	}
-	memset(&sa, 0, sizeof(sa));
-	sigemptyset(&sa.sa_mask);
-	sa.sa_handler = sigdown;
-	if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
-		return 1;
-	sa.sa_handler = sigreap;
-	sa.sa_flags = SA_NOCLDSTOP;
-	if (sigaction(SIGCHLD, &sa, NULL) < 0)
-		return 2;
-	for (;;)
-		pause();
-	return 42;
+    if (argc > 1 && strcmp(argv[1], "-v") == 0) {
+        puts("barepod-pause 1");
+        return 0;
+    }
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = sigdown;
+    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0)
+        return 1;
+    sa.sa_handler = sigreap;
+    sa.sa_flags = SA_NOCLDSTOP;
+    if (sigaction(SIGCHLD, &sa, NULL) < 0)
+        return 2;
+    for (;;)
+        pause();
+    return 42;
 }
 '''
 
@@ -115,7 +115,8 @@ def compile_pause(pause_dir=DEFAULT_PAUSE_DIR, cc=None):
             f.write(PAUSE_C)
         out = os.path.join(tmpdir, 'pause')
         p = subprocess.run([cc, '-static', '-Os', '-s', '-o', out, src],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                           check=False)
         if p.returncode != 0:
             raise BarepodError('compiling the pause process failed: %s'
                                % p.stdout.decode(errors='replace').strip()[-800:],

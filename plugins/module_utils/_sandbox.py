@@ -16,6 +16,7 @@ close-on-exec pipe, so a failed start is reported, not silently lost.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -472,7 +473,9 @@ def bind_netns(pid, path):
 def remove_netns(path):
     """Unmount (lazily: a process may still hold it) and delete; True when anything existed."""
     found = False
-    for _ in range(8):  # stacked mounts
+    tries = 8  # stacked mounts
+    while tries:
+        tries -= 1
         try:
             ns.umount2(path, ns.MNT_DETACH)
             found = True
@@ -612,8 +615,8 @@ def stop_pids(entries, grace):
     """TERM every live (pid, starttime), KILL what is left after grace seconds, then wait
     until the kernel has them gone (or zombies: reaped by their reaper, not us)."""
     live = [(e['pid'], e.get('starttime')) for e in entries if _alive(e)]
-    for pid, _ in live:
-        signal_pid(pid, signal.SIGTERM)
+    for entry in live:
+        signal_pid(entry[0], signal.SIGTERM)
     deadline = time.monotonic() + grace
     while live and time.monotonic() < deadline:
         live = [(p, s) for p, s in live if pid_alive(p, s)]
@@ -628,7 +631,11 @@ def stop_pids(entries, grace):
         if live:
             time.sleep(0.01)
     if live:
-        raise BarepodError('processes %s did not exit after SIGKILL' % [p for p, _ in live])
+        raise BarepodError('processes %s did not exit after SIGKILL' % [entry[0] for entry in live])
+
+
+def _bind_recorded_netns(state, path):
+    bind_netns(state['sandbox']['pid'], path)
 
 
 def rss_kib(pid):
@@ -665,26 +672,25 @@ class SandboxManager(object):
         for action, target, details in steps:
             fn = None
             if action == 'stop_container':
-                entry = containers.get(target)
-                fn = (lambda e=entry: stop_pids([e], d['grace_period']))
+                fn = functools.partial(stop_pids, [containers.get(target)], d['grace_period'])
             elif action == 'stop_sandbox':
-                fn = (lambda e=sandbox: stop_pids([e], d['grace_period']))
+                fn = functools.partial(stop_pids, [sandbox], d['grace_period'])
             elif action == 'remove_netns':
-                fn = (lambda p=target: remove_netns(p))
+                fn = functools.partial(remove_netns, target)
             elif action == 'remove_record':
                 fn = self._remove_record(rec)
             elif action == 'start_sandbox':
                 fn = self._start_sandbox(state, nspath, uid)
             elif action == 'bind_netns':
-                fn = (lambda p=target: bind_netns(state['sandbox']['pid'], p))
+                fn = functools.partial(_bind_recorded_netns, state, target)
             elif action == 'forget_container':
-                fn = (lambda n=target: state['containers'].pop(n, None))
+                fn = functools.partial(state['containers'].pop, target, None)
             elif action == 'start_container':
                 fn = self._start_container(state, wanted[target], details['restart_count'], uid)
             actions.add(action, target, fn, **details)
 
-        before = view(actual['sandbox_alive'], dict((n, c) for n, c in actual['containers'].items()
-                                                     if actual['alive'].get(n)))
+        running_before = dict((n, c) for n, c in actual['containers'].items() if actual['alive'].get(n))
+        before = view(actual['sandbox_alive'], running_before)
         if d['state'] == 'absent':
             after = view(False, {})
         else:

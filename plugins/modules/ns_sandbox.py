@@ -96,7 +96,8 @@ options:
             type: int
             aliases: [runAsUser]
           run_as_group:
-            description: Numeric gid of the container process (defaults to O(containers[].security_context.run_as_user)).
+            description:
+              - Numeric gid of the container process (defaults to O(containers[].security_context.run_as_user)).
             type: int
             aliases: [runAsGroup]
   share_process_namespace:
@@ -145,7 +146,7 @@ options:
     type: path
     default: /var/log/pods
 author:
-  - barepod.linux developers
+  - barepod.linux developers (@barepod)
 notes:
   - Needs root (CAP_SYS_ADMIN) and Linux 5.11 or later.
   - Supports check mode and diff mode; a second run with nothing to do reports no change and writes nothing.

@@ -117,8 +117,8 @@ def test_chapter_isolation(pod, host_sleep):
     rootfs = pod.rootfs()
     # the masked paths this kernel has: files read as empty, directories list as empty
     masked = [m for m in ns.DEFAULT_MASKED_PATHS if m.startswith('/proc/') and os.path.exists(m)]
-    masked_script = ''.join('echo "%s $(cat %s | wc -c) 0";' % (m, m) if os.path.isfile(m) else 'echo "%s 0 $(ls -A %s | wc -l)";' % (m, m)
-                            for m in masked)
+    masked_script = ''.join(('echo "%s $(cat %s | wc -c) 0";' if os.path.isfile(m)
+                             else 'echo "%s 0 $(ls -A %s | wc -l)";') % (m, m) for m in masked)
     script = ('ps ax; echo -""--; ls /; echo -""--; ip a; echo -""--; hostname; echo -""--; '
               'kill -9 %d && echo KILLED || echo cannot-kill; echo -""--; '
               'grep -E "^(CapEff|CapBnd|CapPrm|CapInh|NoNewPrivs)" /proc/1/status; echo -""--; '
