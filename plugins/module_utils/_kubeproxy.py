@@ -709,7 +709,7 @@ def _render(svc_ports, endpoints_map, st):
             if not has_external:
                 ext_target, ext_comment = 'DROP', '%s has no local endpoints' % name
 
-        def filter_rule(comment, dst, dport, target, addrtype=False):
+        def filter_rule(comment, dst, dport, target, addrtype=False, proto=proto):
             kp_t = target
             sv_t = target + (' --reject-with icmp-port-unreachable' if target == 'REJECT' else '')
             if addrtype:
@@ -722,7 +722,7 @@ def _render(svc_ports, endpoints_map, st):
                     '-d %s/32 -p %s -m comment --comment %s -m %s --dport %s -j %s'
                     % (dst, proto, saved_comment(comment), proto, dport, sv_t))
 
-        def dnat_capture(comment, dst, dport, target):
+        def dnat_capture(comment, dst, dport, target, proto=proto):
             return ('-m comment --comment %s -m %s -p %s -d %s --dport %s -j %s'
                     % (kp_comment(comment), proto, proto, dst, dport, target),
                     '-d %s/32 -p %s -m comment --comment %s -m %s --dport %s -j %s'

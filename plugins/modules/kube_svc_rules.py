@@ -178,14 +178,23 @@ payload:
   returned: when return_payload
   type: str
 restore_payload:
-  description: The partial batch actually given to iptables-restore (or that would be, in check mode); empty when nothing differs.
+  description:
+    - The partial batch actually given to iptables-restore (or that would be, in check mode).
+    - Empty when nothing differs.
   returned: when apply
   type: str
 chains:
-  description: Chains added, changed and removed (as C(table/chain)) and jump rules added and removed; with apply=false, the desired chains.
+  description:
+    - Chains added, changed and removed (as C(table/chain)) and jump rules added and removed.
+    - With apply=false, the desired chains.
   returned: always
   type: dict
-  sample: {added: [nat/KUBE-SVC-XPGD46QRK7WJZT7O], changed: [nat/KUBE-SERVICES], removed: [], jumps_added: [], jumps_removed: []}
+  sample:
+    added: [nat/KUBE-SVC-XPGD46QRK7WJZT7O]
+    changed: [nat/KUBE-SERVICES]
+    removed: []
+    jumps_added: []
+    jumps_removed: []
 backend:
   description: The iptables backend used (nft or legacy) and, in backend_reason, why.
   returned: when apply

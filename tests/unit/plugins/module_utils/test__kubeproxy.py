@@ -1,0 +1,376 @@
+"""Rendering of kube-proxy's iptables rules: golden dumps from kube-proxy's proxier_test.go,
+then behaviour (traffic policies, endpoint conditions, affinity, protocols) and bad input."""
+import copy
+import os
+
+import pytest
+import yaml
+
+from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+
+FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'kubeproxy')
+
+
+def fixture(name):
+    with open(os.path.join(FIXTURES, name)) as f:
+        return f.read()
+
+
+def fake_proxier_settings(**kw):
+    """NewFakeProxier: node test-node (192.168.0.2), cluster CIDR detector 10.0.0.0/8,
+    localhost NodePorts, no --random-fully."""
+    args = dict(node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8', random_fully=False)
+    args.update(kw)
+    return kp.Settings(**args)
+
+
+def golden_payload(objs, **kw):
+    # The fake proxier hard-codes masqueradeMark "0x4000"; a real kube-proxy formats
+    # 1<<14 with %#08x, which is "0x00004000" (and what we write). iptables reads both alike.
+    return kp.render(objs, fake_proxier_settings(**kw)).payload().replace('0x00004000', '0x4000')
+
+
+def svc(ns, name, ip, ports, **spec):
+    s = dict(apiVersion='v1', kind='Service', metadata=dict(namespace=ns, name=name),
+             spec=dict(clusterIP=ip, ports=ports))
+    status = spec.pop('status', None)
+    s['spec'].update(spec)
+    if status:
+        s['status'] = status
+    return s
+
+
+def eps(ns, svcname, endpoints, ports, name=None):
+    return dict(apiVersion='discovery.k8s.io/v1', kind='EndpointSlice',
+                metadata=dict(namespace=ns, name=name or svcname + '-1',
+                              labels={'kubernetes.io/service-name': svcname}),
+                addressType='IPv4', endpoints=endpoints, ports=ports)
+
+
+P80 = [dict(name='p80', port=80, protocol='TCP')]
+
+
+def chain_rules(rs, table, chain):
+    return [k for k, _s in rs.chains[table][chain]]
+
+
+# ----------------------------------------------------------------------------- golden
+
+def test_golden_overall_iptables_rules():
+    """TestOverallIPTablesRules: ClusterIP, LoadBalancer with Local policy, NodePort, externalIPs,
+    LoadBalancer with source ranges and ClientIP affinity, and a Service without endpoints."""
+    objs = list(yaml.safe_load_all(fixture('overall.yaml')))
+    assert golden_payload(objs, nfacct=True) == fixture('overall.expected')
+
+
+def test_golden_sync_proxy_rules_repeated_first_sync():
+    objs = list(yaml.safe_load_all(fixture('repeated.yaml')))
+    assert golden_payload(objs) == fixture('repeated.expected')
+
+
+def test_chain_names_of_the_repeated_test():
+    # names kube-proxy's TestSyncProxyRulesRepeated expects after its later syncs
+    assert kp.port_proto_hash('ns3/svc3:p80', 'tcp') == 'X27LE4BHSL4DOUIK'
+    assert kp.endpoint_hash('ns3/svc3:p80', 'tcp', '10.0.3.1:80') == 'BSWRHOQ77KEXZLNL'
+    assert kp.endpoint_hash('ns3/svc3:p80', 'tcp', '10.0.3.2:80') == 'DKCFIS26GWF2WLWC'
+    assert kp.port_proto_hash('ns4/svc4:p80', 'tcp') == '4SW47YFZTEDKD3PK'
+    assert kp.endpoint_hash('ns4/svc4:p80', 'tcp', '10.0.4.1:80') == 'AYCN5HPXMIRJNJXU'
+
+
+def test_no_endpoints_reject_line_of_the_repeated_test():
+    objs = [svc('ns4', 'svc4', '172.30.0.44', P80, type='ClusterIP')]
+    rs = kp.render(objs, fake_proxier_settings())
+    assert chain_rules(rs, 'filter', 'KUBE-SERVICES') == [
+        '-m comment --comment "ns4/svc4:p80 has no endpoints" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j REJECT']
+    assert rs.saved_rules('filter', 'KUBE-SERVICES') == [
+        '-d 172.30.0.44/32 -p tcp -m comment --comment "ns4/svc4:p80 has no endpoints" -m tcp --dport 80 '
+        '-j REJECT --reject-with icmp-port-unreachable']
+    assert not [c for c in rs.chains['nat'] if '-SVC-' in c or '-SEP-' in c]
+
+
+# ----------------------------------------------------------------------------- behaviour
+
+def test_probabilities_for_three_endpoints():
+    objs = [svc('ns', 's', '10.96.0.10', P80),
+            eps('ns', 's', [dict(addresses=['10.1.0.%d' % i]) for i in (3, 1, 2)], P80)]
+    rs = kp.render(objs, kp.Settings())
+    chain = 'KUBE-SVC-' + kp.port_proto_hash('ns/s:p80', 'tcp')
+    rules = chain_rules(rs, 'nat', chain)
+    # no cluster CIDR: no masquerade rule, just the three endpoint rules in ip:port order
+    assert [r.split('"')[1] for r in rules] == [
+        'ns/s:p80 -> 10.1.0.1:80', 'ns/s:p80 -> 10.1.0.2:80', 'ns/s:p80 -> 10.1.0.3:80']
+    assert '--probability 0.3333333333 ' in rules[0]
+    assert '--probability 0.5000000000 ' in rules[1]
+    assert 'statistic' not in rules[2]
+    saved = rs.saved_rules('nat', chain)
+    assert '--probability 0.33333333349 ' in saved[0]
+    assert '--probability 0.50000000000 ' in saved[1]
+
+
+def test_compute_probability_matches_go_format():
+    assert kp.compute_probability(7) == '0.1428571429'
+    assert kp.saved_probability('0.5000000000') == '0.50000000000'
+
+
+def test_multiple_ports_and_protocols():
+    ports = [dict(name='http', port=80, protocol='TCP'), dict(name='dns-udp', port=53, protocol='UDP'),
+             dict(name='dns-tcp', port=53, protocol='TCP', targetPort=5353),
+             dict(name='dns-sctp', port=53, protocol='SCTP')]
+    eports = [dict(name='http', port=80, protocol='TCP'), dict(name='dns-udp', port=53, protocol='UDP'),
+              dict(name='dns-tcp', port=5353, protocol='TCP'), dict(name='dns-sctp', port=53, protocol='SCTP')]
+    objs = [svc('ns2', 'svc2', '172.30.0.42', ports),
+            eps('ns2', 'svc2', [dict(addresses=['10.180.0.1']), dict(addresses=['10.180.2.1'])], eports)]
+    rs = kp.render(objs, fake_proxier_settings())
+    services = chain_rules(rs, 'nat', 'KUBE-SERVICES')
+    assert len(services) == 5  # four ports + the nodeports tail rule
+    assert any('-m udp -p udp -d 172.30.0.42 --dport 53' in r for r in services)
+    assert any('-m sctp -p sctp -d 172.30.0.42 --dport 53' in r for r in services)
+    assert services[-1].startswith('-m comment --comment "kubernetes service nodeports')
+    # UDP and TCP on the same port name differ by protocol in the hash
+    sep_tcp = 'KUBE-SEP-' + kp.endpoint_hash('ns2/svc2:dns-tcp', 'tcp', '10.180.0.1:5353')
+    assert chain_rules(rs, 'nat', sep_tcp)[1].endswith('-m tcp -p tcp -j DNAT --to-destination 10.180.0.1:5353')
+    sep_udp = 'KUBE-SEP-' + kp.endpoint_hash('ns2/svc2:dns-udp', 'udp', '10.180.0.1:53')
+    assert chain_rules(rs, 'nat', sep_udp)[1].endswith('-m udp -p udp -j DNAT --to-destination 10.180.0.1:53')
+
+
+def test_unnamed_single_port_uses_plain_service_name():
+    objs = [svc('kube-system', 'dns', '10.96.0.10', [dict(port=53, protocol='UDP')]),
+            eps('kube-system', 'dns', [dict(addresses=['10.244.0.5'])], [dict(port=53, protocol='UDP')])]
+    rs = kp.render(objs, kp.Settings())
+    assert '"kube-system/dns cluster IP"' in chain_rules(rs, 'nat', 'KUBE-SERVICES')[0]
+
+
+def test_endpoint_conditions_ready_then_serving_terminating():
+    def render(endpoints):
+        rs = kp.render([svc('ns', 's', '10.96.0.1', P80), eps('ns', 's', endpoints, P80)], kp.Settings())
+        chain = 'KUBE-SVC-' + kp.port_proto_hash('ns/s:p80', 'tcp')
+        return [r.split('-> ')[1].split('"')[0] for r in chain_rules(rs, 'nat', chain)] if chain in rs.chains['nat'] \
+            else chain_rules(rs, 'filter', 'KUBE-SERVICES')
+
+    ready = dict(addresses=['10.0.0.1'], conditions=dict(ready=True))
+    term = dict(addresses=['10.0.0.2'], conditions=dict(ready=False, serving=True, terminating=True))
+    dead = dict(addresses=['10.0.0.3'], conditions=dict(ready=False, serving=False, terminating=True))
+    notready = dict(addresses=['10.0.0.4'], conditions=dict(ready=False))
+    assert render([ready, term, dead]) == ['10.0.0.1:80']
+    assert render([term, dead]) == ['10.0.0.2:80']  # fall back to serving+terminating
+    rej = render([dead, notready])
+    assert len(rej) == 1 and 'has no endpoints' in rej[0] and rej[0].endswith('-j REJECT')
+
+
+def test_duplicate_endpoints_across_slices_deduplicated():
+    objs = [svc('ns', 's', '10.96.0.1', P80),
+            eps('ns', 's', [dict(addresses=['10.0.0.1'])], P80, name='a'),
+            eps('ns', 's', [dict(addresses=['10.0.0.1']), dict(addresses=['10.0.0.2'])], P80, name='b')]
+    rs = kp.render(objs, kp.Settings())
+    assert rs.endpoints == 2
+
+
+def test_internal_traffic_policy_local_without_local_endpoints_drops():
+    objs = [svc('ns', 's', '10.96.0.1', P80, internalTrafficPolicy='Local'),
+            eps('ns', 's', [dict(addresses=['10.0.0.1'], nodeName='other')], P80)]
+    rs = kp.render(objs, kp.Settings(node_name='me'))
+    assert chain_rules(rs, 'filter', 'KUBE-SERVICES') == [
+        '-m comment --comment "ns/s:p80 has no local endpoints" -m tcp -p tcp -d 10.96.0.1 --dport 80 -j DROP']
+    rs = kp.render(objs, kp.Settings(node_name='other'))
+    svl = 'KUBE-SVL-' + kp.port_proto_hash('ns/s:p80', 'tcp')
+    assert chain_rules(rs, 'nat', 'KUBE-SERVICES')[0].endswith('-j ' + svl)
+
+
+def test_external_traffic_policy_local_nodeport_uses_svl():
+    ports = [dict(name='p80', port=80, protocol='TCP', nodePort=30080)]
+    objs = [svc('ns', 's', '10.96.0.1', ports, type='NodePort', externalTrafficPolicy='Local'),
+            eps('ns', 's', [dict(addresses=['10.0.0.1'], nodeName='me'), dict(addresses=['10.0.0.2'])], P80)]
+    rs = kp.render(objs, kp.Settings(node_name='me', cluster_cidr='10.0.0.0/16'))
+    h = kp.port_proto_hash('ns/s:p80', 'tcp')
+    ext = chain_rules(rs, 'nat', 'KUBE-EXT-' + h)
+    assert ext[-1] == '-j KUBE-SVL-' + h
+    assert ext[0] == ('-m comment --comment "pod traffic for ns/s:p80 external destinations" -s 10.0.0.0/16 '
+                      '-j KUBE-SVC-' + h)
+    svl = chain_rules(rs, 'nat', 'KUBE-SVL-' + h)
+    assert len(svl) == 1 and '10.0.0.1:80' in svl[0]
+    assert len(chain_rules(rs, 'nat', 'KUBE-SVC-' + h)) == 3  # masquerade + two endpoints
+    assert chain_rules(rs, 'nat', 'KUBE-NODEPORTS') == [
+        '-m comment --comment ns/s:p80 -m tcp -p tcp --dport 30080 -j KUBE-EXT-' + h]
+
+
+def test_session_affinity_timeout_and_recent_rules():
+    objs = [svc('ns', 's', '10.96.0.1', P80, sessionAffinity='ClientIP',
+                sessionAffinityConfig=dict(clientIP=dict(timeoutSeconds=30))),
+            eps('ns', 's', [dict(addresses=['10.0.0.1']), dict(addresses=['10.0.0.2'])], P80)]
+    rs = kp.render(objs, kp.Settings())
+    h = kp.port_proto_hash('ns/s:p80', 'tcp')
+    rules = chain_rules(rs, 'nat', 'KUBE-SVC-' + h)
+    sep1 = 'KUBE-SEP-' + kp.endpoint_hash('ns/s:p80', 'tcp', '10.0.0.1:80')
+    assert rules[0] == ('-m comment --comment "ns/s:p80 -> 10.0.0.1:80" -m recent --name %s --rcheck '
+                        '--seconds 30 --reap -j %s' % (sep1, sep1))
+    assert len(rules) == 4
+    assert chain_rules(rs, 'nat', sep1)[1] == (
+        '-m comment --comment ns/s:p80 -m recent --name %s --set -m tcp -p tcp -j DNAT '
+        '--to-destination 10.0.0.1:80' % sep1)
+
+
+def test_masquerade_all_and_mark_bit():
+    objs = [svc('ns', 's', '10.96.0.1', P80), eps('ns', 's', [dict(addresses=['10.0.0.1'])], P80)]
+    rs = kp.render(objs, kp.Settings(masquerade_all=True, masquerade_bit=3))
+    h = kp.port_proto_hash('ns/s:p80', 'tcp')
+    assert chain_rules(rs, 'nat', 'KUBE-SVC-' + h)[0].endswith('--dport 80 -j KUBE-MARK-MASQ')
+    assert chain_rules(rs, 'nat', 'KUBE-MARK-MASQ') == ['-j MARK --or-mark 0x00000008']
+    assert rs.saved_rules('nat', 'KUBE-MARK-MASQ') == ['-j MARK --set-xmark 0x8/0x8']
+    assert chain_rules(rs, 'nat', 'KUBE-POSTROUTING')[-1].endswith('-j MASQUERADE --random-fully')
+
+
+def test_localhost_nodeports_off_and_nodeport_addresses():
+    rs = kp.render([], kp.Settings(localhost_nodeports=False))
+    assert chain_rules(rs, 'nat', 'KUBE-SERVICES')[-1].endswith(
+        '-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS')
+    assert 'KUBE-FIREWALL' not in rs.chains['filter']
+    rs = kp.render([], kp.Settings(nodeport_addresses=['192.168.0.0/24'],
+                                   nodeport_ips=['192.168.0.2', '10.1.1.1', '127.0.0.1']))
+    assert chain_rules(rs, 'nat', 'KUBE-SERVICES') == [
+        '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" '
+        '-d 192.168.0.2 -j KUBE-NODEPORTS']
+    assert 'KUBE-FIREWALL' not in rs.chains['filter']  # loopback not among the nodeport addresses
+
+
+def test_large_cluster_mode_drops_endpoint_comments():
+    objs = [svc('ns', 's', '10.96.0.1', P80),
+            eps('ns', 's', [dict(addresses=['10.%d.%d.1' % (i // 250, i % 250)]) for i in range(1001)], P80)]
+    rs = kp.render(objs, kp.Settings())
+    assert rs.large_cluster_mode
+    sep = [c for c in rs.chains['nat'] if c.startswith('KUBE-SEP-')][0]
+    assert 'comment' not in ' '.join(chain_rules(rs, 'nat', sep))
+    assert 'comment' not in ' '.join(rs.saved_rules('nat', sep))
+
+
+def test_chain_prefix_renames_every_chain_and_jump():
+    objs = list(yaml.safe_load_all(fixture('overall.yaml')))
+    rs = kp.render(objs, fake_proxier_settings(chain_prefix='BPOD'))
+    text = rs.payload()
+    assert 'KUBE-' not in text
+    assert all(c.startswith('BPOD-') for t in kp.TABLES for c in rs.chains[t])
+    assert all(j[3].rsplit('-j ', 1)[1].startswith('BPOD-') for j in rs.jumps)
+    # the hash does not depend on the prefix
+    assert 'BPOD-SVC-XPGD46QRK7WJZT7O' in rs.chains['nat']
+
+
+def test_headless_externalname_and_endpoints_are_skipped():
+    objs = [svc('ns', 'h', 'None', P80), dict(kind='Service', metadata=dict(name='x'),
+                                                 spec=dict(type='ExternalName', externalName='example.com')),
+            dict(kind='Endpoints', metadata=dict(name='h'))]
+    rs = kp.render(objs, kp.Settings())
+    assert rs.services == 0
+    assert len(rs.skipped) == 3
+
+
+def test_list_objects_are_expanded():
+    objs = [dict(kind='List', items=[svc('ns', 's', '10.96.0.1', P80)])]
+    assert kp.render(objs, kp.Settings()).services == 1
+
+
+def test_jump_rules_match_kube_proxy_order():
+    rs = kp.render([], kp.Settings())
+    assert [(t, src, kpr.rsplit('-j ', 1)[1]) for t, src, kpr, _s in rs.jumps][:3] == [
+        ('filter', 'INPUT', 'KUBE-EXTERNAL-SERVICES'), ('filter', 'FORWARD', 'KUBE-EXTERNAL-SERVICES'),
+        ('filter', 'INPUT', 'KUBE-NODEPORTS')]
+    assert ('nat', 'PREROUTING', '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+            '-m comment --comment "kubernetes service portals" -j KUBE-SERVICES') in rs.jumps
+
+
+# ----------------------------------------------------------------------------- bad input
+
+BASE = svc('ns', 's', '10.96.0.1', P80)
+
+
+def bad(mutate):
+    s = copy.deepcopy(BASE)
+    mutate(s)
+    return s
+
+
+@pytest.mark.parametrize('obj,field', [
+    (bad(lambda s: s['spec'].pop('clusterIP')), 'objects[0].spec.clusterIP'),
+    (bad(lambda s: s['spec'].update(clusterIP='')), 'objects[0].spec.clusterIP'),
+    (bad(lambda s: s['spec'].update(clusterIP='10.96.0.300')), 'objects[0].spec.clusterIP'),
+    (bad(lambda s: s['spec'].update(clusterIP='banana')), 'objects[0].spec.clusterIP'),
+    (bad(lambda s: s['spec']['ports'][0].update(port=0)), 'objects[0].spec.ports[0].port'),
+    (bad(lambda s: s['spec']['ports'][0].update(port=70000)), 'objects[0].spec.ports[0].port'),
+    (bad(lambda s: s['spec']['ports'][0].update(port='http')), 'objects[0].spec.ports[0].port'),
+    (bad(lambda s: s['spec']['ports'][0].update(nodePort=65536)), 'objects[0].spec.ports[0].nodePort'),
+    (bad(lambda s: s['spec']['ports'][0].update(protocol='ICMP')), 'objects[0].spec.ports[0].protocol'),
+    (bad(lambda s: s['spec']['ports'][0].update(protocol='tcp')), 'objects[0].spec.ports[0].protocol'),
+    (bad(lambda s: s['spec'].update(ports=[])), 'objects[0].spec.ports'),
+    (bad(lambda s: s['spec'].update(type='Weird')), 'objects[0].spec.type'),
+    (bad(lambda s: s['spec'].update(sessionAffinity='Cookie')), 'objects[0].spec.sessionAffinity'),
+    (bad(lambda s: s['spec'].update(externalTrafficPolicy='Nearby')), 'objects[0].spec.externalTrafficPolicy'),
+    (bad(lambda s: s['spec'].update(loadBalancerSourceRanges=['10.0.0.0/33'])),
+     'objects[0].spec.loadBalancerSourceRanges[0]'),
+    (bad(lambda s: s['metadata'].pop('name')), 'objects[0].metadata.name'),
+    (bad(lambda s: s.pop('spec')), 'objects[0].spec'),
+    (bad(lambda s: s.update(kind='Pod')), 'objects[0].kind'),
+])
+def test_bad_service_names_field(obj, field):
+    with pytest.raises(BarepodError) as e:
+        kp.render([obj], kp.Settings())
+    assert e.value.field == field
+    assert field in str(e.value)
+
+
+def test_endpointslice_naming_missing_service():
+    with pytest.raises(BarepodError) as e:
+        kp.render([BASE, eps('ns', 'ghost', [dict(addresses=['10.0.0.1'])], P80)], kp.Settings())
+    assert 'ns/ghost' in str(e.value)
+    assert e.value.field == 'objects[1].metadata.labels.kubernetes.io/service-name'
+
+
+def test_endpointslice_without_service_label():
+    s = eps('ns', 's', [], P80)
+    s['metadata']['labels'] = {}
+    with pytest.raises(BarepodError, match='kubernetes.io/service-name'):
+        kp.render([BASE, s], kp.Settings())
+
+
+def test_endpoint_with_bad_address_and_port():
+    with pytest.raises(BarepodError, match=r'objects\[1\]\.endpoints\[0\]\.addresses\[0\]'):
+        kp.render([BASE, eps('ns', 's', [dict(addresses=['10.0.0.999'])], P80)], kp.Settings())
+    with pytest.raises(BarepodError, match=r'objects\[1\]\.ports\[0\]\.port'):
+        kp.render([BASE, eps('ns', 's', [], [dict(name='p80', port=99999)])], kp.Settings())
+
+
+@pytest.mark.parametrize('kw,field', [
+    (dict(chain_prefix='kube'), 'chain_prefix'), (dict(chain_prefix='TOOLONGX'), 'chain_prefix'),
+    (dict(chain_prefix='KUBE-'), 'chain_prefix'), (dict(masquerade_bit=32), 'masquerade_bit'),
+    (dict(cluster_cidr='10.0.0.0/99'), 'cluster_cidr'), (dict(node_ip='x'), 'node_ip'),
+    (dict(nodeport_addresses=['nope']), 'nodeport_addresses[0]'),
+])
+def test_bad_settings(kw, field):
+    with pytest.raises(BarepodError) as e:
+        kp.Settings(**kw)
+    assert e.value.field == field
+
+
+def test_duplicate_service_rejected():
+    with pytest.raises(BarepodError, match='given twice'):
+        kp.render([BASE, BASE], kp.Settings())
+
+
+def test_offline_module_manager_renders_without_iptables():
+    res = kp.sync_service_rules(dict(objects=list(yaml.safe_load_all(fixture('repeated.yaml'))), apply=False,
+                                     cluster_cidr='10.0.0.0/8', random_fully=False, conntrack_tcp_be_liberal=False))
+    assert res['changed'] is False
+    assert res['payload'].replace('0x00004000', '0x4000') == fixture('repeated.expected')
+    assert 'nat/KUBE-SVC-XPGD46QRK7WJZT7O' in res['chains']['desired']
+    assert res['services'] == 2
+
+
+def test_src_files_and_yaml_errors(tmp_path):
+    p = tmp_path / 'objs.yaml'
+    p.write_text(fixture('repeated.yaml'))
+    res = kp.sync_service_rules(dict(src=[str(p)], apply=False), yaml_mod=yaml)
+    assert res['services'] == 2
+    bad_yaml = tmp_path / 'bad.yaml'
+    bad_yaml.write_text('kind: [unclosed\n')
+    with pytest.raises(BarepodError, match=r'src\[0\]'):
+        kp.sync_service_rules(dict(src=[str(bad_yaml)], apply=False), yaml_mod=yaml)
+    with pytest.raises(BarepodError, match=r'src\[0\]'):
+        kp.sync_service_rules(dict(src=[str(tmp_path / 'missing.yaml')], apply=False), yaml_mod=yaml)
