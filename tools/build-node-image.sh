@@ -16,7 +16,7 @@ IMAGE=${1:-${IMAGE:-barepod/node:bookworm}}
 SUITE=${SUITE:-bookworm}
 FORCE=${FORCE:-0}
 PACKAGES=python3,iproute2,iptables,util-linux,procps,busybox-static,kmod,ca-certificates
-IMAGE_VERSION=1   # bump when the recipe changes, so cached images built by an older recipe are rebuilt
+IMAGE_VERSION=2   # bump when the recipe changes, so cached images built by an older recipe are rebuilt
 
 die() { echo "build-node-image: $*" >&2; exit 1; }
 command -v docker >/dev/null || die "docker CLI not found"
@@ -104,6 +104,11 @@ if grep -qE '^0::/$|:/$' /proc/self/cgroup && [ -z "$(grep -vE ':/$' /proc/self/
     done
   fi
 fi
+# docker's --security-opt systempaths=unconfined (which the Docker API modules cannot set) made by hand:
+# the read-only /proc/sys & co. go, so sysctls (ip_forward, ...) can be set inside the node.
+for p in /proc/sys /proc/sysrq-trigger /proc/irq /proc/bus /proc/fs; do
+  grep -q " $p proc ro" /proc/mounts && { umount "$p" || warn "cannot unmount read-only $p"; }
+done
 grep -q ' /sys sysfs ro' /proc/mounts && { mount -o remount,rw /sys || warn "cannot remount /sys rw"; }
 mkdir -p /run/netns /run/barepod
 [ $# -gt 0 ] || set -- /bin/sleep infinity
