@@ -523,7 +523,7 @@ def _memory_value(field, value):
     from ansible_collections.barepod.linux.plugins.module_utils._quantity import to_bytes
     if value is None:
         return None
-    if isinstance(value, str) and value.strip() in ('max', '-1', 'unlimited'):
+    if isinstance(value, str) and value.strip() in ('max', 'unlimited'):
         return UNLIMITED
     return to_bytes(value, field)
 
@@ -587,7 +587,7 @@ def build_config(p):
         cfg['oom_kill_disable'] = 1 if p['oom_kill_disable'] else 0
     if p.get('pids_max') is not None:
         v = str(p['pids_max']).strip()
-        if v in ('max', '-1'):
+        if v == 'max':
             cfg['pids_max'] = UNLIMITED
         elif v.isdigit() and int(v) > 0:
             cfg['pids_max'] = int(v)
