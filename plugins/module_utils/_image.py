@@ -86,7 +86,7 @@ class _Source(object):
             for m in self.tar.getmembers():
                 self._index[clean(m.name)] = m
         m = self._index.get(clean(name))
-        for _ in range(16):
+        for _hop in range(16):
             if m is None or not (m.issym() or m.islnk()):
                 break
             target = m.linkname if m.islnk() else posixpath.join(posixpath.dirname(m.name), m.linkname)
@@ -115,7 +115,7 @@ def _blob_name(digest):
 
 def _oci_layers(src, arch='amd64'):
     doc = src.json('index.json')
-    for _ in range(4):
+    for _level in range(4):
         manifests = doc.get('manifests') or []
         if not manifests:
             raise BarepodError('OCI index of %s lists no manifest' % src.path, field='image', value=src.path)

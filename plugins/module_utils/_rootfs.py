@@ -638,32 +638,46 @@ class RootfsManager(object):
                      mounts=sorted(m['target'] for m in mounts))
 
         if a and not self.check_mode:
-            a.run()
-            # the manifest records the result (also on a converged run the bytes are equal)
-            fs_final = self._fs(path)
-            if image is not None:
-                if reapply_image:
-                    ipaths = new_image_state.get('paths', [])
-                else:
-                    ipaths = list(old_image.get('paths') or {})
-                img_state = dict(fingerprint=image_fp, source=image.path, format=image.format,
-                                 paths=dict((p, _entry_sig(fs_final.lstat(p), fs_final, p))
-                                            for p in ipaths if p not in files))
-            else:
-                img_state = {}
-            man = dict(version=MANIFEST_VERSION, path=path,
-                       files=dict((p, dict(kind=s['kind'], source=s.get('source') or s.get('target'), by=s['by']))
-                                  for p, s in files.items()),
-                       image=img_state,
-                       mounts=[dict(type=m['type'], source=m['source'], target=m['target'],
-                                    host_target=m['host_target'], read_only=m['read_only'])
-                               for m in mounts])
-            write_if_changed(manifest_path(path), dump_json(man), 0o600)
+            ok = False
+            try:
+                a.run()
+                ok = True
+            finally:
+                # the manifest records the result; after a failure it keeps tracking what the
+                # earlier run and this one may have put there (so a later run can clean up), and
+                # an image whose extraction did not finish is marked to be extracted again
+                if os.path.isdir(path):
+                    self._write_manifest(path, files, mounts, image, image_fp, reapply_image,
+                                         new_image_state, old_files, old_image, old_mounts, ok)
         return dict(changed=bool(a), actions=a.planned, diff=dict(before=before, after=after),
                     path=path, manifest=manifest_path(path),
                     mounts=[dict(type=m['type'], source=m['source'], target=m['target'], read_only=m['read_only'])
                             for m in mounts],
                     files=len(files), warnings=self.warnings)
+
+    def _write_manifest(self, path, files, mounts, image, image_fp, reapply_image, new_image_state,
+                        old_files, old_image, old_mounts, ok):
+        fs_final = self._fs(path)
+        mfiles = dict((p, dict(kind=s['kind'], source=s.get('source') or s.get('target'), by=s['by']))
+                      for p, s in files.items())
+        mmounts = [dict(type=m['type'], source=m['source'], target=m['target'],
+                        host_target=m.get('host_target'), read_only=m['read_only']) for m in mounts]
+        if not ok:
+            for p, v in old_files.items():
+                mfiles.setdefault(p, v)
+            have = set(m['target'] for m in mmounts)
+            mmounts += [m for m in old_mounts if m['target'] not in have]
+        if image is not None and (not reapply_image or 'paths' in new_image_state):
+            ipaths = new_image_state['paths'] if reapply_image else list(old_image.get('paths') or {})
+            img_state = dict(fingerprint=image_fp, source=image.path, format=image.format,
+                             paths=dict((p, _entry_sig(fs_final.lstat(p), fs_final, p))
+                                        for p in ipaths if p not in files))
+        elif image is not None or (old_image and not ok):
+            img_state = dict(fingerprint=None, paths=dict(old_image.get('paths') or {}))
+        else:
+            img_state = {}
+        man = dict(version=MANIFEST_VERSION, path=path, files=mfiles, image=img_state, mounts=mmounts)
+        write_if_changed(manifest_path(path), dump_json(man), 0o600)
 
     # -------------------------------------------------- helpers used by actions
     def _fs(self, path):
@@ -816,4 +830,30 @@ class _Empty(object):
 
 
 def run(params, check_mode=False, **roots):
-    return RootfsManager(params, check_mode, **roots).run()
+    """The module's entry point: converge, then (with namespace and name) record the rootfs in
+    the pod record, section `rootfs`, keyed by container name."""
+    ns, name = params.get('namespace'), params.get('name')
+    if bool(ns) != bool(name):
+        raise BarepodError('namespace and name go together', field='namespace' if not ns else 'name',
+                           value=ns or name)
+    if ns:
+        from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, DEFAULT_STATE_ROOT
+        rec = PodRecord(ns, name, params.get('state_root') or DEFAULT_STATE_ROOT)  # validates the names
+    res = RootfsManager(params, check_mode, **roots).run()
+    if ns:
+        container = params.get('container') or os.path.basename(res['path'])
+        sect = dict(rec.section('rootfs') or {})
+        if (params.get('state') or 'present') == 'present':
+            sect[container] = dict(path=res['path'], manifest=res['manifest'],
+                                   mounts=sorted(m['target'] for m in res['mounts']))
+        else:
+            sect.pop(container, None)
+        value = sect or None
+        if rec.section('rootfs') != value:
+            res['changed'] = True
+            res['actions'].append(dict(action='record', target=rec.record_path, section='rootfs',
+                                       container=container))
+            if not check_mode:
+                rec.update('rootfs', value, uid=params.get('pod_uid'))
+        res['record'] = rec.record_path
+    return res

@@ -162,7 +162,24 @@ options:
     type: list
     elements: path
     default: []
-author: barepod.linux developers
+  namespace:
+    description: Pod namespace; with O(name), the rootfs is recorded in the pod record (section C(rootfs)).
+    type: str
+  name:
+    description: Pod name, see O(namespace).
+    type: str
+  container:
+    description: Container name under which the pod record keeps this rootfs (default the directory name).
+    type: str
+  pod_uid:
+    description: The pod's uid, checked against (or stored in) the pod record.
+    type: str
+  state_root:
+    description: Root of the pod records.
+    type: path
+    default: /run/barepod/pods
+author:
+  - barepod.linux developers (@barepod)
 notes:
   - Supports check mode and diff (files to add, replace or remove, the image fingerprint, mounts).
   - Mounts live in the host's mount namespace; they are not in the manifest of a mount namespace created
@@ -225,8 +242,15 @@ mounts:
   returned: always
   type: list
   elements: dict
+record:
+  description: The pod record file, when O(namespace) and O(name) are given.
+  returned: when namespace and name are given
+  type: str
+  sample: /run/barepod/pods/default_core-k8s/record.json
 actions:
-  description: The planned (and, outside check mode, executed) actions (add, replace, remove, extract, write, mount, unmount).
+  description:
+    - The planned (and, outside check mode, executed) actions
+      (add, replace, remove, extract, write, mount, unmount, record).
   returned: always
   type: list
   elements: dict
@@ -272,7 +296,13 @@ def main():
                 options=dict(type='list', elements='str'),
             )),
             allowed_host_paths=dict(type='list', elements='path', default=[]),
+            namespace=dict(type='str'),
+            name=dict(type='str'),
+            container=dict(type='str'),
+            pod_uid=dict(type='str'),
+            state_root=dict(type='path', default='/run/barepod/pods'),
         ),
+        required_together=[('namespace', 'name')],
         supports_check_mode=True,
     )
     try:

@@ -289,3 +289,46 @@ def test_bad_rootfs_paths(tmp_path):
 def test_absent_when_gone(tmp_path):
     res = RootfsManager(params(tmp_path / 'pods' / 'none', state='absent')).run()
     assert not res['changed']
+
+
+def test_pod_record_section(tmp_path):
+    from ansible_collections.barepod.linux.plugins.module_utils._rootfs import run
+    from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord
+    state = tmp_path / 'state'
+    root = tmp_path / 'pods' / 'busybox'
+    p = params(root, binaries=['ls'], namespace='default', name='core-k8s', state_root=str(state), pod_uid='u1')
+    res = run(p, check_mode=True)
+    assert res['changed'] and res['actions'][-1]['action'] == 'record'
+    assert not state.exists()
+    res = run(p)
+    rec = PodRecord('default', 'core-k8s', str(state))
+    assert rec.section('rootfs') == {'busybox': {'path': str(root), 'manifest': manifest_path(str(root)),
+                                                 'mounts': []}}
+    assert rec.load()['uid'] == 'u1'
+    assert not run(p)['changed']
+    p['state'] = 'absent'
+    assert run(p)['changed']
+    assert rec.section('rootfs') is None
+    with pytest.raises(BarepodError, match='name'):
+        run(params(root, namespace='default', name='Bad/Name', state_root=str(state)))
+
+
+def test_failed_run_keeps_tracking_and_next_run_converges(tmp_path, monkeypatch):
+    from test__image import LOWER, oci_layout
+    from ansible_collections.barepod.linux.plugins.module_utils import _rootfs
+    img = oci_layout(tmp_path / 'oci', [LOWER])
+    root = tmp_path / 'pods' / 'box'
+    p = params(root, image=img, binaries=['ls'])
+
+    def boom(*a, **k):
+        raise OSError(5, 'injected failure')
+    monkeypatch.setattr(_rootfs, 'apply_image', boom)
+    with pytest.raises(OSError):
+        RootfsManager(p).run()
+    man = json.load(open(manifest_path(str(root))))
+    assert man['image']['fingerprint'] is None  # extraction not finished: redo it next time
+    monkeypatch.undo()
+    res = RootfsManager(p).run()
+    assert 'extract' in [a['action'] for a in res['actions']]
+    assert (root / 'c' / 'sub' / 'deep').read_bytes() == b'deep'
+    assert not RootfsManager(p).run()['changed']
