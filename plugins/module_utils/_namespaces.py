@@ -211,7 +211,10 @@ _libc = None
 def libc():
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+        try:
+            _libc = ctypes.CDLL('libc.so.6', use_errno=True)
+        except OSError:  # not glibc: find_library runs ldconfig/cc, slow but rare
+            _libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
     return _libc
 
 

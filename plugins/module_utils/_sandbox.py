@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import select
 import signal
 import stat
 import time
@@ -362,6 +363,7 @@ def spawn(prepare, child):
     child() runs in the grandchild and must exec. Returns the grandchild's pid.
 
     Raises BarepodError with the child's message when anything fails before exec."""
+    ns.libc()  # load libc once here, not in every child
     r_pid, w_pid = os.pipe2(os.O_CLOEXEC)
     r_err, w_err = os.pipe2(os.O_CLOEXEC)
     pid1 = os.fork()
@@ -611,27 +613,65 @@ def signal_pid(pid, sig):
         return False
 
 
+def _open_pidfds(entries):
+    """pidfds of the live (pid, starttime) entries: signals and waits cannot hit a reused pid."""
+    fds = []
+    for e in entries:
+        if not _alive(e):
+            continue
+        try:
+            fd = os.pidfd_open(e['pid'])
+        except OSError:
+            continue
+        if pid_alive(e['pid'], e.get('starttime')):  # still the same process after opening
+            fds.append(fd)
+        else:
+            os.close(fd)
+    return fds
+
+
+def _wait_pidfds(fds, timeout):
+    """Wait until each pidfd's process has exited (the kernel wakes us); returns those left."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    left = set(fds)
+    deadline = time.monotonic() + timeout
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        for event in poller.poll(remaining * 1000):
+            fd = event[0]
+            poller.unregister(fd)
+            left.discard(fd)
+    return [fd for fd in fds if fd in left]
+
+
+def _pidfd_signal(fd, sig):
+    try:
+        signal.pidfd_send_signal(fd, sig)
+    except ProcessLookupError:
+        pass
+
+
 def stop_pids(entries, grace):
-    """TERM every live (pid, starttime), KILL what is left after grace seconds, then wait
-    until the kernel has them gone (or zombies: reaped by their reaper, not us)."""
-    live = [(e['pid'], e.get('starttime')) for e in entries if _alive(e)]
-    for entry in live:
-        signal_pid(entry[0], signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while live and time.monotonic() < deadline:
-        live = [(p, s) for p, s in live if pid_alive(p, s)]
-        if live:
-            time.sleep(0.02)
-    for pid, st in live:
-        if pid_alive(pid, st):
-            signal_pid(pid, signal.SIGKILL)
-    deadline = time.monotonic() + KILL_WAIT
-    while live and time.monotonic() < deadline:
-        live = [(p, s) for p, s in live if pid_alive(p, s)]
-        if live:
-            time.sleep(0.01)
-    if live:
-        raise BarepodError('processes %s did not exit after SIGKILL' % [entry[0] for entry in live])
+    """TERM every live (pid, starttime), KILL what is left after grace seconds, and wait
+    until the kernel reports them exited (they are reaped by their reaper, not by us)."""
+    fds = _open_pidfds(entries)
+    try:
+        for fd in fds:
+            _pidfd_signal(fd, signal.SIGTERM)
+        left = _wait_pidfds(fds, grace)
+        for fd in left:
+            _pidfd_signal(fd, signal.SIGKILL)
+        left = _wait_pidfds(left, KILL_WAIT)
+        if left:
+            raise BarepodError('%d process(es) of %s did not exit after SIGKILL'
+                               % (len(left), [e.get('pid') for e in entries]))
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _bind_recorded_netns(state, path):
@@ -701,9 +741,11 @@ class SandboxManager(object):
                     after_c[target] = dict(restart_count=details['restart_count'], spec_hash=details['spec_hash'])
             after = view(True, after_c)
 
-        actions.run()
-        if not self.check_mode and d['state'] != 'absent' and actions:
-            self._write_record(rec, state, uid)
+        try:
+            actions.run()
+        finally:
+            if not self.check_mode and d['state'] != 'absent' and actions and state['sandbox']:
+                self._write_record(rec, state, uid)
 
         result = dict(changed=bool(actions), actions=actions.planned, uid=uid,
                       record_path=rec.record_path, netns_path=None, pid=None, sandbox={}, containers=[],
@@ -748,7 +790,6 @@ class SandboxManager(object):
                 netns_path=nspath if 'net' in d['namespaces'] else None, started_at=_now())
             for c in state['containers'].values():
                 c['pid'] = None  # old containers died with the old sandbox
-            self._write_record(PodRecord(d['namespace'], d['name'], d['state_root']), state, uid)
         return fn
 
     def _start_container(self, state, spec, restart_count, uid):
@@ -767,7 +808,6 @@ class SandboxManager(object):
                 pid=pid, starttime=st, restart_count=restart_count, spec_hash=spec['spec_hash'],
                 log_path=path, exe=spec['exe'], rootfs=spec['rootfs'],
                 ns_inodes=ns.ns_inodes(pid), started_at=_now())
-            self._write_record(PodRecord(d['namespace'], d['name'], d['state_root']), state, uid)
         return fn
 
     def _write_record(self, rec, state, uid):
