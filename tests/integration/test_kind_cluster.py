@@ -1,0 +1,189 @@
+"""playbooks/kind_cluster.yml against the real Docker engine.
+
+Creates a three-node kind-style cluster with a unique name, checks what kind would show (container
+names, labels, hostnames, the `kind` network), that Ansible reaches every node through the
+community.docker.docker connection, that the nodes reach each other by IP, that a second run
+changes nothing, then deletes it and checks nothing is left. Skipped only when dockerd cannot run.
+"""
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+IMAGE = 'barepod/node:bookworm'
+NETWORK = 'kind'
+CREATED_LABEL = 'io.barepod.kind_cluster.created'
+
+
+def sh(*argv, check=True, timeout=120):
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                       timeout=timeout, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError('%s failed (rc=%s)\nstdout: %s\nstderr: %s'
+                             % (' '.join(argv), p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
+    return p
+
+
+def ansible_env():
+    env = dict(os.environ)
+    env.update(ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_NOCOLOR='1',
+               ANSIBLE_DEPRECATION_WARNINGS='0', ANSIBLE_STDOUT_CALLBACK='ansible.posix.json',
+               ANSIBLE_LOAD_CALLBACK_PLUGINS='1', PATH=BIN + os.pathsep + env.get('PATH', ''))
+    return env
+
+
+def playbook(*extra, check=True):
+    p = subprocess.run([os.path.join(BIN, 'ansible-playbook'), 'playbooks/kind_cluster.yml'] + list(extra),
+                       cwd=REPO, env=ansible_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       stdin=subprocess.DEVNULL, text=True, timeout=600)
+    out = p.stdout
+    result = json.loads(out[out.index('{'):]) if '{' in out else {}
+    if check and p.returncode != 0:
+        raise AssertionError('ansible-playbook failed (rc=%s)\n%s\n%s' % (p.returncode, out[-5000:], p.stderr[-3000:]))
+    result['_rc'] = p.returncode
+    return result
+
+
+def tasks_changed(result):
+    return [t['task']['name'] for play in result.get('plays', []) for t in play['tasks']
+            if any(h.get('changed') for h in t['hosts'].values())]
+
+
+def containers(cluster):
+    out = sh('docker', 'ps', '-a', '--filter', 'label=io.x-k8s.kind.cluster=%s' % cluster,
+             '--format', '{{.Names}}').stdout.split()
+    return sorted(out)
+
+
+def inspect(name):
+    return json.loads(sh('docker', 'inspect', name).stdout)[0]
+
+
+def network():
+    p = sh('docker', 'network', 'inspect', NETWORK, check=False)
+    return json.loads(p.stdout)[0] if p.returncode == 0 else None
+
+
+@pytest.fixture(scope='module')
+def docker():
+    p = subprocess.run(['bash', os.path.join(REPO, 'tools', 'start-dockerd.sh')], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, timeout=180)
+    if p.returncode != 0:
+        pytest.skip('dockerd cannot run here: %s' % p.stdout.strip()[-800:])
+    sh('bash', os.path.join(REPO, 'tools', 'build-node-image.sh'), IMAGE, timeout=900)
+
+
+@pytest.fixture
+def cluster(docker, tmp_path):
+    name = 'bpk' + uuid.uuid4().hex[:8]
+    inv = tmp_path / ('kind-%s.yml' % name)
+    net_before = network()
+    yield name, inv, net_before
+    # Always clean up, even when the test failed half-way: only what carries this cluster's label.
+    for c in containers(name):
+        sh('docker', 'rm', '-f', '-v', c, check=False)
+    net = network()
+    if net_before is None and net and (net.get('Labels') or {}).get(CREATED_LABEL) == 'true' \
+            and not net.get('Containers'):
+        sh('docker', 'network', 'rm', NETWORK, check=False)
+
+
+def test_bad_cluster_name_fails_before_anything_is_made(docker):
+    res = playbook('-e', 'kind_cluster_name=Bad_Name', check=False)
+    assert res['_rc'] != 0
+    msg = json.dumps(res)
+    assert 'kind_cluster_name=' in msg and 'Bad_Name' in msg and 'DNS label' in msg
+    assert containers('Bad_Name') == []
+
+
+def test_create_reach_and_delete_a_three_node_cluster(cluster):
+    name, inv, net_before = cluster
+    nodes = ['%s-control-plane' % name, '%s-worker' % name, '%s-worker2' % name]
+
+    res = playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_inventory_file=%s' % inv)
+    assert containers(name) == sorted(nodes)
+    assert 'Run the node containers' in tasks_changed(res)
+
+    # Names, hostnames, kind's labels, the kind network, running, pod CIDRs as kind assigns them.
+    ips = {}
+    for i, n in enumerate(nodes):
+        c = inspect(n)
+        assert c['State']['Running'], n
+        assert c['Config']['Hostname'] == n
+        assert c['Config']['Labels']['io.x-k8s.kind.cluster'] == name
+        assert c['Config']['Labels']['io.x-k8s.kind.role'] == ('control-plane' if i == 0 else 'worker')
+        assert c['Config']['Labels']['io.barepod.pod_cidr'] == '10.244.%d.0/24' % i
+        assert list(c['NetworkSettings']['Networks']) == [NETWORK]
+        ips[n] = c['NetworkSettings']['Networks'][NETWORK]['IPAddress']
+        assert ips[n]
+        assert sh('docker', 'exec', n, 'hostname').stdout.strip() == n
+    net = network()
+    assert net is not None and net['Driver'] == 'bridge'
+    assert {v['Name'] for v in net['Containers'].values()} >= set(nodes)
+
+    # The fact the role returns and the inventory file it wrote.
+    facts = [h for play in res['plays'] for t in play['tasks'] for h in t['hosts'].values()
+             if 'kind_cluster_nodes' in h.get('ansible_facts', {})]
+    assert [(n['name'], n['ip']) for n in facts[-1]['ansible_facts']['kind_cluster_nodes']] == \
+        [(n, ips[n]) for n in nodes]
+    import yaml
+    invdata = yaml.safe_load(inv.read_text())
+    group = invdata['all']['children']['kind_%s' % name]
+    assert group['vars']['ansible_connection'] == 'community.docker.docker'
+    assert list(group['children']['kind_control_plane']['hosts']) == nodes[:1]
+    assert list(group['children']['kind_workers']['hosts']) == nodes[1:]
+    assert group['children']['kind_workers']['hosts'][nodes[2]]['barepod_node_ip'] == ips[nodes[2]]
+
+    # Ansible reaches every node through community.docker.docker: a Python module and a raw command.
+    env = ansible_env()
+    env['ANSIBLE_STDOUT_CALLBACK'] = 'ansible.builtin.minimal'
+    for module, args, expect in (('ping', '', '"ping": "pong"'), ('raw', 'cat /etc/hostname', None)):
+        p = subprocess.run([os.path.join(BIN, 'ansible'), '-i', str(inv), 'kind_%s' % name, '-m', module]
+                           + (['-a', args] if args else []), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        for n in nodes:
+            assert '%s | SUCCESS' % n in p.stdout or '%s | CHANGED' % n in p.stdout, p.stdout
+            assert (expect or n) in p.stdout
+
+    # Every node reaches every other node by IP inside the kind network.
+    for a in nodes:
+        for b in nodes:
+            if a != b:
+                sh('docker', 'exec', a, 'busybox', 'ping', '-c', '1', '-W', '3', ips[b])
+
+    # Each node has a cgroup tree of its own (private cgroupns, writable), inside its container's cgroup.
+    cp = inspect(nodes[0])
+    sh('docker', 'exec', nodes[0], 'mkdir', '/sys/fs/cgroup/pids/bp-kind-test')
+    host_dir = '/sys/fs/cgroup/pids/docker/%s/bp-kind-test' % cp['Id']
+    assert os.path.isdir(host_dir)
+    # And sysctls can be set inside a node (its own netns), as pods' networking needs.
+    sh('docker', 'exec', nodes[0], 'sysctl', '-w', 'net.ipv4.ip_forward=1')
+
+    # Converged: a second run changes nothing.
+    again = playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_inventory_file=%s' % inv)
+    assert tasks_changed(again) == []
+    assert [inspect(n)['Id'] for n in nodes[:1]] == [cp['Id']]
+
+    # Delete: containers, their cgroups, the inventory, and the network when this run created it.
+    playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_inventory_file=%s' % inv,
+             '-e', 'kind_cluster_state=absent')
+    assert containers(name) == []
+    assert not os.path.exists(host_dir)
+    assert not os.path.exists(os.path.dirname(host_dir))
+    assert not inv.exists()
+    net = network()
+    if net_before is None:
+        # Ours, and empty, unless another cluster is still using it.
+        assert net is None or net['Containers']
+    else:
+        assert net is not None and net['Id'] == net_before['Id']
+
+    # Deleting again is a no-op.
+    gone = playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_state=absent')
+    assert tasks_changed(gone) == []
