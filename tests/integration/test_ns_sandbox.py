@@ -57,9 +57,12 @@ class Pod(object):
                 self.pids.add(c['pid'])
         return r
 
+    def teardown_pods(self):
+        SandboxManager(dict(self.base, state='absent', grace_period=0)).run()
+
     def teardown(self):
         try:
-            SandboxManager(dict(self.base, state='absent', grace_period=0)).run()
+            self.teardown_pods()
         finally:
             for pid in self.pids:
                 if pid_alive(pid):
@@ -123,12 +126,13 @@ def test_chapter_isolation(pod, host_sleep):
               'kill -9 %d && echo KILLED || echo cannot-kill; echo -""--; '
               'grep -E "^(CapEff|CapBnd|CapPrm|CapInh|NoNewPrivs)" /proc/1/status; echo -""--; '
               '(echo 1 > /proc/sys/kernel/ns_last_pid) 2>&1 && echo WROTE || echo read-only; echo -""--; '
-              '%s echo -""--; ls /dev; echo DO""NE; sleep 1000' % (host_sleep.pid, masked_script))
+              '%s echo -""--; ls /proc/1/fd; echo -""--; ls /dev; echo DO""NE; sleep 1000'
+              % (host_sleep.pid, masked_script))
     r = pod.run(containers=[dict(name='box', rootfs=rootfs, command=['sh', '-c', script])])
     assert r['changed'] and not r.failed, r
     c = r['containers'][0]
     out = sections(wait_log(c['log_path']))
-    ps, ls, ipa, hostname, kill, caps, ro, kcore, dev = out[:9]
+    ps, ls, ipa, hostname, kill, caps, ro, kcore, fds, dev = out[:10]
     # ps ax: only the container's processes, the entry process is PID 1
     rows = [line.split(None, 2) for line in ps.splitlines()[1:]]
     assert rows[0][0] == '1' and 'sh -c' in rows[0][2]
@@ -153,6 +157,9 @@ def test_chapter_isolation(pod, host_sleep):
         assert line.split()[1:] == ['0', '0'], kcore
     assert len(kcore.splitlines()) == len(masked)
     assert {'null', 'zero', 'urandom', 'pts', 'shm'} <= set(dev.split())
+    # only stdin/stdout/stderr are open in the container and in the pause process
+    assert fds.split() == ['0', '1', '2']
+    assert sorted(os.listdir('/proc/%d/fd' % r['pid'])) == ['0', '1', '2']
     # the sandbox: new namespaces, netns visible at the netns path
     sb = r['sandbox']
     host_ns = ns.ns_inodes(os.getpid())
@@ -307,3 +314,31 @@ def test_bad_input_fails_before_any_change(pod, override, field):
     assert not os.path.exists(pod.base['state_root'])
     assert not os.path.exists(pod.base['netns_dir'])
     assert not os.path.exists(pod.base['log_root'])
+
+
+def test_host_bind_mount_visible_and_restarted(pod):
+    """The chapter's /data: a host directory bind-mounted into the rootfs (as chroot_rootfs
+    does) shows the test's files inside the container; state=restarted starts everything anew."""
+    rootfs = pod.rootfs()
+    hostdir = os.path.join(pod.tmp, 'hostdata')
+    os.makedirs(hostdir)
+    with open(os.path.join(hostdir, 'from-host.txt'), 'w') as f:
+        f.write('hello from the host\n')
+    data = os.path.join(rootfs, 'data')
+    os.makedirs(data)
+    subprocess.run(['mount', '--bind', hostdir, data], check=True)
+    try:
+        spec = dict(containers=[dict(name='d', rootfs=rootfs, command=['sh', '-c'],
+                                     args=['ls /data; cat /data/from-host.txt; echo DO""NE; sleep 1000'])])
+        r = pod.run(**spec)
+        assert not r.failed, r
+        text = wait_log(r['containers'][0]['log_path'])
+        assert 'from-host.txt' in text and 'hello from the host' in text
+        r2 = pod.run(state='restarted', **spec)
+        assert r2['changed'] and r2['pid'] != r['pid']
+        assert r2['containers'][0]['restart_count'] == 1
+        assert not pid_alive(r['pid'], r['sandbox']['starttime'])
+        assert pid_alive(r2['containers'][0]['pid'], r2['containers'][0]['starttime'])
+    finally:
+        pod.teardown_pods()
+        subprocess.run(['umount', '-l', data], check=False)
