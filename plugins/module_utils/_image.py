@@ -27,7 +27,7 @@ import stat
 import tarfile
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._safefs import clean
+from ansible_collections.barepod.linux.plugins.module_utils._safefs import UnderMount, clean
 
 WHITEOUT_PREFIX = '.wh.'
 WHITEOUT_OPAQUE = '.wh..wh..opq'
@@ -239,49 +239,63 @@ def _descendants(paths, d):
     return [p for p in paths if p.startswith(prefix)]
 
 
+def _apply_member(fs, ti, path, opener, paths, warnings):
+    """Apply one non-whiteout member; return False when it was skipped."""
+    mtime_ns = int(ti.mtime * 1e9) if ti.mtime else None
+    if ti.isdir():
+        fs.mkdir(path, ti.mode, ti.uid, ti.gid)
+    elif ti.isreg():
+        f = opener()
+        try:
+            fs.write_file(path, f, ti.mode, ti.uid, ti.gid, mtime_ns)
+        finally:
+            f.close()
+    elif ti.issym():
+        fs.symlink(path, ti.linkname, ti.uid, ti.gid, mtime_ns)
+    elif ti.islnk():
+        if not fs.hardlink(path, clean(ti.linkname)):
+            warnings.append('image: hard link %s -> %s skipped (no such file in the image)'
+                            % (path, ti.linkname))
+            return False
+    elif ti.isfifo():
+        fs.mkfifo(path, ti.mode)
+    else:
+        warnings.append('image: device node %s skipped' % path)
+        return False
+    return True
+
+
 def apply_layer(fs, members, paths, warnings):
     """Apply one layer's members to SafeRoot `fs`. `paths` (dict path -> None) tracks what
-    the image has put in the root so far, in order; it is updated in place."""
+    the image has put in the root so far, in order; it is updated in place. Members on a
+    mount point below the root (a bind-mounted hostPath) are skipped with a warning."""
     this_layer = set()
     opaque = []
     for ti, opener in members:
         path = clean(ti.name)
-        if path == '/':
-            if ti.isdir():
-                fs.mkdir('/', ti.mode, ti.uid, ti.gid)
-            continue
-        d, base = posixpath.split(path)
-        if base == WHITEOUT_OPAQUE:
-            opaque.append(d)
-            continue
-        if base.startswith(WHITEOUT_PREFIX):
-            victim = posixpath.join(d, base[len(WHITEOUT_PREFIX):])
-            fs.remove(victim)
-            for p in [victim] + _descendants(paths, victim):
-                paths.pop(p, None)
-            continue
-        mtime_ns = int(ti.mtime * 1e9) if ti.mtime else None
-        if ti.isdir():
-            fs.mkdir(path, ti.mode, ti.uid, ti.gid)
-        elif ti.isreg():
-            f = opener()
-            try:
-                fs.write_file(path, f, ti.mode, ti.uid, ti.gid, mtime_ns)
-            finally:
-                f.close()
-        elif ti.issym():
-            fs.symlink(path, ti.linkname, ti.uid, ti.gid, mtime_ns)
-        elif ti.islnk():
-            target = clean(ti.linkname)
-            if not fs.hardlink(path, target):
-                warnings.append('image: hard link %s -> %s skipped (no such file in the image)'
-                                % (path, ti.linkname))
+        try:
+            if path == '/':
+                if ti.isdir():
+                    fs.mkdir('/', ti.mode, ti.uid, ti.gid)
                 continue
-        elif ti.isfifo():
-            fs.mkfifo(path, ti.mode)
-        else:
-            warnings.append('image: device node %s skipped' % path)
-            continue
+            d, base = posixpath.split(path)
+            if base == WHITEOUT_OPAQUE:
+                opaque.append(d)
+                continue
+            if base.startswith(WHITEOUT_PREFIX):
+                victim = posixpath.join(d, base[len(WHITEOUT_PREFIX):])
+                fs.remove(victim)
+                for p in [victim] + _descendants(paths, victim):
+                    paths.pop(p, None)
+                continue
+            if not _apply_member(fs, ti, path, opener, paths, warnings):
+                continue
+        except UnderMount as e:
+            # hidden by a mount (a hostPath, a generated /etc file): the image still provides
+            # the path, it is just not written through the mount
+            warnings.append('image: %s skipped: %s' % (path, e))
+            if posixpath.basename(path).startswith(WHITEOUT_PREFIX):
+                continue
         if not ti.isdir():
             for p in _descendants(paths, path):
                 paths.pop(p, None)
@@ -297,8 +311,12 @@ def apply_layer(fs, members, paths, warnings):
             for p in _descendants(paths, d):
                 if p in this_layer or p in keep:
                     continue
-                if fs.lstat(p) is not None:
-                    fs.remove(p)
+                try:
+                    if fs.lstat(p) is not None:
+                        fs.remove(p)
+                except UnderMount as e:
+                    warnings.append('image: %s kept: %s' % (p, e))
+                    continue
                 paths.pop(p, None)
     return paths
 

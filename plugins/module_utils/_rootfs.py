@@ -33,7 +33,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._common import (
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
 from ansible_collections.barepod.linux.plugins.module_utils._paths import is_within
-from ansible_collections.barepod.linux.plugins.module_utils._safefs import SafeRoot, clean
+from ansible_collections.barepod.linux.plugins.module_utils._safefs import SafeRoot, UnderMount, clean
 
 MANIFEST_VERSION = 1
 
@@ -287,6 +287,14 @@ def _entry_sig(st, fs, path):
     return ['o', stat.S_IFMT(st.st_mode)]
 
 
+def _sig(fs, path):
+    """_entry_sig of a path as seen now (a path on a mount point below the root: ['m'])."""
+    try:
+        return _entry_sig(fs.lstat(path), fs, path)
+    except UnderMount:
+        return ['m']
+
+
 class RootfsManager(object):
     """Converge one rootfs directory. All roots/paths injectable for tests."""
 
@@ -536,7 +544,10 @@ class RootfsManager(object):
             fs2 = self._fs(path)
             new_paths = apply_image(fs2, image, self.warnings)
             for p in sorted(set(old_image.get('paths') or {}) - set(new_paths) - set(files), reverse=True):
-                fs2.remove(p)
+                try:
+                    fs2.remove(p)
+                except UnderMount as e:
+                    self.warnings.append('%s kept: %s' % (p, e))
             new_image_state['paths'] = new_paths
 
         reapply_image = False
@@ -551,7 +562,7 @@ class RootfsManager(object):
                 for p, sig in (old_image.get('paths') or {}).items():
                     if p in files:
                         continue
-                    if _entry_sig(fs.lstat(p), fs, p) != sig:
+                    if _sig(fs, p) != sig:
                         reapply_image = True
                         break
             if reapply_image:
@@ -577,7 +588,7 @@ class RootfsManager(object):
             else:
                 with open(spec['source'], 'rb') as f:
                     st = os.fstat(f.fileno())
-                    fs_.write_file(p, f, stat.S_IMODE(st.st_mode), 0, 0, st.st_mtime_ns)
+                    fs_.write_file(p, f, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
 
         # order: directories, then files and links by path
         for p in sorted(files, key=lambda x: (files[x]['kind'] != 'dir', x)):
@@ -670,7 +681,7 @@ class RootfsManager(object):
         if image is not None and (not reapply_image or 'paths' in new_image_state):
             ipaths = new_image_state['paths'] if reapply_image else list(old_image.get('paths') or {})
             img_state = dict(fingerprint=image_fp, source=image.path, format=image.format,
-                             paths=dict((p, _entry_sig(fs_final.lstat(p), fs_final, p))
+                             paths=dict((p, _sig(fs_final, p))
                                         for p in ipaths if p not in files))
         elif image is not None or (old_image and not ok):
             img_state = dict(fingerprint=None, paths=dict(old_image.get('paths') or {}))

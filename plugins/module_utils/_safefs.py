@@ -33,6 +33,10 @@ def clean(path):
     return p
 
 
+class UnderMount(BarepodError):
+    """The path is a mount point or inside one: it belongs to the mounted filesystem."""
+
+
 class SafeRoot(object):
     """Operations on paths inside `root` that never leave it."""
 
@@ -92,9 +96,13 @@ class SafeRoot(object):
             raise BarepodError('cannot replace the root itself', field='path', value=path)
         d, name = posixpath.split(p)
         hd = self.resolve(d)
+        hp = os.path.join(hd, name)
+        for m in self.mountpoints:
+            if is_within(m, hp):
+                raise UnderMount('%s is on the mount at %s; not touching it' % (p, m), field='path', value=p)
         rel = os.path.relpath(hd, self.root)
         fd = self.open_dir('' if rel == '.' else rel, create=create)
-        return fd, name, os.path.join(hd, name)
+        return fd, name, hp
 
     def lstat(self, path):
         """lstat of the entry (parent resolved inside root); None when absent."""

@@ -306,3 +306,40 @@ def test_manifest_is_outside_rootfs(work):
     assert r['manifest'] == os.path.join(work, '.box.barepod.json')
     man = json.load(open(r['manifest']))
     assert man['path'] == root and '/proc' in man['files']
+
+
+def test_image_reextracted_under_live_mounts_never_writes_through_them(work):
+    """A changed image is extracted again while /data (a hostPath) and /etc/hosts are mounted:
+    the image's /data and /etc entries must not be written into the host directory."""
+    import tarfile
+    import io
+    hostdir = os.path.join(work, 'hostdata')
+    os.makedirs(hostdir)
+    with open(os.path.join(hostdir, 'mine'), 'w') as f:
+        f.write('host')
+    img = os.path.join(work, 'img.tar')
+
+    def build(version):
+        with tarfile.open(img, 'w') as tf:
+            for name, data in (('data/from-image', b'img'), ('data/mine', b'overwrite?'),
+                               ('etc/hosts', b'image hosts\n'), ('version', version)):
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+            ti = tarfile.TarInfo('data/.wh.mine')
+            tf.addfile(ti, io.BytesIO(b''))
+    build(b'1')
+    root = os.path.join(work, 'box')
+    args = dict(path=root, image=img, hostname='p', shm_size='0', mounts=[dict(source=hostdir, target='/data')])
+    r = run_module('chroot_rootfs', args)
+    assert not r.failed, r
+    assert sorted(os.listdir(hostdir)) == ['mine'] and open(os.path.join(hostdir, 'mine')).read() == 'host'
+    build(b'2')
+    r = run_module('chroot_rootfs', args)
+    assert not r.failed, r
+    assert [a['action'] for a in r['actions']] == ['extract']
+    assert 'skipped' in json.dumps(r.get('warnings')), r.get('warnings')
+    assert sorted(os.listdir(hostdir)) == ['mine'] and open(os.path.join(hostdir, 'mine')).read() == 'host'
+    assert open(os.path.join(root, 'version')).read() == '2'
+    assert open(os.path.join(root, 'etc', 'hosts')).read().startswith('# Kubernetes-managed hosts file.')
+    assert not run_module('chroot_rootfs', args).changed
