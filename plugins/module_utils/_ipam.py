@@ -122,12 +122,12 @@ class RangeSet(list):
 
 def iterate(rangeset, last_reserved=None):
     """host-local's RangeIter: candidates (ip, range) in allocation order, gateway skipped."""
-    if last_reserved is not None and rangeset.contains(last_reserved):
-        idx = next(i for i, r in enumerate(rangeset) if r.contains(last_reserved))
-        cur = last_reserved
-        start = None
-    else:
-        idx, cur, start = 0, None, None
+    idx, cur, start = 0, None, None
+    if last_reserved is not None:
+        for i, r in enumerate(rangeset):
+            if r.contains(last_reserved):
+                idx, cur = i, last_reserved
+                break
     while True:
         r = rangeset[idx]
         if cur is None:
@@ -166,7 +166,7 @@ class Store(object):
     def lock(self):
         """flock on <dir>/lock, as go-filemutex does for host-local (creates the dir)."""
         if not os.path.isdir(self.dir):
-            os.makedirs(self.dir, 0o755)
+            os.makedirs(self.dir, 0o755, exist_ok=True)
         fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -91,14 +91,14 @@ class Iptables(object):
 
     def save_nat(self):
         p = subprocess.run([self.save_bin, '-t', 'nat'], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
         if p.returncode != 0:
             raise BarepodError('%s -t nat failed: %s' % (self.save_bin, p.stderr.decode(errors='replace').strip()))
         return p.stdout.decode()
 
     def restore(self, text):
         p = subprocess.run([self.restore_bin, '-w', '--noflush'], input=text.encode(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
         if p.returncode != 0:
             raise BarepodError('%s --noflush failed: %s\ninput:\n%s'
                                % (self.restore_bin, p.stderr.decode(errors='replace').strip(), text))
@@ -307,23 +307,22 @@ class VethNet(object):
                         text = masq_batch(want_masq, have, chain, exists)
                         self.actions.add('masquerade', chain, fn=lambda t=text: self.ipt.restore(t), rules=want_masq)
                 self.actions.run()
-                self._record(ns, ip, rng, pipr, (pod.get('eth') or {}).get('mac'))
+                mac = (pod.get('eth') or {}).get('mac')
+                if self.actions and not self.check_mode:
+                    eth = nl.get_link(pipr, spec.ifname)
+                    mac = eth['mac'] if eth else None
+                self._record(ns, ip, rng, mac)
             except BaseException:
                 if new and not self.check_mode:
                     # roll back a fresh attachment: no veth and no address left behind
                     nl.delete_link(ipr, spec.host_ifname)
                     alloc.release(spec.container_id, spec.ifname)
                 raise
-            if self.check_mode:
-                after_pod = pod
-                self.after = self._desired_summary(node, ip, rng, want_masq)
-            else:
-                after_pod = observe_pod(pipr, spec)
-                self.after = summary(observe_node(ipr, spec, self.proc_root), after_pod, ip, want_masq)
-            eth = (after_pod or {}).get('eth') or {}
+            # what the plan converged to (re-reading everything would double the netlink calls)
+            self.after = self._desired_summary(node, ip, rng, want_masq)
             self.result.update(
                 ip=str(ip), cidr='%s/%d' % (ip, spec.subnet.prefixlen), gateway=str(rng.gateway),
-                subnet=str(spec.subnet), mac=eth.get('mac'), host_ifname=spec.host_ifname,
+                subnet=str(spec.subnet), mac=mac, host_ifname=spec.host_ifname,
                 ifname=spec.ifname, bridge=spec.bridge, netns=ns, network=spec.network,
                 chain=chain_name(spec.network, spec.container_id) if spec.ip_masq else None,
                 actions=self.actions.planned)
@@ -395,19 +394,26 @@ class VethNet(object):
             add('create veth', spec.host_ifname, peer='%s:%s' % (ns, spec.ifname), mtu=spec.mtu,
                 fn=lambda: nl.create_veth(ipr, spec.host_ifname, spec.ifname, ns, spec.mtu))
             h = e = None
-        # host side: mtu, master, hairpin, up
-        if h is None or h['mtu'] != spec.mtu:
-            if h is not None:
-                add('set mtu', spec.host_ifname, mtu=spec.mtu,
-                    fn=lambda: nl.set_link(ipr, idx(ipr, spec.host_ifname), mtu=spec.mtu))
+        # host side: mtu, master, up (one RTM_SETLINK), then hairpin on the bridge port
+        changes = {}
+        if h is not None and h['mtu'] != spec.mtu:
+            changes['mtu'] = spec.mtu
         if h is None or b is None or h['master'] != b['index']:
-            add('set master', spec.host_ifname, master=spec.bridge,
-                fn=lambda: nl.set_link(ipr, idx(ipr, spec.host_ifname), master=idx(ipr, spec.bridge)))
+            changes['master'] = spec.bridge
+        if h is None or not h['up']:
+            changes['state'] = 'up'
+        if changes:
+            def set_host(changes=changes):
+                kw = dict(changes)
+                if 'master' in kw:
+                    kw['master'] = idx(ipr, spec.bridge)
+                nl.set_link(ipr, idx(ipr, spec.host_ifname), **kw)
+            for key in sorted(changes):
+                add({'mtu': 'set mtu', 'master': 'set master', 'state': 'set up'}[key], spec.host_ifname,
+                    fn=set_host if key == sorted(changes)[0] else None, **{key: changes[key]})
         if h is None or bool(h['hairpin']) != spec.hairpin:
             add('set hairpin', spec.host_ifname, hairpin=spec.hairpin,
                 fn=lambda: nl.set_hairpin(ipr, idx(ipr, spec.host_ifname), spec.hairpin))
-        if h is None or not h['up']:
-            add('set up', spec.host_ifname, fn=lambda: nl.set_link(ipr, idx(ipr, spec.host_ifname), state='up'))
 
         # pod side: lo up, eth0 mtu + address + up, default route via the gateway
         if not pod['lo_up']:
@@ -435,15 +441,10 @@ class VethNet(object):
                 fn=lambda: nl.add_route(pipr, '0.0.0.0/0', gateway=gw, oif=idx(pipr, spec.ifname),
                                         proto=nl.RTPROT_BOOT, replace=True))
 
-    def _record(self, ns, ip, rng, pipr, observed_mac):
+    def _record(self, ns, ip, rng, mac):
         spec = self.spec
         if spec.record is None:
             return
-        if self.check_mode:
-            mac = observed_mac
-        else:
-            eth = nl.get_link(pipr, spec.ifname)
-            mac = eth['mac'] if eth else None
         section = dict(ip=str(ip), cidr='%s/%d' % (ip, spec.subnet.prefixlen), gateway=str(rng.gateway),
                        subnet=str(spec.subnet), mac=mac, host_ifname=spec.host_ifname,
                        ifname=spec.ifname, bridge=spec.bridge, netns=ns, network=spec.network,
@@ -532,7 +533,7 @@ class VethNet(object):
                 with store.lock():
                     if store.allocations().get(addr, (None,))[0] == cid:
                         store.release_ip(addr)
-        self.result['collected'] = [str(a) for a, _ in dead]
+        self.result['collected'] = [str(addr) for addr, owner in dead]
 
 
 # --------------------------------------------------------------------------- node routes

@@ -46,7 +46,7 @@ options:
     description: Name of this node, whose entry in O(nodes) gets no route.
     type: str
 author:
-  - barepod.linux developers
+  - barepod.linux developers (@barepod)
 notes:
   - Supports check mode and diff mode.
 requirements:

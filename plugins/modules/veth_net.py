@@ -74,7 +74,9 @@ options:
     description: Last address to allocate (host-local C(rangeEnd)); default the last address before broadcast.
     type: str
   gateway:
-    description: Gateway address, put on the bridge and used as the pod's default route; default the subnet's first address.
+    description:
+      - Gateway address, put on the bridge and used as the pod's default route.
+      - Defaults to the subnet's first address.
     type: str
   ip:
     description: Ask for this exact address. Fails when another pod holds it.
@@ -117,7 +119,7 @@ options:
     type: bool
     default: false
 author:
-  - barepod.linux developers
+  - barepod.linux developers (@barepod)
 notes:
   - Acts on the network namespace it runs in (the node). Run it inside a node container, or under
     C(ip netns exec) for experiments; it never creates network namespaces.

@@ -84,7 +84,8 @@ def observe(node, pod, data_dir, network='barepod'):
                     mtu=nl['cni0']['mtu'], addrs=addrs(node, 'cni0')),
         port=dict(kind=port['linkinfo']['info_kind'], up='UP' in port['flags'], mtu=port['mtu'],
                   hairpin=port['linkinfo']['info_slave_data']['hairpin'],
-                  peer_is_pod_eth0=port.get('link_netnsid') is not None and port['link_index'] == pl['eth0']['ifindex']),
+                  peer_is_pod_eth0=(port.get('link_netnsid') is not None
+                                    and port['link_index'] == pl['eth0']['ifindex'])),
         pod_eth0=dict(kind=pl['eth0']['linkinfo']['info_kind'], up='UP' in pl['eth0']['flags'],
                       mtu=pl['eth0']['mtu'], addrs=addrs(pod, 'eth0')),
         pod_lo_up='UP' in pl['lo']['flags'],

@@ -5,7 +5,7 @@ import multiprocessing
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils import _ipam
@@ -191,7 +191,7 @@ def test_concurrent_processes_never_share_an_address(tmp_path):
     assert sorted(files) == sorted(ips)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(prefix=st.integers(min_value=26, max_value=30), ops=st.lists(
     st.tuples(st.sampled_from(['alloc', 'release']), st.integers(min_value=0, max_value=9)), max_size=40))
 def test_property_allocations_unique_in_range_and_never_gateway(tmp_path_factory, prefix, ops):
