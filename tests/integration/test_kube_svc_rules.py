@@ -1,0 +1,368 @@
+# -*- coding: utf-8 -*-
+"""kube_svc_rules on real iptables (nft and legacy), always inside throwaway network namespaces.
+
+Topology, all made here and deleted afterwards (nothing in the root network namespace):
+
+    client (192.168.77.2) --veth-- node (192.168.77.1 | br 10.244.0.1/24) --veth-- be1 (10.244.0.11)
+                                                                         \\-veth-- be2 (10.244.0.12)
+
+The node holds the rules (run_module(..., netns=node)); be1/be2 run a tiny TCP server on 8080
+that answers with its name; the client opens many connections to the Service's cluster IP.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from conftest import run_module
+
+SERVER = textwrap.dedent('''
+    import socket, sys
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", 8080))
+    s.listen(256)
+    while True:
+        c, _ = s.accept()
+        try:
+            c.sendall(sys.argv[1].encode())
+        finally:
+            c.close()
+''')
+
+CLIENT = textwrap.dedent('''
+    import errno, json, socket, sys
+    ip, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        s.settimeout(2)
+        try:
+            s.connect((ip, port))
+            out.append(s.recv(64).decode() or "empty")
+        except ConnectionRefusedError:
+            out.append("refused")
+        except socket.timeout:
+            out.append("timeout")
+        except OSError as e:
+            out.append(errno.errorcode.get(e.errno, str(e)))
+        finally:
+            s.close()
+    print(json.dumps(out))
+''')
+
+CLUSTER_CIDR = '10.244.0.0/16'
+SVC_IP, AFF_IP, EMPTY_IP = '10.96.0.10', '10.96.0.11', '10.96.0.12'
+
+
+def sh(*args, check=True, input=None):
+    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, input=input,
+                       universal_newlines=True)
+    if check and p.returncode != 0:
+        raise AssertionError('%s failed: %s' % (' '.join(args), p.stderr))
+    return p.stdout
+
+
+def in_ns(ns, *args, **kw):
+    return sh('ip', 'netns', 'exec', ns, *args, **kw)
+
+
+def service(name, ip, affinity=False):
+    spec = dict(clusterIP=ip, ports=[dict(name='http', port=80, targetPort=8080, protocol='TCP')])
+    if affinity:
+        spec['sessionAffinity'] = 'ClientIP'
+    return dict(apiVersion='v1', kind='Service', metadata=dict(namespace='default', name=name), spec=spec)
+
+
+def slice_(svc, ips):
+    return dict(apiVersion='discovery.k8s.io/v1', kind='EndpointSlice',
+                metadata=dict(namespace='default', name=svc + '-abc',
+                              labels={'kubernetes.io/service-name': svc}),
+                addressType='IPv4', endpoints=[dict(addresses=[ip], nodeName='node') for ip in ips],
+                ports=[dict(name='http', port=8080, protocol='TCP')])
+
+
+def objects(web=('10.244.0.11', '10.244.0.12'), extra=()):
+    return [service('web', SVC_IP), slice_('web', web),
+            service('sticky', AFF_IP, affinity=True), slice_('sticky', ['10.244.0.11', '10.244.0.12']),
+            service('empty', EMPTY_IP)] + list(extra)
+
+
+class Node(object):
+    def __init__(self, backend, tmp):
+        self.backend = backend
+        self.tmp = tmp
+        tag = uuid.uuid4().hex[:6]
+        self.node, self.client = 'bpkn%s' % tag, 'bpkc%s' % tag
+        self.be = ['bpkb1%s' % tag, 'bpkb2%s' % tag]
+        self.procs = []
+        self.save_cmd = 'iptables-%s-save' % backend
+        self.restore_cmd = 'iptables-%s-restore' % backend
+
+    def setup(self):
+        for ns in [self.node, self.client] + self.be:
+            sh('ip', 'netns', 'add', ns)
+        n = self.node
+        in_ns(n, 'sysctl', '-qw', 'net.ipv4.ip_forward=1')
+        in_ns(n, 'ip', 'link', 'set', 'lo', 'up')
+        in_ns(n, 'ip', 'link', 'add', 'br0', 'type', 'bridge')
+        in_ns(n, 'ip', 'addr', 'add', '10.244.0.1/24', 'dev', 'br0')
+        in_ns(n, 'ip', 'link', 'set', 'br0', 'up')
+        # the service range must be routable on the node, as on a real one (default route)
+        in_ns(n, 'ip', 'route', 'add', '10.96.0.0/16', 'dev', 'br0')
+        in_ns(n, 'ip', 'link', 'add', 'cl0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', self.client)
+        in_ns(n, 'ip', 'addr', 'add', '192.168.77.1/24', 'dev', 'cl0')
+        in_ns(n, 'ip', 'link', 'set', 'cl0', 'up')
+        c = self.client
+        for cmd in (['ip', 'link', 'set', 'lo', 'up'], ['ip', 'addr', 'add', '192.168.77.2/24', 'dev', 'eth0'],
+                    ['ip', 'link', 'set', 'eth0', 'up'], ['ip', 'route', 'add', 'default', 'via', '192.168.77.1']):
+            in_ns(c, *cmd)
+        for i, be in enumerate(self.be):
+            host = 'vb%d' % i
+            in_ns(n, 'ip', 'link', 'add', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', be)
+            in_ns(n, 'ip', 'link', 'set', host, 'master', 'br0')
+            in_ns(n, 'ip', 'link', 'set', host, 'up')
+            for cmd in (['ip', 'link', 'set', 'lo', 'up'],
+                        ['ip', 'addr', 'add', '10.244.0.1%d/24' % (i + 1), 'dev', 'eth0'],
+                        ['ip', 'link', 'set', 'eth0', 'up'], ['ip', 'route', 'add', 'default', 'via', '10.244.0.1']):
+                in_ns(be, *cmd)
+        server = os.path.join(self.tmp, 'server.py')
+        with open(server, 'w') as f:
+            f.write(SERVER)
+        self.client_py = os.path.join(self.tmp, 'client.py')
+        with open(self.client_py, 'w') as f:
+            f.write(CLIENT)
+        for i, be in enumerate(self.be):
+            self.procs.append(subprocess.Popen(['ip', 'netns', 'exec', be, sys.executable, server, 'be%d' % (i + 1)],
+                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                               stdin=subprocess.DEVNULL))
+        for ip in ('10.244.0.11', '10.244.0.12'):
+            for _ in range(50):
+                if self.connect(ip, 8080, 1, ns=self.node) != ['refused']:
+                    break
+                time.sleep(0.05)
+        # foreign chains and rules that must survive every sync
+        self.restore(textwrap.dedent('''\
+            *filter
+            :FOREIGN-FILTER - [0:0]
+            :KUBE-SOMETHING-ELSE - [0:0]
+            -A FOREIGN-FILTER -s 203.0.113.9/32 -j DROP
+            -A INPUT -p tcp -m tcp --dport 2222 -m comment --comment "foreign input" -j ACCEPT
+            -A KUBE-SOMETHING-ELSE -j RETURN
+            COMMIT
+            *nat
+            :FOREIGN-NAT - [0:0]
+            -A FOREIGN-NAT -d 198.51.100.1/32 -j RETURN
+            -A POSTROUTING -s 10.99.0.0/16 -m comment --comment "foreign masq" -j MASQUERADE
+            COMMIT
+            '''))
+        self.foreign = [ln for ln in self.save().splitlines()
+                        if 'FOREIGN' in ln or 'foreign' in ln or 'SOMETHING' in ln]
+        assert len(self.foreign) == 8
+
+    def restore(self, text):
+        in_ns(self.node, self.restore_cmd, '--noflush', input=text)
+
+    def save(self):
+        return ''.join(ln + '\n' for ln in in_ns(self.node, self.save_cmd).splitlines()
+                       if not ln.startswith('#'))
+
+    def rules(self):
+        """Rules only (counters and comments of the dump stripped), for before/after equality."""
+        return [ln.rsplit(' [', 1)[0] if ln.startswith(':') else ln
+                for ln in self.save().splitlines() if ln.startswith(('-A', ':', '*'))]
+
+    def connect(self, ip, port, n, ns=None):
+        return json.loads(in_ns(ns or self.client, sys.executable, self.client_py, ip, str(port), str(n)))
+
+    def run(self, check=False, diff=False, **args):
+        a = dict(backend=self.backend, cluster_cidr=CLUSTER_CIDR, node_name='node', return_payload=False)
+        a.update(args)
+        return run_module('kube_svc_rules', a, check=check, diff=diff, netns=self.node)
+
+    def assert_foreign_intact(self):
+        text = self.save()
+        for line in self.foreign:
+            assert line in text, line
+
+    def teardown(self):
+        for p in self.procs:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for ns in [self.node, self.client] + self.be:
+            subprocess.run(['ip', 'netns', 'del', ns], stderr=subprocess.DEVNULL, check=False)
+
+
+@pytest.fixture(params=['nft', 'legacy'])
+def node(request, tmp_path):
+    n = Node(request.param, str(tmp_path))
+    try:
+        n.setup()
+        yield n
+    finally:
+        n.teardown()
+
+
+def counting_shim(tmp_path, real):
+    count = tmp_path / 'restores'
+    shim = tmp_path / 'restore-shim'
+    shim.write_text('#!/bin/sh\necho run >> %s\nexec %s "$@"\n' % (count, real))
+    shim.chmod(0o755)
+    return str(shim), count
+
+
+def test_traffic_affinity_reject_and_endpoint_removal(node):
+    r = node.run(objects=objects())
+    assert r.changed and not r.failed, r
+    assert r['restores'] == 1 and r['backend'] == node.backend
+    node.assert_foreign_intact()
+
+    got = node.connect(SVC_IP, 80, 40)
+    assert set(got) == {'be1', 'be2'}, got           # ClusterIP:port reaches both backends
+    assert min(got.count('be1'), got.count('be2')) >= 5, got
+
+    sticky = node.connect(AFF_IP, 80, 20)
+    assert len(set(sticky)) == 1 and sticky[0] in ('be1', 'be2'), sticky   # ClientIP affinity pins
+
+    assert node.connect(EMPTY_IP, 80, 3) == ['refused'] * 3   # no endpoints: REJECT
+
+    r = node.run(objects=objects(web=['10.244.0.11']))       # remove be2 from web
+    assert r.changed and r['restores'] == 1
+    sep = [c for c in r['chains']['removed'] if '-SEP-' in c]
+    assert len(sep) == 1
+    assert set(node.connect(SVC_IP, 80, 20)) == {'be1'}
+    node.assert_foreign_intact()
+
+
+def test_idempotent_no_restore_second_run(node, tmp_path):
+    shim, count = counting_shim(tmp_path, node.restore_cmd)
+    r = node.run(objects=objects(), iptables_restore=shim)
+    assert r.changed and count.read_text().count('run') == 1
+    before = node.rules()
+    r = node.run(objects=objects(), iptables_restore=shim)
+    assert not r.changed, r['chains']
+    assert r['restores'] == 0 and r['restore_payload'] == ''
+    assert count.read_text().count('run') == 1          # no iptables-restore at all
+    assert node.rules() == before
+    # check mode on a converged node: nothing to do either
+    r = node.run(objects=objects(), iptables_restore=shim, check=True)
+    assert not r.changed
+
+
+def test_partial_sync_writes_only_changed_chains(node):
+    node.run(objects=objects())
+    r = node.run(objects=objects(web=['10.244.0.12']), diff=True)
+    assert r.changed
+    ch = r['chains']
+    assert [c.split('-')[1] for c in ch['changed']] == ['SVC']
+    assert len(ch['added']) == 0 and len(ch['removed']) == 1       # be1's SEP chain goes
+    payload = r['restore_payload']
+    assert payload.startswith('*nat\n') and '*filter' not in payload
+    assert 'KUBE-SERVICES' not in payload and payload.count('COMMIT') == 1
+    assert '10.244.0.11:8080' in r['diff']['before'] and '10.244.0.11:8080' not in r['diff']['after']
+    assert set(node.connect(SVC_IP, 80, 10)) == {'be2'}
+
+
+def test_check_mode_and_diff_change_nothing(node):
+    before = node.rules()
+    r = node.run(objects=objects(), check=True, diff=True)
+    assert r.changed and r['restores'] == 0
+    assert 'nat/KUBE-SERVICES' in r['chains']['added']
+    assert '-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp' in r['diff']['after']
+    assert node.rules() == before
+
+
+def test_failed_restore_leaves_previous_rules(node, tmp_path):
+    node.run(objects=objects())
+    before = node.rules()
+    # 1. the restore binary fails outright
+    failing = tmp_path / 'fail'
+    failing.write_text('#!/bin/sh\ncat >/dev/null\necho "iptables-restore: line 2 failed" >&2\nexit 1\n')
+    failing.chmod(0o755)
+    r = node.run(objects=objects(web=['10.244.0.12']), iptables_restore=str(failing))
+    assert r.failed and 'line 2 failed' in r['msg']
+    assert node.rules() == before
+    # 2. a broken rule in the middle of the real batch: the kernel commits none of it
+    broken = tmp_path / 'broken'
+    broken.write_text('#!/bin/sh\nsed "s/^COMMIT$/-A KUBE-SERVICES -j NO-SUCH-CHAIN\\nCOMMIT/" | exec %s "$@"\n'
+                      % node.restore_cmd)
+    broken.chmod(0o755)
+    r = node.run(objects=objects(web=['10.244.0.12']), iptables_restore=str(broken))
+    assert r.failed and 'iptables-restore failed' in r['msg']
+    assert node.rules() == before
+    assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}   # traffic as before
+    node.assert_foreign_intact()
+
+
+@pytest.mark.parametrize('mutate,field', [
+    (lambda o: o[0]['spec'].pop('clusterIP'), 'objects[0].spec.clusterIP'),
+    (lambda o: o[0]['spec'].update(clusterIP='10.96.0.999'), 'objects[0].spec.clusterIP'),
+    (lambda o: o[0]['spec']['ports'][0].update(port=65536), 'objects[0].spec.ports[0].port'),
+    (lambda o: o[0]['spec']['ports'][0].update(protocol='ICMP'), 'objects[0].spec.ports[0].protocol'),
+    (lambda o: o[1]['metadata']['labels'].update({'kubernetes.io/service-name': 'ghost'}),
+     'objects[1].metadata.labels.kubernetes.io/service-name'),
+])
+def test_bad_input_fails_clearly_and_applies_nothing(mutate, field, tmp_path):
+    n = Node('nft', str(tmp_path))
+    sh('ip', 'netns', 'add', n.node)
+    try:
+        objs = objects()
+        mutate(objs)
+        r = n.run(objects=objs)
+        assert r.failed and field in r['msg'], r['msg']
+        assert 'Traceback' not in r['msg']
+        assert 'KUBE' not in in_ns(n.node, 'iptables-nft-save') + in_ns(n.node, 'iptables-legacy-save')
+    finally:
+        subprocess.run(['ip', 'netns', 'del', n.node], check=False)
+
+
+def test_absent_removes_everything_owned(node):
+    node.run(objects=objects())
+    r = node.run(state='absent', diff=True)
+    assert r.changed and r['chains']['removed']
+    text = node.save()
+    left = [ln for ln in text.splitlines() if 'KUBE' in ln and 'SOMETHING' not in ln]
+    # kube-proxy's own cleanup leaves KUBE-FIREWALL and KUBE-MARK-MASQ (kubelet shares them)
+    assert all('KUBE-FIREWALL' in ln or 'KUBE-MARK-MASQ' in ln for ln in left), left
+    node.assert_foreign_intact()
+    assert not node.run(state='absent').changed
+
+
+def test_prefix_coexists_with_kube_chains(node):
+    node.run(objects=objects())                          # "the real kube-proxy"
+    kube = node.rules()
+    other = [service('web', '10.96.0.30'), slice_('web', ['10.244.0.12'])]
+    r = node.run(objects=other, chain_prefix='BPOD')
+    assert r.changed
+    assert all(c.split('/')[1].startswith('BPOD-') for c in r['chains']['added'])
+    assert all(ln in node.rules() for ln in kube)           # nothing of KUBE's touched
+    assert set(node.connect('10.96.0.30', 80, 5)) == {'be2'}
+    assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}
+    assert not node.run(objects=objects()).changed         # and KUBE still converged
+    r = node.run(state='absent', chain_prefix='BPOD')
+    assert r.changed and 'BPOD' not in node.save()
+    assert not node.run(objects=objects()).changed
+    node.assert_foreign_intact()
+
+
+def test_auto_backend_and_offline_mode(tmp_path):
+    r = run_module('kube_svc_rules', dict(objects=objects(), apply=False, cluster_cidr=CLUSTER_CIDR))
+    assert not r.changed and r['payload'].startswith('*filter\n')
+    assert 'backend' not in r
+    n = Node('nft', str(tmp_path))
+    sh('ip', 'netns', 'add', n.node)
+    try:
+        in_ns(n.node, 'iptables-nft', '-t', 'mangle', '-N', 'KUBE-IPTABLES-HINT')
+        r = run_module('kube_svc_rules', dict(objects=objects(), return_payload=False), netns=n.node)
+        assert r['backend'] == 'nft' and 'KUBE-IPTABLES-HINT' in r['backend_reason']
+        assert 'KUBE-SERVICES' in in_ns(n.node, 'iptables-nft-save', '-t', 'nat')
+    finally:
+        subprocess.run(['ip', 'netns', 'del', n.node], check=False)
