@@ -226,8 +226,12 @@ def test_lifecycle_check_mode_idempotence_restart_absent(pod):
     r4 = pod.run(**spec2)
     assert r4['changed'] and r4['containers'][0]['restart_count'] == 2
     assert not pid_alive(c3['pid'], c3['starttime'])
-    # absent: nothing remains
+    # absent in check mode: reports the plan, stops nothing
     nspath = r['netns_path']
+    rc = pod.run(state='absent', check=True)
+    assert rc['changed'] and [a['action'] for a in rc['actions']][:2] == ['stop_container', 'stop_sandbox']
+    assert pid_alive(r['pid']) and pid_alive(r4['containers'][0]['pid']) and os.path.exists(nspath)
+    # absent: nothing remains
     r5 = pod.run(state='absent')
     assert r5['changed'] and not r5.failed, r5
     for pid in (r['pid'], r4['containers'][0]['pid']):
