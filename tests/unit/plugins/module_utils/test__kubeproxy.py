@@ -374,3 +374,21 @@ def test_src_files_and_yaml_errors(tmp_path):
         kp.sync_service_rules(dict(src=[str(bad_yaml)], apply=False), yaml_mod=yaml)
     with pytest.raises(BarepodError, match=r'src\[0\]'):
         kp.sync_service_rules(dict(src=[str(tmp_path / 'missing.yaml')], apply=False), yaml_mod=yaml)
+
+
+def test_chapter_kube_dns_example_reproduces_the_books_rules():
+    """examples/kube-dns-service.yaml gives the chain names and rules printed in the chapter
+    (3.5.3): KUBE-SVC-ERIFXISQEP7F7OF4 -> KUBE-SEP-IT2ZTR26TO4XFPTO with probability 0.5."""
+    here = os.path.dirname(__file__)
+    path = os.path.join(here, '..', '..', '..', '..', 'examples', 'kube-dns-service.yaml')
+    with open(path) as f:
+        objs = list(yaml.safe_load_all(f))
+    rs = kp.render(objs, kp.Settings(node_name='kind-control-plane', cluster_cidr='10.244.0.0/16'))
+    assert rs.services == 3 and rs.endpoints == 6
+    assert rs.saved_rules('nat', 'KUBE-SEP-IT2ZTR26TO4XFPTO') == [
+        '-s 10.244.0.2/32 -m comment --comment "kube-system/kube-dns:dns-tcp" -j KUBE-MARK-MASQ',
+        '-p tcp -m comment --comment "kube-system/kube-dns:dns-tcp" -m tcp -j DNAT --to-destination 10.244.0.2:53']
+    svc = rs.saved_rules('nat', 'KUBE-SVC-ERIFXISQEP7F7OF4')
+    assert svc[1] == ('-m comment --comment "kube-system/kube-dns:dns-tcp -> 10.244.0.2:53" -m statistic '
+                      '--mode random --probability 0.50000000000 -j KUBE-SEP-IT2ZTR26TO4XFPTO')
+    assert 'KUBE-SVC-TCOU7JCQXEZGVUNU' in rs.chains['nat']  # kube-dns:dns over UDP
