@@ -216,6 +216,19 @@ def host_dns(host_resolv='/etc/resolv.conf', fallback='/run/systemd/resolve/reso
     return ns, search, opts
 
 
+def shebang(path):
+    """The interpreter of a `#!` script (None for anything else)."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(256)
+    except (IOError, OSError):
+        return None
+    if not head.startswith(b'#!'):
+        return None
+    words = head[2:].split(b'\n', 1)[0].split()
+    return words[0].decode('utf-8', 'replace') if words and words[0].startswith(b'/') else None
+
+
 def _is_ip(s):
     try:
         ipaddress.ip_address(s)
@@ -372,8 +385,21 @@ class RootfsManager(object):
             hp = self._which(b)
             if not os.path.isfile(hp):
                 raise BarepodError('binary %s does not exist' % b, field=field, value=b)
-            entries = [(clean(hp), os.path.realpath(hp))]
-            entries += [(clean(p), os.path.realpath(p)) for p, _r in resolver.closure(hp, field=field)]
+            entries = []
+            todo, seen = [hp], set()
+            while todo:  # a script brings its #! interpreter (and that one's closure)
+                prog = todo.pop(0)
+                if prog in seen or len(seen) > 8:
+                    continue
+                seen.add(prog)
+                entries.append((clean(prog), os.path.realpath(prog)))
+                entries += [(clean(p), os.path.realpath(p)) for p, _r in resolver.closure(prog, field=field)]
+                interp = shebang(prog)
+                if interp:
+                    if not os.path.isfile(interp):
+                        raise BarepodError('%s is a script for %s, which does not exist' % (b, interp),
+                                           field=field, value=b)
+                    todo.append(interp)
             for dst, src in entries:
                 cur = files.get(dst)
                 if cur and cur['kind'] == 'copy' and cur['source'] == src:
@@ -612,13 +638,16 @@ class RootfsManager(object):
                 a.add('remove', p, (lambda p=p: self._fs(path).remove(p)), by=old_files[p].get('by'))
 
         # --- generated /etc files (in the sidecar dir, bind-mounted in)
+        before['etc'], etc_after = {}, {}
         for target, content in sorted(etc.items()):
             src = os.path.join(side, os.path.basename(target))
             try:
                 with open(src, 'r') as f:
-                    same = f.read() == content
+                    before['etc'][target] = f.read()
             except (IOError, OSError):
-                same = False
+                pass
+            etc_after[target] = content
+            same = before['etc'].get(target) == content
             if not same:
                 a.add('write', src, (lambda src=src, content=content: self._write_in_place(side, src, content)),
                       mounted_at=target)
@@ -646,7 +675,7 @@ class RootfsManager(object):
                   read_only=m['read_only'], options=m['options'])
 
         after = dict(path=path, exists=True, files=sorted(files), image=image_fp,
-                     mounts=sorted(m['target'] for m in mounts))
+                     mounts=sorted(m['target'] for m in mounts), etc=etc_after)
 
         if a and not self.check_mode:
             ok = False

@@ -343,3 +343,24 @@ def test_image_reextracted_under_live_mounts_never_writes_through_them(work):
     assert open(os.path.join(root, 'version')).read() == '2'
     assert open(os.path.join(root, 'etc', 'hosts')).read().startswith('# Kubernetes-managed hosts file.')
     assert not run_module('chroot_rootfs', args).changed
+
+
+def test_absent_check_mode_and_diff(work):
+    root = os.path.join(work, 'box')
+    hostdir = os.path.join(work, 'hosttmp')
+    os.makedirs(hostdir)
+    args = dict(path=root, binaries=['/bin/ls'], hostname='p', mounts=[dict(source=hostdir, target='/data')])
+    r = run_module('chroot_rootfs', args)
+    assert not r.failed, r
+    args['hostname'] = 'q'
+    r = run_module('chroot_rootfs', args, check=True, diff=True)
+    assert r['diff']['before']['etc']['/etc/hostname'] == 'p\n'
+    assert r['diff']['after']['etc']['/etc/hostname'] == 'q\n'
+    assert open(os.path.join(work, '.box.barepod.d', 'hostname')).read() == 'p\n'
+    mounts_before = mountpoints(work)
+    r = run_module('chroot_rootfs', dict(path=root, state='absent'), check=True, diff=True)
+    assert r.changed and ('remove', root) in [(a['action'], a['target']) for a in r['actions']]
+    assert os.path.join(root, 'data') in r['diff']['before']['mounts']
+    assert os.path.isdir(root) and mountpoints(work) == mounts_before
+    assert run_module('chroot_rootfs', dict(path=root, state='absent')).changed
+    assert not os.path.exists(root) and mountpoints(work) == []

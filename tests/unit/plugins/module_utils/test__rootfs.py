@@ -332,3 +332,19 @@ def test_failed_run_keeps_tracking_and_next_run_converges(tmp_path, monkeypatch)
     assert 'extract' in [a['action'] for a in res['actions']]
     assert (root / 'c' / 'sub' / 'deep').read_bytes() == b'deep'
     assert not RootfsManager(p).run()['changed']
+
+
+def test_script_brings_its_interpreter(tmp_path):
+    script = tmp_path / 'host' / 'hello'
+    script.parent.mkdir()
+    script.write_text('#!/bin/sh -e\necho hello\n')
+    script.chmod(0o755)
+    root = tmp_path / 'pods' / 'box'
+    res = RootfsManager(params(root, binaries=[str(script)]), check_mode=True).run()
+    targets = [a['target'] for a in res['actions']]
+    assert str(script) in targets and '/bin/sh' in targets
+    assert any(t.endswith('libc.so.6') for t in targets)
+    bad = tmp_path / 'host' / 'bad'
+    bad.write_text('#!/nonexistent/interp\n')
+    with pytest.raises(BarepodError, match='binaries\\[0\\].*nonexistent/interp'):
+        RootfsManager(params(root, binaries=[str(bad)])).run()
