@@ -183,8 +183,9 @@ def create_bridge(ipr, name, mtu=None):
     return get_link(ipr, name)
 
 
-def create_veth(ipr, host_ifname, peer_ifname, peer_netns, mtu=None):
-    """A veth pair: host_ifname here, peer_ifname created directly inside peer_netns."""
+def create_veth(ipr, host_ifname, peer_ifname, peer_netns, mtu=None, master=None, up=False):
+    """A veth pair: host_ifname here (optionally enslaved to `master` and up, in the same
+    RTM_NEWLINK), peer_ifname created directly inside peer_netns."""
     fd = os.open(peer_netns, os.O_RDONLY | os.O_CLOEXEC)
     try:
         peer = dict(ifname=peer_ifname, net_ns_fd=fd)
@@ -192,6 +193,10 @@ def create_veth(ipr, host_ifname, peer_ifname, peer_netns, mtu=None):
         if mtu:
             kw['mtu'] = mtu
             peer['mtu'] = mtu
+        if master:
+            kw['master'] = master
+        if up:
+            kw['state'] = 'up'
         ipr.link('add', **kw)
     finally:
         os.close(fd)

@@ -392,16 +392,19 @@ class VethNet(object):
             if h is not None:
                 add('delete stale veth', spec.host_ifname, fn=lambda: nl.delete_link(ipr, spec.host_ifname))
             add('create veth', spec.host_ifname, peer='%s:%s' % (ns, spec.ifname), mtu=spec.mtu,
-                fn=lambda: nl.create_veth(ipr, spec.host_ifname, spec.ifname, ns, spec.mtu))
+                master=spec.bridge, state='up',
+                fn=lambda: nl.create_veth(ipr, spec.host_ifname, spec.ifname, ns, spec.mtu,
+                                          master=idx(ipr, spec.bridge), up=True))
             h = e = None
         # host side: mtu, master, up (one RTM_SETLINK), then hairpin on the bridge port
         changes = {}
-        if h is not None and h['mtu'] != spec.mtu:
-            changes['mtu'] = spec.mtu
-        if h is None or b is None or h['master'] != b['index']:
-            changes['master'] = spec.bridge
-        if h is None or not h['up']:
-            changes['state'] = 'up'
+        if h is not None:
+            if h['mtu'] != spec.mtu:
+                changes['mtu'] = spec.mtu
+            if b is None or h['master'] != b['index']:
+                changes['master'] = spec.bridge
+            if not h['up']:
+                changes['state'] = 'up'
         if changes:
             def set_host(changes=changes):
                 kw = dict(changes)
