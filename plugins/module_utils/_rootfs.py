@@ -575,6 +575,10 @@ class RootfsManager(object):
                 except UnderMount as e:
                     self.warnings.append('%s kept: %s' % (p, e))
             new_image_state['paths'] = new_paths
+            # the image may have overwritten files of the other sources (also through a
+            # symlinked directory such as bin -> usr/bin): put them back now
+            for p in sorted(files, key=lambda x: (files[x]['kind'] != 'dir', x)):
+                sync_file(p, files[p])
 
         reapply_image = False
         if image is None and old_image:

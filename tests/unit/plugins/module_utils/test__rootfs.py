@@ -348,3 +348,23 @@ def test_script_brings_its_interpreter(tmp_path):
     bad.write_text('#!/nonexistent/interp\n')
     with pytest.raises(BarepodError, match='binaries\\[0\\].*nonexistent/interp'):
         RootfsManager(params(root, binaries=[str(bad)])).run()
+
+
+def test_image_with_symlinked_bin_then_binary_converges_in_one_run(tmp_path):
+    from test__image import member, write_tar
+    ls = shutil.which('ls')
+    assert os.path.realpath(ls) == '/usr/bin/ls'
+    members = [member('usr', 'dir'), member('usr/bin', 'dir'), member('bin', 'symlink', target='usr/bin'),
+               member('usr/bin/ls', data=b'image ls')]
+    img = write_tar(tmp_path / 'img.tar', members)
+    root = tmp_path / 'pods' / 'box'
+    p = params(root, image=img, binaries=['/bin/ls'])
+    RootfsManager(p).run()
+    assert os.path.islink(str(root / 'bin'))
+    assert (root / 'usr' / 'bin' / 'ls').read_bytes() == open(ls, 'rb').read()
+    assert not RootfsManager(p).run()['changed']
+    # a new image version: extracted again, and the binary is put back in the same run
+    write_tar(tmp_path / 'img.tar', members + [member('new', data=b'n')])
+    assert RootfsManager(p).run()['changed']
+    assert (root / 'usr' / 'bin' / 'ls').read_bytes() == open(ls, 'rb').read()
+    assert not RootfsManager(p).run()['changed']
