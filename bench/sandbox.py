@@ -51,6 +51,16 @@ def make_rootfs(path):
     return path
 
 
+def private_kib(pid):
+    """Private (unshared) resident memory: what the pause process really costs the node."""
+    total = 0
+    with open('/proc/%d/smaps_rollup' % pid) as f:
+        for line in f:
+            if line.startswith(('Private_Clean:', 'Private_Dirty:')):
+                total += int(line.split()[1])
+    return total
+
+
 def wait_gone(pid, timeout=10):
     deadline = time.monotonic() + timeout
     while pid_alive(pid) and time.monotonic() < deadline:
@@ -132,7 +142,7 @@ class Bench(object):
         r = SandboxManager(a).run()
         try:
             time.sleep(0.2)
-            return rss_kib(r['pid']), r['sandbox']['pause']
+            return rss_kib(r['pid']), private_kib(r['pid']), r['sandbox']['pause']
         finally:
             SandboxManager(dict(a, state='absent')).run()
 
@@ -200,11 +210,12 @@ def main():
         rows.append(dict(name=name, runs=len(times), median_s=med, min_s=min(times), ratio_vs_runc=med / ref))
         print('%-20s %6d %12.1f %12.1f %9.2fx' % (name, len(times), med * 1000, min(times) * 1000, med / ref))
     print()
-    print('pause process resident memory (VmRSS):')
-    for impl, (kib, used) in rss.items():
-        print('  %-8s %6s KiB%s' % (impl, kib, '' if used == impl else ' (fell back to %s)' % used))
+    print('pause process memory:   VmRSS   private (not shared with the page cache / other processes)')
+    for impl, (kib, priv, used) in rss.items():
+        print('  %-8s %10s KiB %6s KiB%s' % (impl, kib, priv, '' if used == impl else '  (fell back to %s)' % used))
     out = dict(kind='sandbox', time=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), runs=opts.runs,
-               rows=rows, pause_rss_kib=dict((k, v[0]) for k, v in rss.items()), raw=results)
+               rows=rows, pause_rss_kib=dict((k, v[0]) for k, v in rss.items()),
+               pause_private_kib=dict((k, v[1]) for k, v in rss.items()), raw=results)
     os.makedirs(os.path.join(HERE, 'results'), exist_ok=True)
     path = os.path.join(HERE, 'results', 'sandbox-%s.json' % time.strftime('%Y%m%d-%H%M%S'))
     with open(path, 'w') as f:

@@ -291,6 +291,20 @@ def test_shared_pid_namespace_and_run_as_user(pod):
     assert b['ns_inodes']['pid'] == r['sandbox']['ns_inodes']['pid']
 
 
+def test_pause_reaps_exited_containers_in_shared_pid_namespace(pod):
+    rootfs = pod.rootfs()
+    r = pod.run(share_process_namespace=True, containers=[
+        dict(name='short', rootfs=rootfs, command=['sh', '-c', 'sleep 0.2 & exit 0'])])
+    assert not r.failed, r
+    assert r['sandbox']['pause'] == 'c'
+    pid = r['containers'][0]['pid']
+    deadline = time.monotonic() + 5
+    while os.path.exists('/proc/%d' % pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists('/proc/%d' % pid), 'not reaped: ' + open('/proc/%d/stat' % pid).read()
+    assert r['sandbox']['rss_kib'] <= 1024
+
+
 @pytest.mark.parametrize('override, field', [
     (dict(name='a/b'), 'name'),
     (dict(name='..'), 'name'),
