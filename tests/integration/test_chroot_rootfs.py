@@ -257,6 +257,10 @@ def test_docker_save_image_and_absent(work):
     (dict(mounts=[dict(source='/var/run/docker.sock', target='/sock')]), 'mounts[0].source'),
     (dict(mounts=[dict(source='/', target='/host')]), 'mounts[0].source'),
     (dict(mounts=[dict(source='/tmp', target='/data', options=['rbind'])]), 'mounts[0].options'),
+    (dict(mounts=[dict(source='/tmp', target='/data')], allowed_host_paths=['/srv/only-this']), 'mounts[0].source'),
+    (dict(mounts=[dict(source='/var', target='/data')]), 'mounts[0].source'),
+    (dict(busybox=True, busybox_path='/nonexistent/busybox'), 'busybox_path'),
+    (dict(image='/nonexistent/img.tar'), 'image'),
 ])
 def test_bad_input_is_refused_without_change(work, args, field):
     root = os.path.join(work, 'box')
