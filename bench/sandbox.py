@@ -210,7 +210,7 @@ def main():
         rows.append(dict(name=name, runs=len(times), median_s=med, min_s=min(times), ratio_vs_runc=med / ref))
         print('%-20s %6d %12.1f %12.1f %9.2fx' % (name, len(times), med * 1000, min(times) * 1000, med / ref))
     print()
-    print('pause process memory:   VmRSS   private (not shared with the page cache / other processes)')
+    print('pause process memory:   VmRSS   private (Private_Clean + Private_Dirty)')
     for impl, (kib, priv, used) in rss.items():
         print('  %-8s %10s KiB %6s KiB%s' % (impl, kib, priv, '' if used == impl else '  (fell back to %s)' % used))
     out = dict(kind='sandbox', time=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), runs=opts.runs,

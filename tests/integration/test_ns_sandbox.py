@@ -4,6 +4,7 @@ Every test gets throwaway state_root / netns_dir / log_root directories and a un
 name; the finalizer tears the pod down (through the module logic, then by killing only the
 pids the module reported) and unmounts what the test created, even on failure.
 """
+import json
 import os
 import shutil
 import signal
@@ -360,3 +361,23 @@ def test_host_bind_mount_visible_and_restarted(pod):
     finally:
         pod.teardown_pods()
         subprocess.run(['umount', '-l', data], check=False)
+
+
+def test_exec_failure_is_reported_and_cleanable(pod):
+    """A command that passes validation but cannot be executed: a clear error from the child,
+    the sandbox already started is recorded, and absent removes it."""
+    rootfs = pod.rootfs()
+    bogus = os.path.join(rootfs, 'bin', 'bogus')
+    with open(bogus, 'w') as f:
+        f.write('not an executable format\n')
+    os.chmod(bogus, 0o755)
+    r = pod.run(containers=[dict(name='c', rootfs=rootfs, command=['bogus'])])
+    assert r.failed and 'Exec format error' in r['msg'], r
+    rec = os.path.join(pod.base['state_root'], 'default_' + pod.name, 'record.json')
+    with open(rec) as f:
+        sandbox = json.load(f)['sandbox']
+    pod.pids.add(sandbox['pid'])
+    assert pid_alive(sandbox['pid'], sandbox['starttime'])
+    r2 = pod.run(state='absent')
+    assert r2['changed'] and not r2.failed, r2
+    assert not pid_alive(sandbox['pid'], sandbox['starttime']) and not os.path.exists(rec)
