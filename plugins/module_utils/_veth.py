@@ -90,8 +90,12 @@ class Iptables(object):
         self.restore_bin = restore
 
     def save_nat(self):
-        p = subprocess.run([self.save_bin, '-t', 'nat'], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
+        """The nat table as iptables-save prints it ('' when iptables is not installed)."""
+        try:
+            p = subprocess.run([self.save_bin, '-t', 'nat'], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
+        except FileNotFoundError:
+            return ''
         if p.returncode != 0:
             raise BarepodError('%s -t nat failed: %s' % (self.save_bin, p.stderr.decode(errors='replace').strip()))
         return p.stdout.decode()
@@ -287,9 +291,8 @@ class VethNet(object):
             stale = alloc.stale(spec.container_id, spec.ifname)
             held = [a for a in store.get_by_id(spec.container_id, spec.ifname) if alloc.rangeset.contains(a)]
             other = [a for a in held if a != ip]
-            have_masq = owned_nat(self.ipt.save_nat(), spec.network, spec.container_id) if spec.ip_masq else None
-            self.before = summary(node, pod, held[0] if held else None,
-                                  None if have_masq is None else have_masq[1])
+            have_masq = owned_nat(self.ipt.save_nat(), spec.network, spec.container_id)
+            self.before = summary(node, pod, held[0] if held else None, have_masq[1] or None)
             if not self.check_mode and (new or stale or other):
                 # reserve for real first, so every later step uses the address we hold
                 ip, rng, new = alloc.allocate(spec.container_id, spec.ifname, spec.requested)
@@ -300,12 +303,16 @@ class VethNet(object):
             try:
                 self._plan_links(ipr, pipr, ns, node, pod, ip, rng)
                 want_masq = None
+                exists, have = have_masq
                 if spec.ip_masq:
                     chain, want_masq = masq_rules(spec.network, spec.container_id, ip, spec.subnet)
-                    exists, have = have_masq
                     if not exists or sorted(have) != sorted(want_masq):
                         text = masq_batch(want_masq, have, chain, exists)
                         self.actions.add('masquerade', chain, fn=lambda t=text: self.ipt.restore(t), rules=want_masq)
+                elif exists or have:
+                    chain = chain_name(spec.network, spec.container_id)
+                    text = masq_batch(None, have, chain, exists)
+                    self.actions.add('remove masquerade', chain, fn=lambda t=text: self.ipt.restore(t))
                 self.actions.run()
                 mac = (pod.get('eth') or {}).get('mac')
                 if self.actions and not self.check_mode:
@@ -406,7 +413,7 @@ class VethNet(object):
             if not h['up']:
                 changes['state'] = 'up'
         if changes:
-            def set_host(changes=changes):
+            def set_host():
                 kw = dict(changes)
                 if 'master' in kw:
                     kw['master'] = idx(ipr, spec.bridge)

@@ -179,6 +179,12 @@ def test_drift_reported_in_check_mode_and_repaired(env):
     assert not env.run(args).changed
     assert ping(podname, '10.244.0.1')
 
+    # turning ip_masq off removes exactly our rules
+    r = env.run(dict(args, ip_masq=False))
+    assert [a['action'] for a in r['actions']] == ['remove masquerade'] and r['chain'] is None
+    assert 'CNI-' not in in_ns(env.node, 'iptables-save', '-t', 'nat')
+    assert not env.run(dict(args, ip_masq=False)).changed
+
 
 def test_absent_when_netns_and_record_are_gone(env):
     u = uid()
