@@ -283,7 +283,10 @@ def apply_layer(fs, members, paths, warnings):
                 opaque.append(d)
                 continue
             if base.startswith(WHITEOUT_PREFIX):
-                victim = posixpath.join(d, base[len(WHITEOUT_PREFIX):])
+                victim = clean(posixpath.join(d, base[len(WHITEOUT_PREFIX):]))
+                if victim == '/':
+                    warnings.append('image: whiteout %s of the root itself ignored' % ti.name)
+                    continue
                 fs.remove(victim)
                 for p in [victim] + _descendants(paths, victim):
                     paths.pop(p, None)

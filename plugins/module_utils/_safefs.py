@@ -244,6 +244,10 @@ class SafeRoot(object):
     def hardlink(self, path, target):
         """Hard link `path` to `target` (both inside the root; target resolved inside it)."""
         src = self.resolve(target, field='image')
+        for m in self.mountpoints:
+            if is_within(m, src):
+                raise UnderMount('hard link target %s is on the mount at %s' % (target, m), field='image',
+                                 value=target)
         st = os.lstat(src) if os.path.lexists(src) else None
         if st is None or stat.S_ISDIR(st.st_mode):
             return False
