@@ -695,6 +695,7 @@ class SandboxManager(object):
     def __init__(self, params, check_mode=False):
         self.d = desired(params)
         self.check_mode = check_mode
+        self.pause = None
 
     def run(self):
         d = self.d
@@ -741,6 +742,9 @@ class SandboxManager(object):
                     after_c[target] = dict(restart_count=details['restart_count'], spec_hash=details['spec_hash'])
             after = view(True, after_c)
 
+        if not self.check_mode and any(step[0] == 'start_sandbox' for step in steps):
+            # build (or find) the pause binary before anything is stopped or started
+            self.pause = pause_argv(d['pause'], d['pause_dir'])
         try:
             actions.run()
         finally:
@@ -775,7 +779,7 @@ class SandboxManager(object):
         d = self.d
 
         def fn():
-            impl, argv = pause_argv(d['pause'], d['pause_dir'])
+            impl, argv = self.pause
             pid = start_sandbox(d, argv)
             try:
                 st = pid_starttime(pid)
