@@ -23,6 +23,7 @@ import io
 import json
 import os
 import posixpath
+import re
 import stat
 import tarfile
 
@@ -32,6 +33,8 @@ from ansible_collections.barepod.linux.plugins.module_utils._safefs import Under
 WHITEOUT_PREFIX = '.wh.'
 WHITEOUT_OPAQUE = '.wh..wh..opq'
 FORMATS = ('auto', 'dir', 'tar', 'oci', 'docker-archive')
+IMAGE_TOP = frozenset(['manifest.json', 'index.json', 'oci-layout', 'repositories', 'blobs'])
+_HEX_TOP = re.compile(r'^[0-9a-f]{64}(\.json)?$')
 
 
 def _tar_members(path):
@@ -50,12 +53,18 @@ def detect_format(path):
         return 'dir'
     if not os.path.isfile(path):
         raise BarepodError('%s does not exist' % path, field='image', value=path)
+    # an image archive holds only these at its top level; the first other name means a plain
+    # root filesystem tar (so a big rootfs.tar.gz is not read to its end to find out)
+    names = set()
     with _tar_members(path) as tf:
-        names = set()
-        for i, m in enumerate(tf):
-            names.add(clean(m.name))
-            if i > 64:
-                break
+        for m in tf:
+            name = clean(m.name)
+            top = name.lstrip('/').split('/')[0]
+            if not top:
+                continue
+            if top not in IMAGE_TOP and not _HEX_TOP.match(top):
+                return 'tar'
+            names.add(name)
     if '/manifest.json' in names:
         return 'docker-archive'
     if '/index.json' in names and '/oci-layout' in names:

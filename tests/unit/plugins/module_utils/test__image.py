@@ -87,13 +87,15 @@ def oci_layout(dirpath, layers, gz=True, as_tar=None):
     return str(dirpath)
 
 
-def docker_archive(path, layers):
+def docker_archive(path, layers, style='legacy'):
+    """`docker save` output: legacy (<id>/layer.tar) or Docker 25+ (blobs/sha256/<digest>)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode='w') as tf:
         names = []
-        for i, members in enumerate(layers):
+        for members in layers:
             data = tar_bytes(members)
-            name = 'layer%d/layer.tar' % i
+            digest = hashlib.sha256(data).hexdigest()
+            name = ('%s/layer.tar' if style == 'legacy' else 'blobs/sha256/%s') % digest
             names.append(name)
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
@@ -159,8 +161,9 @@ def test_oci_layout_tar_uncompressed(tmp_path):
     check_layered(str(root), apply_image(SafeRoot(str(root)), Image(img), []))
 
 
-def test_docker_save_archive(tmp_path):
-    img = docker_archive(tmp_path / 'saved.tar', [LOWER, UPPER])
+@pytest.mark.parametrize('style', ['legacy', 'oci'])
+def test_docker_save_archive(tmp_path, style):
+    img = docker_archive(tmp_path / 'saved.tar', [LOWER, UPPER], style)
     assert detect_format(img) == 'docker-archive'
     root = tmp_path / 'root'
     root.mkdir()
@@ -350,3 +353,11 @@ if given is not None:
             assert os.listdir(os.path.join(base, 'deep')) == ['root']
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def test_detect_format_stops_at_first_rootfs_name(tmp_path):
+    # a rootfs that happens to hold /manifest.json is still a plain tar
+    img = write_tar(tmp_path / 'r.tar', [member('bin', 'dir'), member('manifest.json', data=b'[]')])
+    assert detect_format(img) == 'tar'
+    img = write_tar(tmp_path / 'r2.tar', [member('./', 'dir'), member('./etc', 'dir')])
+    assert detect_format(img) == 'tar'
