@@ -122,8 +122,8 @@ def test_fleet_report_and_gate(fleet):
     assert nodes['node-broken']['failed'] and 'no cgroup or cgroup2 mount' in nodes['node-broken']['error']
     assert data['totals'] == {'nodes': 5, 'failed_nodes': 1, 'pods': 5, 'violations': 3, 'nodes_with_violations': 2}
     md = open(os.path.join(report, 'cgroup_audit.md')).read()
-    assert '| node-clean | 3 | 1 | 1 | 0 | 1.00 GB | 4.00 GB | 25% | 0 |' in md, md
-    assert '| node-leaky |' in md and '| node-broken | - |' in md
+    assert '| node-clean | v2 `kubepods` | 3 | 1 | 1 | 0 | 1.00 GB | 4.00 GB | 25% | 0 |' in md, md
+    assert '| node-leaky |' in md and '| node-broken | - | - |' in md
     assert '### node-leaky: empty_pod_cgroup - `kubepods/burstable/podleak1`' in md
     assert '### node-v1: pod_limits_exceed_node_memory - `kubepods`' in md
     html = open(os.path.join(report, 'cgroup_audit.html')).read()
