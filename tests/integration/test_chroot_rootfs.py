@@ -368,3 +368,33 @@ def test_absent_check_mode_and_diff(work):
     assert os.path.isdir(root) and mountpoints(work) == mounts_before
     assert run_module('chroot_rootfs', dict(path=root, state='absent')).changed
     assert not os.path.exists(root) and mountpoints(work) == []
+
+
+@pytest.mark.skipif(shutil.which('strace') is None, reason='strace not installed')
+def test_converged_run_makes_zero_mutating_syscalls(work):
+    """The second run, traced: not one open-for-write, rename, mkdir, unlink, chmod, chown,
+    utimens or mount under the work directory."""
+    from conftest import COLLECTIONS_ROOT
+    root = os.path.join(work, 'box')
+    hostdir = os.path.join(work, 'h')
+    os.makedirs(hostdir)
+    args = dict(path=root, busybox=True, binaries=['/bin/ls'], hostname='p', pod_ips=['10.0.0.2'],
+                mounts=[dict(source=hostdir, target='/data', read_only=True)])
+    assert not run_module('chroot_rootfs', args).failed
+    argsfile = os.path.join(work, 'args.json')
+    with open(argsfile, 'w') as f:
+        json.dump({'ANSIBLE_MODULE_ARGS': args}, f)
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS_ROOT)
+    calls = ('openat,open,creat,rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,chmod,fchmod,'
+             'fchmodat,fchown,fchownat,chown,utimensat,mount,umount2,symlinkat,linkat,truncate,ftruncate')
+    p = subprocess.run(['strace', '-f', '-qq', '-e', 'trace=' + calls, sys.executable, '-m',
+                        'ansible_collections.barepod.linux.plugins.modules.chroot_rootfs', argsfile],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd='/', timeout=120)
+    out = p.stdout.decode()
+    assert json.loads(out[out.find('{'):])['changed'] is False
+    traced = [line for line in p.stderr.decode().splitlines() if work in line and 'args.json' not in line]
+    assert traced, 'strace saw nothing'
+    mutating = [line for line in traced
+                if 'O_WRONLY' in line or 'O_RDWR' in line or 'O_CREAT' in line
+                or not (line.startswith('openat(') or line.startswith('open(') or '] openat(' in line)]
+    assert mutating == []
