@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: barepod.linux developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -56,7 +55,7 @@ sys.path.insert(0, COLL)
 
 
 def sh(*args, **kw):
-    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw, check=False)
     if p.returncode != 0:
         raise RuntimeError('%s: %s' % (' '.join(args), p.stderr.decode()))
     return p.stdout.decode()
@@ -72,12 +71,16 @@ def enter_netns(path):
         os.close(fd)
 
 
+def fmt(x):
+    return '-' if x is None else '{0:.2f}'.format(x)
+
+
 def median_ms(xs):
     return statistics.median(xs) * 1000.0 if xs else None
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--rounds', type=int, default=30)
     ap.add_argument('--module-rounds', type=int, default=5)
     ap.add_argument('--playbook-rounds', type=int, default=0)
@@ -100,7 +103,7 @@ def main():
         return name
 
     def del_ns(name):
-        subprocess.run(['ip', 'netns', 'del', name], stderr=subprocess.DEVNULL)
+        subprocess.run(['ip', 'netns', 'del', name], stderr=subprocess.DEVNULL, check=False)
         if name in made:
             made.remove(name)
 
@@ -121,7 +124,7 @@ def main():
                        CNI_CONTAINERID=cid, CNI_PATH=CNI_PATH)
             t = time.perf_counter()
             p = subprocess.run([os.path.join(CNI_PATH, 'bridge')], input=conf, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
             dt = time.perf_counter() - t
             if p.returncode != 0:
                 raise RuntimeError('bridge %s: %s' % (cmd, p.stdout.decode() + p.stderr.decode()))
@@ -140,7 +143,7 @@ def main():
 
         res = dict(cni_add=[], cni_del=[], bp_add=[], bp_noop=[], bp_del=[], mod_add=[], mod_del=[], pb_add=[])
         # warm-up: bridges, iptables, page cache
-        for _ in range(2):
+        for _unused in range(2):
             ns = new_ns('bpbench-pod')
             cni('ADD', ns, 'warm' + ns)
             cni('DEL', ns, 'warm' + ns)
@@ -170,7 +173,7 @@ def main():
                 del_ns(ns)
 
         env = dict(os.environ, PYTHONPATH=COLL)
-        for i in range(opts.module_rounds):
+        for _round in range(opts.module_rounds):
             ns = new_ns('bpbench-pod')
             cid = str(uuid.uuid4())
             for state, key in (('present', 'mod_add'), ('absent', 'mod_del')):
@@ -179,7 +182,7 @@ def main():
                 t = time.perf_counter()
                 p = subprocess.run([VENV_PY, '-m', 'ansible_collections.barepod.linux.plugins.modules.veth_net',
                                     os.path.join(tmp, 'args.json')], env=env, cwd='/',
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
                 res[key].append(time.perf_counter() - t)
                 if p.returncode != 0 or '"failed": true' in p.stdout.decode():
                     raise RuntimeError('module: %s %s' % (p.stdout.decode(), p.stderr.decode()))
@@ -187,7 +190,7 @@ def main():
 
         if opts.playbook_rounds:
             pb = os.path.join(tmp, 'pb.yml')
-            for i in range(opts.playbook_rounds):
+            for _round in range(opts.playbook_rounds):
                 ns = new_ns('bpbench-pod')
                 p = params(str(uuid.uuid4()), ns)
                 with open(pb, 'w') as f:
@@ -197,7 +200,7 @@ def main():
                             ANSIBLE_PYTHON_INTERPRETER=VENV_PY, ANSIBLE_COLLECTIONS_PATH=COLL)
                 t = time.perf_counter()
                 r = subprocess.run([os.path.join(REPO, '.venv', 'bin', 'ansible-playbook'), '-i', 'localhost,', pb],
-                                   env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                   env=penv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
                 res['pb_add'].append(time.perf_counter() - t)
                 if r.returncode != 0:
                     raise RuntimeError('ansible-playbook: %s' % r.stdout.decode()[-2000:])
@@ -218,9 +221,9 @@ def main():
               '%d rounds (module %d, playbook %d)' % (opts.rounds, opts.module_rounds, opts.playbook_rounds))
         print('%-42s %12s %12s %8s' % ('operation', 'veth_net ms', 'plugin ms', 'ratio'))
         for name, ours_ms, peer in rows:
-            if ours_ms is None:
+            if ours_ms is None or peer is None:
                 continue
-            print('%-42s %12.2f %12.2f %8.2f' % (name, ours_ms, peer, ours_ms / peer))
+            print('%-42s %12s %12s %8s' % (name, fmt(ours_ms), fmt(peer), fmt(ours_ms / peer)))
         os.makedirs(opts.out, exist_ok=True)
         out = os.path.join(opts.out, 'veth_net-%s.json' % time.strftime('%Y%m%dT%H%M%S'))
         with open(out, 'w') as f:
@@ -233,7 +236,7 @@ def main():
     finally:
         for name in list(made):
             del_ns(name)
-        subprocess.run(['ip', 'netns', 'del', node], stderr=subprocess.DEVNULL)
+        subprocess.run(['ip', 'netns', 'del', node], stderr=subprocess.DEVNULL, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

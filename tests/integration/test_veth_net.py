@@ -20,7 +20,7 @@ BUSYBOX = '/bin/busybox'
 
 
 def sh(*args, check=True):
-    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     if check and p.returncode != 0:
         raise AssertionError('%s failed: %s' % (' '.join(args), p.stderr.decode()))
     return p.stdout.decode()
@@ -41,14 +41,14 @@ def addrs(ns, dev):
 
 def ping(ns, ip):
     p = subprocess.run(['ip', 'netns', 'exec', ns, BUSYBOX, 'ping', '-c1', '-W2', ip],
-                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
     return p.returncode == 0
 
 
 def snapshot(path):
     """{relpath: (mtime_ns, bytes)} of every file under path: proves zero writes."""
     out = {}
-    for root, _, files in os.walk(path):
+    for root, _unused, files in os.walk(path):
         for f in files:
             p = os.path.join(root, f)
             st = os.stat(p)
@@ -203,7 +203,7 @@ def test_absent_when_netns_and_record_are_gone(env):
 
 
 def test_reachability_on_one_node(env):
-    pods = [env.pod() for _ in range(2)]
+    pods = [env.pod() for _unused in range(2)]
     ips = []
     for p in pods:
         r = env.run(env.args(uid(), p))
@@ -248,7 +248,7 @@ def test_reachability_across_two_nodes_with_node_routes(env, netns):
 
 
 def test_concurrent_pods_never_share_an_address(env):
-    pods = [env.pod() for _ in range(6)]
+    pods = [env.pod() for _unused in range(6)]
     results = [None] * len(pods)
 
     def go(i):
@@ -270,7 +270,7 @@ def test_concurrent_pods_never_share_an_address(env):
 
 def test_exhausted_range_fails_and_leaves_no_veth(env):
     kw = dict(subnet='10.244.0.0/24', range_start='10.244.0.10', range_end='10.244.0.11')
-    for _ in range(2):
+    for _unused in range(2):
         assert not env.run(env.args(uid(), env.pod(), **kw)).failed
     u = uid()
     r = env.run(env.args(u, env.pod(), **kw))

@@ -23,7 +23,7 @@ UID = '11111111-2222-3333-4444-555555555555'
 
 
 def sh(*args, **kw):
-    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw, check=False)
     if p.returncode != 0:
         raise AssertionError('%s failed: %s %s' % (' '.join(args), p.stdout.decode(), p.stderr.decode()))
     return p.stdout.decode()
@@ -48,7 +48,8 @@ def cni(node, command, plugin, conf, netns, container_id, ifname='eth0'):
     env = dict(os.environ, CNI_COMMAND=command, CNI_NETNS=netns, CNI_IFNAME=ifname,
                CNI_CONTAINERID=container_id, CNI_PATH=CNI_PATH)
     p = subprocess.run(['ip', 'netns', 'exec', node, os.path.join(CNI_PATH, plugin)],
-                       input=json.dumps(conf).encode(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                       input=json.dumps(conf).encode(), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       check=False)
     assert p.returncode == 0, '%s %s failed: %s %s' % (plugin, command, p.stdout.decode(), p.stderr.decode())
     return json.loads(p.stdout.decode()) if p.stdout.strip() else None
 
@@ -137,9 +138,9 @@ def test_same_config_same_observable_result(netns, tmp_path):
 
 def test_shared_data_dir_and_bridge_with_host_local(netns, tmp_path):
     node = netns('bpsn')
-    pods = [netns('bpsp') for _ in range(4)]
+    pods = [netns('bpsp') for _unused in range(4)]
     d = str(tmp_path / 'ipam')
-    ids = [str(uuid.uuid4()) for _ in pods]
+    ids = [str(uuid.uuid4()) for _unused in pods]
 
     def ours(i, **kw):
         a = dict(uid=ids[i], netns='/run/netns/' + pods[i], subnet='10.244.0.0/24', data_dir=d)

@@ -57,35 +57,35 @@ def test_bad_network_names(name):
 
 # --------------------------------------------------------------------------- iteration order
 def test_iterate_from_start_skips_gateway():
-    got = [str(a) for a, _ in _ipam.iterate(rs('10.0.0.0/29'))]
+    got = [str(a) for a, _unused in _ipam.iterate(rs('10.0.0.0/29'))]
     assert got == ['10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5', '10.0.0.6']
 
 
 def test_iterate_round_robin_after_last_reserved_and_wraps():
-    got = [str(a) for a, _ in _ipam.iterate(rs('10.0.0.0/29'), A('10.0.0.4'))]
+    got = [str(a) for a, _unused in _ipam.iterate(rs('10.0.0.0/29'), A('10.0.0.4'))]
     assert got == ['10.0.0.5', '10.0.0.6', '10.0.0.2', '10.0.0.3', '10.0.0.4']
 
 
 def test_iterate_last_reserved_at_range_end():
-    got = [str(a) for a, _ in _ipam.iterate(rs('10.0.0.0/29'), A('10.0.0.6'))]
+    got = [str(a) for a, _unused in _ipam.iterate(rs('10.0.0.0/29'), A('10.0.0.6'))]
     assert got == ['10.0.0.2', '10.0.0.3', '10.0.0.4', '10.0.0.5', '10.0.0.6']
 
 
 def test_iterate_ignores_last_reserved_outside_range():
-    got = [str(a) for a, _ in _ipam.iterate(rs('10.0.0.0/29'), A('192.168.0.9'))]
+    got = [str(a) for a, _unused in _ipam.iterate(rs('10.0.0.0/29'), A('192.168.0.9'))]
     assert got[0] == '10.0.0.2'
 
 
 def test_iterate_multiple_ranges():
     s = _ipam.RangeSet([_ipam.Range('10.0.0.0/30'), _ipam.Range('10.0.1.0/30')])
-    assert [str(a) for a, _ in _ipam.iterate(s, A('10.0.0.2'))] == ['10.0.1.2', '10.0.0.2']
+    assert [str(a) for a, _unused in _ipam.iterate(s, A('10.0.0.2'))] == ['10.0.1.2', '10.0.0.2']
 
 
 # --------------------------------------------------------------------------- the store
 def test_reserve_writes_host_local_bytes(tmp_path):
     store = _ipam.Store('net', str(tmp_path))
     alloc = _ipam.Allocator(store, rs())
-    ip, r, new = alloc.allocate('cid1', 'eth0')
+    ip, _unused, new = alloc.allocate('cid1', 'eth0')
     assert (str(ip), new) == ('10.244.0.2', True)
     d = tmp_path / 'net'
     assert (d / '10.244.0.2').read_bytes() == b'cid1\r\neth0'
@@ -113,7 +113,7 @@ def test_same_id_other_ifname_gets_another_address(tmp_path):
 
 def test_peek_writes_nothing(tmp_path):
     alloc = _ipam.Allocator(_ipam.Store('net', str(tmp_path)), rs())
-    ip, _, new = alloc.peek('c1', 'eth0')
+    ip, _unused, new = alloc.peek('c1', 'eth0')
     assert (str(ip), new) == ('10.244.0.2', True)
     assert not (tmp_path / 'net').exists()
     alloc.allocate('c1', 'eth0')
@@ -167,7 +167,7 @@ def test_garbage(tmp_path):
     for c in ('alive', 'dead1', 'dead2'):
         alloc.allocate(c, 'eth0')
     dead = _ipam.garbage(store, lambda cid, ifname: cid == 'alive')
-    assert sorted(c for _, c in dead) == ['dead1', 'dead2']
+    assert sorted(owner for addr, owner in dead) == ['dead1', 'dead2']
 
 
 def _worker(args):
@@ -205,7 +205,7 @@ def test_property_allocations_unique_in_range_and_never_gateway(tmp_path_factory
             try:
                 ip = alloc.allocate(cid, 'eth0')[0]
             except BarepodError:
-                free = [a for a, _ in _ipam.iterate(rset) if a not in held.values()]
+                free = [a for a, _unused in _ipam.iterate(rset) if a not in held.values()]
                 assert cid not in held and not free
                 continue
             assert held.get(cid, ip) == ip
@@ -215,4 +215,4 @@ def test_property_allocations_unique_in_range_and_never_gateway(tmp_path_factory
             held.pop(cid, None)
         assert len(set(held.values())) == len(held)
         assert all(rset.contains(a) and a != rset[0].gateway for a in held.values())
-        assert dict((c, i) for i, (c, _) in alloc.store.allocations().items()) == held
+        assert dict((c, a) for a, (c, ifn) in alloc.store.allocations().items()) == held

@@ -22,9 +22,9 @@ class Msg(dict):
 def test_link_dict_veth_on_bridge_with_hairpin():
     slave = Msg({}, {'IFLA_BRPORT_MODE': 1})
     info = Msg({}, {'IFLA_INFO_KIND': 'veth', 'IFLA_INFO_SLAVE_KIND': 'bridge', 'IFLA_INFO_SLAVE_DATA': slave})
-    m = Msg({'index': 7, 'flags': 0x1003}, {'IFLA_IFNAME': 'vethx', 'IFLA_MTU': 1450, 'IFLA_MASTER': 2,
-                                           'IFLA_LINK': 2, 'IFLA_ADDRESS': '0a:58:0a:f4:00:02',
-                                           'IFLA_LINKINFO': info})
+    attrs = {'IFLA_IFNAME': 'vethx', 'IFLA_MTU': 1450, 'IFLA_MASTER': 2, 'IFLA_LINK': 2,
+             'IFLA_ADDRESS': '0a:58:0a:f4:00:02', 'IFLA_LINKINFO': info}
+    m = Msg({'index': 7, 'flags': 0x1003}, attrs)
     d = nl._link_dict(m)
     assert d == dict(index=7, ifname='vethx', kind='veth', mtu=1450, up=True, master=2, link=2,
                      mac='0a:58:0a:f4:00:02', hairpin=True)
