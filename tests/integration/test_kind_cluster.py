@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -18,6 +19,16 @@ BIN = os.path.dirname(sys.executable)
 IMAGE = 'barepod/node:bookworm'
 NETWORK = 'kind'
 CREATED_LABEL = 'io.barepod.kind_cluster.created'
+DETECT_PLAY = '''
+- name: Detect a running cluster on every node
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Detect
+      ansible.builtin.include_role:
+        name: barepod.linux.kind_cluster
+        tasks_from: detect
+'''
 
 
 def sh(*argv, check=True, timeout=120):
@@ -107,7 +118,7 @@ def test_create_reach_and_delete_a_three_node_cluster(cluster):
 
     res = playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_inventory_file=%s' % inv)
     assert containers(name) == sorted(nodes)
-    assert 'Run the node containers' in tasks_changed(res)
+    assert any(t.endswith('Run the node containers') for t in tasks_changed(res))
 
     # Names, hostnames, kind's labels, the kind network, running, pod CIDRs as kind assigns them.
     ips = {}
@@ -169,6 +180,41 @@ def test_create_reach_and_delete_a_three_node_cluster(cluster):
     again = playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_inventory_file=%s' % inv)
     assert tasks_changed(again) == []
     assert [inspect(n)['Id'] for n in nodes[:1]] == [cp['Id']]
+
+    # detect (tasks_from): a node with /etc/kubernetes or a kubelet process is a real cluster's node, and gets
+    # barepod's own pod CIDR, bridge and chain prefix; the others keep kind's defaults.
+    sh('docker', 'exec', nodes[1], 'mkdir', '/etc/kubernetes')
+    sh('docker', 'exec', '-d', nodes[2], 'sh', '-c', 'cp /bin/sleep /usr/local/bin/kubelet && exec kubelet 600')
+    play = inv.parent / 'detect.yml'
+    play.write_text(DETECT_PLAY)
+    env = ansible_env()
+    for _ in range(20):  # the detached kubelet stand-in may take a moment to start
+        probe = sh('docker', 'exec', nodes[2], 'sh', '-c', 'grep -qsx kubelet /proc/[0-9]*/comm', check=False)
+        if probe.returncode == 0:
+            break
+        time.sleep(0.1)
+    p = subprocess.run([os.path.join(BIN, 'ansible-playbook'), '-i', str(inv), str(play)], cwd=REPO, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
+    seen = {}
+    for play_ in json.loads(p.stdout[p.stdout.index('{'):])['plays']:
+        for t in play_['tasks']:
+            for host, r in t['hosts'].items():
+                if 'barepod_bridge' in r.get('ansible_facts', {}):
+                    seen[host] = r['ansible_facts']
+    assert {h: (f['barepod_real_cluster_evidence'], f['barepod_pod_subnet'], f['barepod_pod_cidr'],
+                f['barepod_bridge'], f['barepod_chain_prefix']) for h, f in seen.items()} == {
+        nodes[0]: ('none', '10.244.0.0/16', '10.244.0.0/24', 'cni0', 'KUBE'),
+        nodes[1]: ('etc-kubernetes', '10.250.0.0/16', '10.250.1.0/24', 'bp0', 'BPOD'),
+        nodes[2]: ('kubelet', '10.250.0.0/16', '10.250.2.0/24', 'bp0', 'BPOD'),
+    }
+
+    # Fewer workers: the surplus node goes, the others stay as they are.
+    playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_inventory_file=%s' % inv,
+             '-e', 'kind_cluster_workers=1')
+    assert containers(name) == sorted(nodes[:2])
+    assert inspect(nodes[0])['Id'] == cp['Id']
 
     # Delete: containers, their cgroups, the inventory, and the network when this run created it.
     playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_inventory_file=%s' % inv,
