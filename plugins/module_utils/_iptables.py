@@ -19,6 +19,7 @@ Every binary is a parameter, so tests pick a backend or wrap the binaries in cou
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -96,8 +97,9 @@ class Backend(object):
         self.restore_cmd = restore or 'iptables-%s-restore' % mode
         self.restores = 0
 
-    def save(self):
-        return _run([self.save_cmd], check=True).stdout
+    def save(self, table=None):
+        argv = [self.save_cmd] + (['-t', table] if table else [])
+        return _run(argv, check=True).stdout
 
     def restore(self, payload):
         argv = [self.restore_cmd, '-w', str(WAIT_SECONDS), '--noflush', '--counters']
@@ -217,10 +219,12 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'))
             cur = have.rules.get(chain) if chain in have.chains else None
             if cur is None:
                 plan.added.append('%s/%s' % (table, chain))
-            elif cur != rules:
-                plan.changed.append('%s/%s' % (table, chain))
-            else:
+            elif cur == rules or (isinstance(cur, str) and cur == chain_hash(rules)):
                 continue
+            else:
+                plan.changed.append('%s/%s' % (table, chain))
+                if isinstance(cur, str):
+                    cur = None  # known only by its fingerprint (recorded sync)
             plan.before['%s/%s' % (table, chain)] = cur or []
             plan.after['%s/%s' % (table, chain)] = rules
             chain_lines.append(':%s - [0:0]' % chain)
@@ -234,7 +238,8 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'))
                 removed.add(chain)
         for chain in sorted(removed):
             plan.removed.append('%s/%s' % (table, chain))
-            plan.before['%s/%s' % (table, chain)] = have.rules.get(chain, [])
+            cur = have.rules.get(chain, [])
+            plan.before['%s/%s' % (table, chain)] = cur if isinstance(cur, list) else []
             plan.after['%s/%s' % (table, chain)] = None
             chain_lines.append(':%s - [0:0]' % chain)
             x_lines.append('-X %s' % chain)
@@ -262,6 +267,46 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'))
             plan.payload += '\n'.join(['*' + table] + chain_lines + del_lines + rule_lines + ins_lines
                                       + x_lines + ['COMMIT']) + '\n'
     return plan
+
+
+def chain_hash(rules):
+    """Fingerprint of a chain's rules (iptables-save form), kept in the sync record."""
+    return hashlib.sha1('\n'.join(rules).encode('utf-8')).hexdigest()[:20]
+
+
+def tables_from_record(record):
+    """A sync record -> {table: Table} whose user chains hold fingerprints instead of rules and
+    whose built-in chains hold the jump rules the record says were inserted."""
+    out = {}
+    for table, chains in (record.get('tables') or {}).items():
+        t = out[table] = Table(table)
+        for chain, h in chains.items():
+            t.chains[chain] = '-'
+            t.rules[chain] = h
+        for chain, rules in ((record.get('jumps') or {}).get(table) or {}).items():
+            t.chains[chain] = 'ACCEPT'
+            t.rules[chain] = list(rules)
+    return out
+
+
+def add_canary(payload, table, chain, token, present=False):
+    """Put the canary chain (with the record's token) into the batch, as its own table batch."""
+    batch = '*%s\n:%s - [0:0]\n-A %s -m comment --comment "%s"\nCOMMIT\n' % (table, chain, chain, token)
+    return payload + batch
+
+
+def remove_canary(payload, table, chain):
+    return payload + '*%s\n:%s - [0:0]\n-X %s\nCOMMIT\n' % (table, chain, chain)
+
+
+def canary_token(save_text, chain):
+    """The token in the canary chain of an iptables-save -t mangle dump, or None."""
+    marker = '-A %s -m comment --comment "' % chain
+    i = save_text.find(marker)
+    if i < 0:
+        return None
+    j = save_text.find('"', i + len(marker))
+    return save_text[i + len(marker):j] if j > 0 else None
 
 
 def diff_text(plan):

@@ -25,13 +25,16 @@ falling back to serving+terminating endpoints). IPv4 only; topology hints are no
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import ipaddress
+import json
 import os
 import re
 import subprocess
+import uuid
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, makedirs, write_if_changed
 
 PROTOCOLS = ('TCP', 'UDP', 'SCTP')
 SERVICE_TYPES = ('ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName')
@@ -52,14 +55,17 @@ SERVICE_CHAIN_KINDS = ('SVC', 'SVL', 'EXT', 'FW', 'SEP')
 
 # --------------------------------------------------------------------------- naming
 
+def _b32_16(digest):
+    # 16 base32 characters are exactly the first 80 bits (10 bytes) of the digest
+    return base64.b32encode(digest[:10]).decode('ascii')
+
+
 def port_proto_hash(service_port_name, protocol):
-    digest = hashlib.sha256((service_port_name + protocol).encode('utf-8')).digest()
-    return base64.b32encode(digest).decode('ascii')[:16]
+    return _b32_16(hashlib.sha256((service_port_name + protocol).encode('utf-8')).digest())
 
 
 def endpoint_hash(service_port_name, protocol, endpoint):
-    digest = hashlib.sha256((service_port_name + protocol + endpoint).encode('utf-8')).digest()
-    return base64.b32encode(digest).decode('ascii')[:16]
+    return _b32_16(hashlib.sha256((service_port_name + protocol + endpoint).encode('utf-8')).digest())
 
 
 def service_port_name(namespace, name, port_name):
@@ -156,14 +162,27 @@ def _err(msg, field, value=None):
     return BarepodError(msg, field=field, value=value)
 
 
-def _ipv4(field, value, allow_none=False):
+_OCTET = r'(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
+_IPV4_RE = re.compile(r'^%s\.%s\.%s\.%s$' % (_OCTET, _OCTET, _OCTET, _OCTET))
+
+
+class _V4(str):
+    """A dotted-quad IPv4 address that passed the fast check (behaves like the string)."""
+    __slots__ = ()
+    version = 4
+
+
+def _ipv4(field, value):
+    """An IP address: a _V4 string for IPv4 (fast path), an ipaddress object otherwise."""
+    if isinstance(value, str) and _IPV4_RE.match(value):
+        return _V4(value)
     if not isinstance(value, str) or not value:
         raise _err('must be an IP address, got %r' % (value,), field, value)
     try:
         ip = ipaddress.ip_address(value.strip())
     except ValueError:
         raise _err('%r is not a valid IP address' % (value,), field, value)
-    return ip
+    return _V4(str(ip)) if ip.version == 4 else ip
 
 
 def _cidr(field, value):
@@ -509,7 +528,7 @@ class Settings(object):
                        'chain_prefix', chain_prefix)
         self.chain_prefix = chain_prefix
         self.node_name = node_name or None
-        self.node_ip = _ipv4('node_ip', node_ip) if node_ip else None
+        self.node_ip = ipaddress.ip_address(str(_ipv4('node_ip', node_ip))) if node_ip else None
         self.cluster_cidr = None
         if cluster_cidr:
             self.cluster_cidr = _cidr('cluster_cidr', cluster_cidr)
@@ -522,7 +541,8 @@ class Settings(object):
         self.nodeport_addresses = [_cidr('nodeport_addresses[%d]' % i, c)
                                    for i, c in enumerate(nodeport_addresses or [])]
         self.nodeport_addresses = [n for n in self.nodeport_addresses if n.version == 4]
-        self.nodeport_ips = [_ipv4('nodeport_ips[%d]' % i, a) for i, a in enumerate(nodeport_ips or [])]
+        self.nodeport_ips = [ipaddress.ip_address(str(_ipv4('nodeport_ips[%d]' % i, a)))
+                             for i, a in enumerate(nodeport_ips or [])]
         loop = ipaddress.ip_address('127.0.0.1')
         contains_loopback = (not self.nodeport_addresses) or any(loop in n for n in self.nodeport_addresses)
         self.localhost_nodeports = bool(localhost_nodeports) and contains_loopback
@@ -964,6 +984,18 @@ def _local_ipv4_addresses():
 
 def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None, backend=None):
     """The kube_svc_rules module: render, observe, plan the partial sync, apply once."""
+    # Tens of thousands of short-lived rule strings and objects: the cyclic collector would
+    # rescan them again and again (a third of the run time at 10,000 Services) for no gain.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
     from ansible_collections.barepod.linux.plugins.module_utils import _iptables
 
     state = params.get('state') or 'present'
@@ -1003,12 +1035,38 @@ def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None,
         result['chains'] = dict(desired=['%s/%s' % (t, c) for t in TABLES for c in rs.ordered_chains(t)])
         return result
 
+    resync = params.get('resync') or 'auto'
+    if resync not in ('auto', 'always'):
+        raise _err('must be auto or always', 'resync', resync)
     if backend is None:
         backend = _iptables.Backend(params.get('backend') or 'auto', save=params.get('iptables_save'),
                                     restore=params.get('iptables_restore'))
     result['backend'] = backend.mode
     result['backend_reason'] = backend.reason
-    existing = _iptables.parse_save(backend.save(), tables=TABLES)
+    canary = prefix + '-PROXY-CANARY'
+    record_path = _record_path(params.get('state_dir') or DEFAULT_STATE_DIR, proc_root, backend.mode, prefix)
+
+    # What is there: kube-proxy keeps it in memory and trusts it while its canary chain
+    # survives; we keep it in a record file, trusted the same way (resync=auto). Otherwise,
+    # and always for --diff, iptables-save is the truth.
+    existing = None
+    record = _load_record(record_path) if (resync == 'auto' and not want_diff) else None
+    canary_present = False
+    if record is not None:
+        token = _iptables.canary_token(backend.save('mangle'), canary)
+        if token is not None and token == record.get('token'):
+            existing = _iptables.tables_from_record(record)
+            canary_present = True
+    result['sync'] = 'recorded' if existing is not None else 'iptables-save'
+    if existing is None:
+        text = backend.save()
+        existing = _iptables.parse_save(text, tables=TABLES)
+        canary_present = (':%s ' % canary) in text
+        record = None
+        found = _iptables.canary_token(text, canary)
+        if found and found.startswith('barepod kube_svc_rules '):
+            record = dict(token=found)  # the canary stays; the record is rewritten after a sync
+
     desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
     jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
     keep = set()
@@ -1017,13 +1075,65 @@ def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None,
         keep = {('filter', 'KUBE-FIREWALL'), ('nat', 'KUBE-MARK-MASQ')}
     plan = _iptables.plan_sync(existing, desired, jumps,
                                owns=lambda t, c: owns_chain(prefix, t, c), keep=keep, tables=TABLES)
+    payload = plan.payload
+    token = record.get('token') if record else None
+    if plan:
+        if state == 'present' and not token:
+            token = uuid.uuid4().hex
+            payload = _iptables.add_canary(payload, 'mangle', canary, 'barepod kube_svc_rules ' + token)
+            token = 'barepod kube_svc_rules ' + token
+        elif state == 'absent' and canary_present:
+            payload = _iptables.remove_canary(payload, 'mangle', canary)
     result['chains'] = plan.summary()
-    result['restore_payload'] = plan.payload
+    result['restore_payload'] = payload
     result['changed'] = bool(plan)
     if want_diff:
         before, after = _iptables.diff_text(plan)
         result['diff'] = dict(before=before, after=after)
     if plan and not check_mode:
-        backend.restore(plan.payload)
+        backend.restore(payload)
+        if state == 'present':
+            _write_record(record_path, dict(
+                version=1, backend=backend.mode, prefix=prefix, token=token,
+                tables=dict((t, dict((c, _iptables.chain_hash(r)) for c, r in desired[t].items())) for t in TABLES),
+                jumps=_jumps_by_chain(jumps)))
+        else:
+            _remove_record(record_path)
     result['restores'] = backend.restores
     return result
+
+
+DEFAULT_STATE_DIR = '/run/barepod/kube_svc_rules'
+
+
+def _record_path(state_dir, proc_root, mode, prefix):
+    st = os.stat(os.path.join(proc_root, 'self', 'ns', 'net'))
+    return os.path.join(state_dir, 'netns-%d-%d-%s-%s.json' % (st.st_dev, st.st_ino, mode, prefix))
+
+
+def _load_record(path):
+    try:
+        with open(path, 'r') as f:
+            rec = json.load(f)
+    except (IOError, OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and rec.get('version') == 1 else None
+
+
+def _write_record(path, rec):
+    makedirs(os.path.dirname(path), 0o700)
+    write_if_changed(path, json.dumps(rec, sort_keys=True, separators=(',', ':')), 0o600)
+
+
+def _remove_record(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _jumps_by_chain(jumps):
+    out = {}
+    for t, src, rule in jumps:
+        out.setdefault(t, {}).setdefault(src, []).insert(0, rule)
+    return out

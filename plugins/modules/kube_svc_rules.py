@@ -134,11 +134,29 @@ options:
     description: Return the full rendered payload in RV(payload) (large for thousands of Services).
     type: bool
     default: true
+  resync:
+    description:
+      - How the module learns what is already in the kernel.
+      - C(auto) - like kube-proxy, which keeps what it wrote in memory and trusts it while its canary
+        chain survives, the module keeps a record of what it wrote (per network namespace, backend and
+        prefix, in O(state_dir)) and trusts it while its canary chain C(<prefix>-PROXY-CANARY) in the mangle
+        table still carries the record's token. A flushed or recreated ruleset (or no record) falls back to
+        comparing with C(iptables-save). Fast at thousands of Services; edits made by hand to single rules
+        in between are not noticed (as with kube-proxy between its full syncs).
+      - C(always) - compare every chain with C(iptables-save) on every run (repairs any edit).
+      - With --diff the comparison is always with C(iptables-save).
+    type: str
+    choices: [auto, always]
+    default: auto
+  state_dir:
+    description: Where the sync records of O(resync=auto) are kept (removed again by O(state=absent)).
+    type: path
+    default: /run/barepod/kube_svc_rules
 author: barepod.linux developers
 notes:
   - IPv4 only (the IPv4 proxier); IPv6 Services and endpoints are skipped. Topology hints are not used.
-  - kube-proxy's canary chains (C(KUBE-PROXY-CANARY), C(KUBE-KUBELET-CANARY)) are not created - they exist
-    so a long-running kube-proxy notices a flushed table; a rerun of this module repairs one instead.
+  - Of kube-proxy's canary chains only C(<prefix>-PROXY-CANARY) in the mangle table is created, holding one
+    comment-only rule with the sync record's token (see O(resync)); C(KUBE-KUBELET-CANARY) is kubelet's.
   - With more than 1000 endpoints the comments of the per-endpoint rules are dropped, as kube-proxy's
     large-cluster mode does.
   - Supports check mode (reports the chains that would be added, changed and removed) and diff
@@ -219,6 +237,10 @@ restores:
   description: Number of iptables-restore runs (0 or 1).
   returned: when apply
   type: int
+sync:
+  description: How the current state was learned, C(recorded) (trusted record, see O(resync)) or C(iptables-save).
+  returned: when apply
+  type: str
 '''
 
 import traceback
@@ -261,6 +283,8 @@ def main():
             iptables_save=dict(type='path'),
             iptables_restore=dict(type='path'),
             return_payload=dict(type='bool', default=True),
+            resync=dict(type='str', choices=['auto', 'always'], default='auto'),
+            state_dir=dict(type='path', default='/run/barepod/kube_svc_rules'),
         ),
         supports_check_mode=True,
     )

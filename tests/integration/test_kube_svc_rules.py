@@ -181,7 +181,8 @@ class Node(object):
         return json.loads(in_ns(ns or self.client, sys.executable, self.client_py, ip, str(port), str(n)))
 
     def run(self, check=False, diff=False, **args):
-        a = dict(backend=self.backend, cluster_cidr=CLUSTER_CIDR, node_name='node', return_payload=False)
+        a = dict(backend=self.backend, cluster_cidr=CLUSTER_CIDR, node_name='node', return_payload=False,
+                 state_dir=os.path.join(self.tmp, 'state'))
         a.update(args)
         return run_module('kube_svc_rules', a, check=check, diff=diff, netns=self.node)
 
@@ -249,12 +250,37 @@ def test_idempotent_no_restore_second_run(node, tmp_path):
     before = node.rules()
     r = node.run(objects=objects(), iptables_restore=shim)
     assert not r.changed, r['chains']
+    assert r['sync'] == 'recorded'                       # trusted record, canary intact
     assert r['restores'] == 0 and r['restore_payload'] == ''
+    r = node.run(objects=objects(), iptables_restore=shim, resync='always')
+    assert not r.changed and r['sync'] == 'iptables-save'
     assert count.read_text().count('run') == 1          # no iptables-restore at all
     assert node.rules() == before
     # check mode on a converged node: nothing to do either
     r = node.run(objects=objects(), iptables_restore=shim, check=True)
     assert not r.changed
+
+
+def test_flush_is_noticed_and_hand_edits_repaired_by_resync_always(node):
+    node.run(objects=objects())
+    assert os.listdir(os.path.join(node.tmp, 'state'))
+    # a firewalld-style reload: every table flushed, user chains deleted, canary included
+    in_ns(node.node, 'iptables-%s-restore' % node.backend, input='*mangle\nCOMMIT\n*nat\nCOMMIT\n*filter\nCOMMIT\n')
+    assert 'KUBE-SERVICES' not in node.save()
+    r = node.run(objects=objects())
+    assert r.changed and r['sync'] == 'iptables-save'
+    assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}
+    # a hand edit inside an owned chain: trusted record does not look, resync=always repairs it
+    node.restore('*nat\n-A KUBE-SERVICES -d 10.96.0.99/32 -j RETURN\nCOMMIT\n')
+    assert not node.run(objects=objects()).changed
+    r = node.run(objects=objects(), resync='always')
+    assert r.changed and r['chains']['changed'] == ['nat/KUBE-SERVICES']
+    assert '10.96.0.99' not in node.save()
+
+
+def test_check_mode_writes_no_record(node):
+    r = node.run(objects=objects(), check=True)
+    assert r.changed and not os.path.exists(os.path.join(node.tmp, 'state'))
 
 
 def test_partial_sync_writes_only_changed_chains(node):
@@ -332,6 +358,7 @@ def test_absent_removes_everything_owned(node):
     left = [ln for ln in text.splitlines() if 'KUBE' in ln and 'SOMETHING' not in ln]
     # kube-proxy's own cleanup leaves KUBE-FIREWALL and KUBE-MARK-MASQ (kubelet shares them)
     assert all('KUBE-FIREWALL' in ln or 'KUBE-MARK-MASQ' in ln for ln in left), left
+    assert 'PROXY-CANARY' not in text and not os.listdir(os.path.join(node.tmp, 'state'))
     node.assert_foreign_intact()
     assert not node.run(state='absent').changed
 
@@ -361,7 +388,8 @@ def test_auto_backend_and_offline_mode(tmp_path):
     sh('ip', 'netns', 'add', n.node)
     try:
         in_ns(n.node, 'iptables-nft', '-t', 'mangle', '-N', 'KUBE-IPTABLES-HINT')
-        r = run_module('kube_svc_rules', dict(objects=objects(), return_payload=False), netns=n.node)
+        r = run_module('kube_svc_rules', dict(objects=objects(), return_payload=False,
+                                              state_dir=str(tmp_path / 'state')), netns=n.node)
         assert r['backend'] == 'nft' and 'KUBE-IPTABLES-HINT' in r['backend_reason']
         assert 'KUBE-SERVICES' in in_ns(n.node, 'iptables-nft-save', '-t', 'nat')
     finally:

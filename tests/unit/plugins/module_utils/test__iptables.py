@@ -240,3 +240,30 @@ def test_backend_args_and_bad_mode(tmp_path):
     with pytest.raises(BarepodError, match='backend'):
         ipt.Backend('iptables')
     assert ipt.Backend('legacy').restore_cmd == 'iptables-legacy-restore'
+
+
+def test_recorded_sync_plans_from_fingerprints():
+    objs = objects()
+    rs = kp.render(objs, kp.Settings())
+    desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in kp.TABLES)
+    record = dict(tables=dict((t, dict((c, ipt.chain_hash(r)) for c, r in desired[t].items())) for t in kp.TABLES),
+                  jumps={'nat': {'PREROUTING': [j[3] for j in rs.jumps if j[1] == 'PREROUTING']}})
+    have = ipt.tables_from_record(record)
+    jumps = [(t, s, sv) for t, s, _k, sv in rs.jumps]
+    owns = lambda t, c: kp.owns_chain('KUBE', t, c)  # noqa: E731
+    plan = ipt.plan_sync(have, desired, [j for j in jumps if j[1] == 'PREROUTING'], owns=owns)
+    assert not plan
+    rs2 = kp.render([objs[0], objs[2]], kp.Settings())          # svc2 goes away
+    desired2 = dict((t, dict((c, rs2.saved_rules(t, c)) for c in rs2.ordered_chains(t))) for t in kp.TABLES)
+    plan = ipt.plan_sync(have, desired2, [], owns=owns)
+    assert plan.changed == ['nat/KUBE-SERVICES']
+    assert sorted(plan.removed) == ['nat/KUBE-SEP-UHEGFW77JX3KXTOV', 'nat/KUBE-SVC-2VJB64SDSIJUP5T6']
+    assert plan.before['nat/KUBE-SERVICES'] == []  # known by fingerprint only
+
+
+def test_canary_token_and_batches():
+    text = '*mangle\n:KUBE-PROXY-CANARY - [0:0]\n-A KUBE-PROXY-CANARY -m comment --comment "barepod x1"\nCOMMIT\n'
+    assert ipt.canary_token(text, 'KUBE-PROXY-CANARY') == 'barepod x1'
+    assert ipt.canary_token(text, 'BPOD-PROXY-CANARY') is None
+    assert ipt.add_canary('', 'mangle', 'C', 'tok') == '*mangle\n:C - [0:0]\n-A C -m comment --comment "tok"\nCOMMIT\n'
+    assert ipt.remove_canary('', 'mangle', 'C') == '*mangle\n:C - [0:0]\n-X C\nCOMMIT\n'

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""kube_svc_rules syncs against raw iptables-save/iptables-restore of the same payload, same run.
+
+    sudo .venv/bin/python bench/svc_rules.py [--quick] [--sizes 1000,10000] [--reps 3]
+                                             [--backends nft,legacy]
+
+Everything happens inside throwaway network namespaces: this process moves itself (setns)
+into a fresh namespace for every measurement, so each full sync starts from empty tables and
+nothing touches the host's own rules. Services have 2 endpoints each (kube-proxy's large
+cluster mode kicks in above 1000 endpoints, as it would). Measured, per backend:
+
+  - full sync at each size: kube_svc_rules' logic (render + iptables-save + plan + one
+    iptables-restore, i.e. what the module does after Ansible has started it) vs a raw
+    `iptables-restore --noflush` of the kube-proxy payload for the same objects;
+  - no-op resync at the largest size: the same logic on converged tables vs one iptables-save
+    (the least any sync has to do to know nothing changed);
+  - one-service change at the largest size (one endpoint moves): the logic vs a raw
+    iptables-restore of the same partial payload.
+
+Prints a table of medians and ratios and writes JSON to bench/results/svc_rules-<time>.json.
+Targets (issue 5): no-op <= ~1.5x one iptables-save; one-service change on nft < 0.2 s;
+full sync within 1.3x of the raw restore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLONE_NEWNET = 0x40000000
+
+
+def collections_root():
+    root = os.path.join(REPO, '.venv', 'collections')
+    if os.path.exists(os.path.join(root, 'ansible_collections', 'barepod', 'linux', 'galaxy.yml')):
+        return root
+    root = tempfile.mkdtemp(prefix='barepod-coll-')
+    os.makedirs(os.path.join(root, 'ansible_collections', 'barepod'))
+    os.symlink(REPO, os.path.join(root, 'ansible_collections', 'barepod', 'linux'))
+    return root
+
+
+sys.path.insert(0, collections_root())
+
+from ansible_collections.barepod.linux.plugins.module_utils import _iptables as ipt  # noqa: E402
+from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp  # noqa: E402
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_made = []
+
+
+def fresh_netns():
+    """Create a throwaway netns and move this process into it."""
+    name = 'bpbench%s' % uuid.uuid4().hex[:8]
+    subprocess.run(['ip', 'netns', 'add', name], check=True)
+    _made.append(name)
+    fd = os.open('/run/netns/' + name, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), 'setns ' + name)
+    finally:
+        os.close(fd)
+    # the previous namespace is no longer needed: drop it (we hold no reference to it)
+    while len(_made) > 1:
+        subprocess.run(['ip', 'netns', 'del', _made.pop(0)], check=False)
+    return name
+
+
+def cleanup():
+    for name in _made:
+        subprocess.run(['ip', 'netns', 'del', name], check=False)
+
+
+def make_objects(n, moved=None):
+    """n ClusterIP Services in 10.96.0.0/12 with 2 endpoints each; `moved` gets a new endpoint."""
+    objs = []
+    for i in range(n):
+        name = 'svc-%05d' % i
+        ip = '10.%d.%d.%d' % (96 + i // 65536, (i // 256) % 256, i % 256)
+        objs.append(dict(kind='Service', metadata=dict(namespace='bench', name=name),
+                         spec=dict(clusterIP=ip, ports=[dict(name='http', port=80, protocol='TCP')])))
+        a = '10.%d.%d.%d' % (128 + (2 * i) // 65536, ((2 * i) // 256) % 256, (2 * i) % 256)
+        b = '10.%d.%d.%d' % (128 + (2 * i + 1) // 65536, ((2 * i + 1) // 256) % 256, (2 * i + 1) % 256)
+        if moved == i:
+            b = '10.250.0.1'
+        objs.append(dict(kind='EndpointSlice',
+                         metadata=dict(namespace='bench', name=name + '-x',
+                                       labels={'kubernetes.io/service-name': name}),
+                         addressType='IPv4', endpoints=[dict(addresses=[a]), dict(addresses=[b])],
+                         ports=[dict(name='http', port=8080, protocol='TCP')]))
+    return objs
+
+
+PARAMS = dict(cluster_cidr='10.128.0.0/9', node_name='bench-node', conntrack_tcp_be_liberal=False,
+              return_payload=False)
+
+
+def sync(backend, objs):
+    params = dict(PARAMS, objects=objs, backend=backend)
+    t = time.perf_counter()
+    res = kp.sync_service_rules(params)
+    return time.perf_counter() - t, res
+
+
+def raw(argv, stdin=None):
+    t = time.perf_counter()
+    p = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True)
+    dt = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError('%s: %s' % (' '.join(argv), p.stderr[:500]))
+    return dt
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--quick', action='store_true', help='sizes 100,1000 and 1 repetition of the big ones')
+    ap.add_argument('--sizes', default=None, help='comma separated service counts (default 1000,10000)')
+    ap.add_argument('--reps', type=int, default=3, help='repetitions of the cheap measurements')
+    ap.add_argument('--big-reps', type=int, default=1,
+                    help='repetitions of full syncs of 5000+ services on nft (~40 s each)')
+    ap.add_argument('--backends', default='nft,legacy')
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit('needs root (it works only inside network namespaces it creates)')
+    sizes = [int(s) for s in (args.sizes or ('100,1000' if args.quick else '1000,10000')).split(',')]
+    backends = args.backends.split(',')
+    rows = []
+    results = dict(sizes=sizes, endpoints_per_service=2, backends={}, started=time.strftime('%FT%TZ', time.gmtime()))
+    try:
+        for backend in backends:
+            restore = ['iptables-%s-restore' % backend, '-w', '5', '--noflush', '--counters']
+            save = ['iptables-%s-save' % backend]
+            br = results['backends'][backend] = {}
+            for n in sizes:
+                objs = make_objects(n)
+                payload = kp.render(objs, kp.Settings(cluster_cidr=PARAMS['cluster_cidr'],
+                                                      node_name='bench-node')).payload()
+                reps = args.reps if (backend == 'legacy' or n < 5000) else args.big_reps
+                ours, peer = [], []
+                for _ in range(reps):
+                    fresh_netns()
+                    peer.append(raw(restore, payload))
+                    fresh_netns()
+                    dt, res = sync(backend, objs)
+                    assert res['changed'] and res['restores'] == 1
+                    ours.append(dt)
+                br['full_%d' % n] = dict(ours=ours, raw_restore=peer)
+                rows.append((backend, 'full sync %d svc' % n, med(ours), 'raw iptables-restore', med(peer)))
+                print(rows[-1], flush=True)
+            n = sizes[-1]
+            objs = make_objects(n)
+            # converged at the largest size (we are in the netns of the last full sync)
+            noop, saves = [], []
+            for _ in range(args.reps):
+                saves.append(raw(save))
+                dt, res = sync(backend, objs)
+                assert not res['changed'] and res['restores'] == 0, res['chains']
+                noop.append(dt)
+            br['noop_%d' % n] = dict(ours=noop, raw_save=saves)
+            rows.append((backend, 'no-op resync %d svc' % n, med(noop), 'one iptables-save', med(saves)))
+            print(rows[-1], flush=True)
+            change, peer = [], []
+            for r in range(args.reps):
+                moved = make_objects(n, moved=n // 2 + r)
+                dt, res = sync(backend, moved)
+                assert res['changed'] and res['restores'] == 1
+                change.append(dt)
+                # the same partial payload, raw: first put the old state back, then time it
+                back_params = dict(PARAMS, objects=objs, backend=backend)
+                kp.sync_service_rules(back_params)
+                peer.append(raw(restore, res['restore_payload']))
+                kp.sync_service_rules(back_params)
+            br['one_change_%d' % n] = dict(ours=change, raw_restore_partial=peer,
+                                           chains=res['chains'])
+            rows.append((backend, 'one-service change %d svc' % n, med(change),
+                         'raw restore of same partial payload', med(peer)))
+            print(rows[-1], flush=True)
+    finally:
+        cleanup()
+
+    print()
+    print('%-7s %-30s %12s  %-36s %12s %8s' % ('backend', 'measurement', 'ours (s)', 'peer', 'peer (s)', 'ratio'))
+    for backend, what, ours, peer_name, peer in rows:
+        print('%-7s %-30s %12.4f  %-36s %12.4f %8.2f' % (backend, what, ours, peer_name, peer, ours / peer))
+    results['table'] = [dict(backend=b, measurement=w, ours_s=o, peer=pn, peer_s=p, ratio=o / p)
+                        for b, w, o, pn, p in rows]
+    out = os.path.join(REPO, 'bench', 'results')
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, 'svc_rules-%s.json' % time.strftime('%Y%m%dT%H%M%S'))
+    with open(path, 'w') as f:
+        json.dump(results, f, indent=2)
+    print('\nJSON: %s' % path)
+
+
+if __name__ == '__main__':
+    main()
