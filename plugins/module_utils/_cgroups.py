@@ -213,7 +213,7 @@ def parse_cpulist(field, value):
         raise BarepodError('%r is not a cpu/node list like "0-3,5"' % (value,), field=field, value=value)
     ids = set()
     for part in s.split(','):
-        a, _, b = part.partition('-')
+        a, _sep, b = part.partition('-')
         lo, hi = int(a), int(b or a)
         if hi < lo:
             raise BarepodError('%r: range %s is backwards' % (value, part), field=field, value=value)
@@ -261,7 +261,7 @@ def normalise(fname, raw, page=PAGE_SIZE):
         v = int(str(raw).strip())
         return UNLIMITED if v < 0 else v
     if fname == 'cpu.max':
-        q, _, p = str(raw).strip().partition(' ')
+        q, _sep, p = str(raw).strip().partition(' ')
         return '%s %s' % ('max' if q == 'max' or q == '-1' else int(q), int(p or 100000))
     if fname == 'cpu.shares':
         return max(2, min(262144, int(str(raw).strip())))
@@ -328,7 +328,7 @@ def read_procs(d):
 
 def procs_recursive(d):
     out = []
-    for dirpath, _dirnames, _ in os.walk(d):
+    for dirpath, _dirnames, _files in os.walk(d):
         out.extend(read_procs(dirpath))
     return out
 
@@ -338,7 +338,7 @@ def rmdir_tree(d):
     removed = []
     if not os.path.isdir(d):
         return removed
-    for dirpath, _dirnames, _ in os.walk(d, topdown=False):
+    for dirpath, _dirnames, _files in os.walk(d, topdown=False):
         os.rmdir(dirpath)
         removed.append(dirpath)
     return removed
@@ -387,7 +387,7 @@ def _kv(raw):
     out = {}
     if raw:
         for line in raw.splitlines():
-            k, _, v = line.partition(' ')
+            k, _sep, v = line.partition(' ')
             try:
                 out[k] = int(v)
             except ValueError:
@@ -486,7 +486,7 @@ def read_cgroup_v2(mount, rel, page=PAGE_SIZE):
     info['limits']['cpu_weight'] = _num(read_file(j(d, 'cpu.weight')))
     cm = read_file(j(d, 'cpu.max'))
     if cm:
-        q, _, p = cm.strip().partition(' ')
+        q, _sep, p = cm.strip().partition(' ')
         info['limits']['cpu_quota'] = UNLIMITED if q == 'max' else int(q)
         info['limits']['cpu_period'] = int(p) if p else None
     else:
@@ -513,7 +513,7 @@ def fs_type(path, mountinfo=DEFAULT_MOUNTINFO):
         return None
     path = os.path.abspath(path)
     best, fst = '', None
-    for mp, fstype, _ in mounts:
+    for mp, fstype, _opts in mounts:
         if (path == mp or path.startswith(mp.rstrip('/') + '/')) and len(mp) >= len(best):
             best, fst = mp, fstype
     return fst
@@ -760,10 +760,10 @@ class CgroupLimit(object):
                 if not os.path.isdir(d):
                     self.diff['before'][d] = 'absent'
                     self.diff['after'][d] = 'present'
-                    self.actions.add('mkdir', d, self._mkdir_fn(d, 'cpuset' in by_mount[m] and
-                                                                 self.layout.location('cpuset')[0] == 'v1'))
+                    v1_cpuset = 'cpuset' in by_mount[m] and self.layout.location('cpuset')[0] == 'v1'
+                    self.actions.add('mkdir', d, self._mkdir_fn(d, v1_cpuset))
         # 2. cgroup v2: enable controllers in the ancestors' subtree_control
-        v2_ctrls = sorted(set(c for c, v, _, _, _ in files if v == 'v2'))
+        v2_ctrls = sorted(set(f[0] for f in files if f[1] == 'v2'))
         if v2_ctrls and self.layout.unified:
             mount = self.layout.unified
             root_ctrls = set(_v2_controllers(mount))

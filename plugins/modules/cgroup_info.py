@@ -72,7 +72,8 @@ options:
     type: str
     choices: [auto, v1, v2, hybrid]
     default: auto
-author: barepod.linux developers
+author:
+  - barepod.linux developers (@barepod)
 notes:
   - Supports check mode (it never changes anything).
   - Memory values are in bytes; C(max) means unlimited. cpu usage and throttled time are in microseconds.

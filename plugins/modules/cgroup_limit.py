@@ -127,7 +127,8 @@ options:
     description: Root of the pod records.
     type: path
     default: /run/barepod/pods
-author: barepod.linux developers
+author:
+  - barepod.linux developers (@barepod)
 notes:
   - On cgroup v1 the kernel may refuse a memory limit below the current usage (EBUSY); the module reports
     the kernel's error and the usage.
