@@ -305,3 +305,16 @@ def test_pod_record_section(scratch, tmp_path):
     assert run_module('cgroup_limit', dict(a, state='absent')).changed
     rec = json.load(open(tmp_path / 'default_core-k8s-greedy' / 'record.json'))
     assert 'cgroups' not in rec
+
+
+def test_v1_memsw_ordering_when_raising_and_lowering(scratch):
+    """memory.memsw.limit_in_bytes must stay >= memory.limit_in_bytes: raising writes memsw
+    first, lowering writes memory first; either way the kernel accepts the pair."""
+    pod = 'besteffort/pod' + UID
+    for mem in ('100Mi', '300Mi', '50Mi'):
+        r = run_module('cgroup_limit', args(scratch, memory_limit=mem, swap='0'))
+        assert not r.failed, r.get('msg')
+        want = str(int(mem[:-2]) << 20)
+        assert read(scratch.path('memory', pod, 'memory.limit_in_bytes')) == want
+        assert read(scratch.path('memory', pod, 'memory.memsw.limit_in_bytes')) == want
+        assert not run_module('cgroup_limit', args(scratch, memory_limit=mem, swap='0')).changed
