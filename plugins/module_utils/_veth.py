@@ -122,6 +122,23 @@ def owned_nat(save_text, network, container_id):
     return exists, lines
 
 
+def masq_owners(save_text, network):
+    """Container ids that have masquerade rules of this network in POSTROUTING."""
+    prefix = '--comment %s' % _save_quote(masq_comment(network, '\0'))
+    head = prefix.split('\0')[0]
+    tail = prefix.split('\0')[1]
+    out = []
+    for line in save_text.splitlines():
+        if not line.startswith('-A POSTROUTING ') or head not in line:
+            continue
+        rest = line.split(head, 1)[1]
+        if tail in rest:
+            cid = rest.split(tail, 1)[0]
+            if '\\' not in cid and '"' not in cid:
+                out.append(cid)
+    return out
+
+
 def masq_batch(want, have, chain, chain_exists):
     """One iptables-restore batch turning `have` into `want` (None removes the chain)."""
     out = ['*nat', ':%s - [0:0]' % chain]  # declaring a chain flushes it under --noflush
@@ -277,6 +294,11 @@ class VethNet(object):
     # ---------------------------------------------------------------- present
     def present(self):
         spec = self.spec
+        if spec.record is not None:
+            owner = spec.record.load().get('uid')
+            if owner not in (None, spec.uid):
+                raise BarepodError('pod %s already exists with uid %s, not %s' % (spec.record.key, owner, spec.uid),
+                                   field='uid', value=spec.uid)
         ns = spec.resolve_netns()
         if not nl.is_netns(ns):
             raise BarepodError('network namespace %s does not exist' % ns, field='netns', value=ns)
@@ -536,14 +558,23 @@ class VethNet(object):
 
         dead = _ipam.garbage(store, alive)
         for addr, cid in dead:
-            self.actions.add('release', '%s/%s' % (store.dir, addr), ip=str(addr), owner=cid,
-                             fn=self._releaser(store, addr))
+            self.actions.add('release', '%s/%s' % (store.dir, addr), ip=str(addr), owner=cid)
         if dead and not self.check_mode:
-            for addr, cid in dead:
-                with store.lock():
+            with store.lock():
+                for addr, cid in dead:
                     if store.allocations().get(addr, (None,))[0] == cid:
                         store.release_ip(addr)
+        # masquerade chains of this network left behind by pods that are gone
+        save = self.ipt.save_nat()
+        dead_ids = sorted(set(cid for cid in masq_owners(save, spec.network) if not alive(cid, None)))
+        for cid in dead_ids:
+            exists, have = owned_nat(save, spec.network, cid)
+            chain = chain_name(spec.network, cid)
+            self.actions.add('remove masquerade', chain, owner=cid)
+            if not self.check_mode:
+                self.ipt.restore(masq_batch(None, have, chain, exists))
         self.result['collected'] = [str(addr) for addr, owner in dead]
+        self.result['collected_chains'] = [chain_name(spec.network, cid) for cid in dead_ids]
 
 
 # --------------------------------------------------------------------------- node routes

@@ -115,7 +115,9 @@ options:
   gc:
     description:
       - Also release every allocation of O(network) whose pod is gone (no pod record with that uid under
-        O(state_root) and no host-side veth named after it).
+        O(state_root) and no host-side veth named after it), and remove the masquerade chains of such pods.
+      - Only for networks that C(veth_net) alone manages. Pods attached by the CNI plugins have veth names that
+        cannot be traced back to them, so their allocations would be collected too.
     type: bool
     default: false
 author:
@@ -213,6 +215,11 @@ released:
   elements: str
 collected:
   description: Addresses released by O(gc).
+  returned: when gc=true
+  type: list
+  elements: str
+collected_chains:
+  description: Masquerade chains removed by O(gc).
   returned: when gc=true
   type: list
   elements: str

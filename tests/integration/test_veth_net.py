@@ -246,6 +246,12 @@ def test_reachability_across_two_nodes_with_node_routes(env, netns):
     assert '172.30.0.0/24 dev nodelink' in in_ns(env.node, 'ip', 'route')
     assert not ping(os.path.basename(pa), rb['ip'])
 
+    # state=absent removes every owned route and nothing else
+    r = run_module('node_routes', dict(state='absent'), netns=node_b)
+    assert r.changed and [a['action'] for a in r['actions']] == ['delete route']
+    assert 'proto 98' not in in_ns(node_b, 'ip', 'route') and '172.30.0.0/24' in in_ns(node_b, 'ip', 'route')
+    assert not run_module('node_routes', dict(state='absent'), netns=node_b).changed
+
 
 def test_concurrent_pods_never_share_an_address(env):
     pods = [env.pod() for _unused in range(6)]
@@ -319,7 +325,11 @@ def test_gc_releases_allocations_of_vanished_pods(env):
     sh('ip', 'netns', 'del', os.path.basename(gone_ns))  # its veth vanishes with it
     r = env.run(env.args(keep, keep_ns, gc=True), check=True)
     assert r.changed and r['collected'] == ['10.244.0.3']
+    assert r['collected_chains'] == [chain_name('barepod', gone)]
+    assert chain_name('barepod', gone) in in_ns(env.node, 'iptables-save', '-t', 'nat')
     r = env.run(env.args(keep, keep_ns, gc=True))
-    assert r['collected'] == ['10.244.0.3']
+    assert r['collected'] == ['10.244.0.3'] and r['collected_chains'] == [chain_name('barepod', gone)]
     assert sorted(n for n in os.listdir(os.path.join(env.data_dir, 'barepod')) if n[0].isdigit()) == ['10.244.0.2']
+    nat = in_ns(env.node, 'iptables-save', '-t', 'nat')
+    assert chain_name('barepod', gone) not in nat and chain_name('barepod', keep) in nat
     assert not env.run(env.args(keep, keep_ns, gc=True)).changed

@@ -52,6 +52,11 @@ def test_owned_nat_sees_only_our_rules():
     assert _veth.owned_nat(SAVE, 'barepod', 'nobody') == (False, [])
 
 
+def test_masq_owners_lists_ids_of_one_network():
+    assert _veth.masq_owners(SAVE, 'barepod') == [UID, 'other']
+    assert _veth.masq_owners(SAVE, 'elsewhere') == []
+
+
 def test_masq_batch_repairs_and_removes():
     chain, want = _veth.masq_rules('barepod', UID, parse_ip('ip', '10.244.0.2'), parse_subnet('s', '10.244.0.0/24'))
     exists, have = _veth.owned_nat(SAVE, 'barepod', UID)
