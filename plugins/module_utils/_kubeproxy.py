@@ -55,9 +55,16 @@ SERVICE_CHAIN_KINDS = ('SVC', 'SVL', 'EXT', 'FW', 'SEP')
 
 # --------------------------------------------------------------------------- naming
 
+_B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567'
+_B32_PAIRS = [a + b for a in _B32 for b in _B32]  # 10 bits -> 2 characters
+
+
 def _b32_16(digest):
-    # 16 base32 characters are exactly the first 80 bits (10 bytes) of the digest
-    return base64.b32encode(digest[:10]).decode('ascii')
+    """base32(digest)[:16]: 16 characters are exactly the first 80 bits (10 bytes)."""
+    n = int.from_bytes(digest[:10], 'big')
+    p = _B32_PAIRS
+    return (p[n >> 70] + p[(n >> 60) & 1023] + p[(n >> 50) & 1023] + p[(n >> 40) & 1023]
+            + p[(n >> 30) & 1023] + p[(n >> 20) & 1023] + p[(n >> 10) & 1023] + p[n & 1023])
 
 
 def port_proto_hash(service_port_name, protocol):
