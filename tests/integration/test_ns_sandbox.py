@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+import uuid
 
 import pytest
 
@@ -18,6 +19,7 @@ from conftest import run_module, unique
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 from ansible_collections.barepod.linux.plugins.module_utils._common import pid_alive
 from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
+from ansible_collections.barepod.linux.plugins.module_utils._state import netns_path
 
 BUSYBOX = '/bin/busybox'
 DEFAULT_CAPEFF = 0xa80425fb  # containerd's 14 default capabilities
@@ -71,7 +73,8 @@ class Pod(object):
                         os.kill(pid, signal.SIGKILL)
                     except OSError:
                         pass
-            subprocess.run(['umount', '-l', self.base['netns_dir']], stderr=subprocess.DEVNULL)
+            if 'netns_dir' in self.base:  # only the throwaway one, never /run/netns
+                subprocess.run(['umount', '-l', self.base['netns_dir']], stderr=subprocess.DEVNULL)
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -381,3 +384,23 @@ def test_exec_failure_is_reported_and_cleanable(pod):
     r2 = pod.run(state='absent')
     assert r2['changed'] and not r2.failed, r2
     assert not pid_alive(sandbox['pid'], sandbox['starttime']) and not os.path.exists(rec)
+
+
+def test_ip_netns_sees_the_sandbox(pod):
+    """With the real /run/netns (a unique uid, so nothing of anyone else is touched), the
+    sandbox's network namespace is an ordinary `ip netns` name, removed by absent."""
+    uid = str(uuid.uuid4())
+    del pod.base['netns_dir']
+    r = pod.run(uid=uid, containers=[])
+    assert not r.failed and r['netns_path'] == netns_path(uid), r
+    name = os.path.basename(r['netns_path'])
+    listed = subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True, check=True).stdout
+    assert name in listed.split()
+    links = subprocess.run(['ip', 'netns', 'exec', name, 'ip', '-o', 'link'], capture_output=True, text=True,
+                           check=True).stdout
+    assert [line.split(':')[1].strip() for line in links.splitlines()] == ['lo']
+    r2 = pod.run(uid=uid, state='absent')
+    assert r2['changed'] and not r2.failed, r2
+    assert not os.path.lexists(r['netns_path']) and not mounted(r['netns_path'])
+    listed = subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True, check=True).stdout
+    assert name not in listed.split()
