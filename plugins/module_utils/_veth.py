@@ -544,7 +544,10 @@ class VethNet(object):
         """Release allocations whose pod is gone: no host veth for it and no pod record."""
         spec = self.spec
         store = _ipam.Store(spec.network, spec.data_dir)
-        uids = set(r.get('uid') for r in list_records(spec.state_root))
+        uids = set()
+        for rec in list_records(spec.state_root):
+            uids.add(rec.get('uid'))
+            uids.add((rec.get('network') or {}).get('container_id'))
         ipr = nl.open_ipr()
         try:
             links = set(link['ifname'] for link in nl.list_links(ipr))
