@@ -49,15 +49,17 @@ done
 '''
 
 
-def timed(fn, runs, setup=None):
-    out = []
+def pair(ours, peer, runs, setup_ours=None, setup_peer=None):
+    """Medians of ours and peer, runs interleaved (so load from elsewhere hits both alike)."""
+    a, b = [], []
     for _ in range(runs):
-        if setup:
-            setup()
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
+        for fn, setup, out in ((ours, setup_ours, a), (peer, setup_peer, b)):
+            if setup:
+                setup()
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return statistics.median(a), statistics.median(b)
 
 
 def params(path):
@@ -84,8 +86,8 @@ def main():
         def ldso_closure():
             for b in BINARIES:
                 subprocess.run([ldso, '--list', b], stdout=subprocess.DEVNULL, check=True)
-        rows.append(('library closure of 4 programs', timed(ours_closure, args.runs),
-                     timed(ldso_closure, args.runs), 'ld.so --list'))
+        rows.append(('library closure of 4 programs',) + pair(ours_closure, ldso_closure, args.runs)
+                    + ('ld.so --list',))
 
         # 2. cold box
         ours_box = os.path.join(work, 'ours', 'box')
@@ -102,13 +104,12 @@ def main():
 
         def peer_build():
             subprocess.run(['sh', '-c', SCRIPT, 'box', peer_box] + BINARIES, check=True)
-        rows.append(('chapter box, cold', timed(ours_build, args.runs, clean(ours_box)),
-                     timed(peer_build, args.runs, clean(peer_box)), 'ldd + cp script'))
+        rows.append(('chapter box, cold',) + pair(ours_build, peer_build, args.runs, clean(ours_box), clean(peer_box))
+                    + ('ldd + cp script',))
         # 3. converged
         ours_build()
         peer_build()
-        rows.append(('chapter box, second run', timed(ours_build, args.runs),
-                     timed(peer_build, args.runs), 'ldd + cp script'))
+        rows.append(('chapter box, second run',) + pair(ours_build, peer_build, args.runs) + ('ldd + cp script',))
         assert not RootfsManager(params(ours_box)).run()['changed']
 
         # 4. image extraction
@@ -131,8 +132,8 @@ def main():
 
         def peer_extract():
             subprocess.run(['tar', '-xf', img, '-C', peer_root], check=True)
-        rows.append(('unpack %d-member tar' % n, timed(ours_extract, args.runs, fresh(ours_root)),
-                     timed(peer_extract, args.runs, fresh(peer_root)), 'GNU tar -x'))
+        rows.append(('unpack %d-member tar' % n,) + pair(ours_extract, peer_extract, args.runs, fresh(ours_root),
+                                                          fresh(peer_root)) + ('GNU tar -x',))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

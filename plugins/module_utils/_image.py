@@ -280,6 +280,12 @@ def apply_layer(fs, members, paths, warnings):
     mount point below the root (a bind-mounted hostPath) are skipped with a warning."""
     this_layer = set()
     opaque = []
+    parents = set()  # directories with something below them in `paths` (a superset)
+    for p in paths:
+        q = posixpath.dirname(p)
+        while q not in parents and q != '/':
+            parents.add(q)
+            q = posixpath.dirname(q)
     for ti, opener in members:
         path = clean(ti.name)
         try:
@@ -308,11 +314,16 @@ def apply_layer(fs, members, paths, warnings):
             warnings.append('image: %s skipped: %s' % (path, e))
             if posixpath.basename(path).startswith(WHITEOUT_PREFIX):
                 continue
-        if not ti.isdir():
+        if not ti.isdir() and path in parents:
+            # a non-directory replaced a directory: what was below it is gone
             for p in _descendants(paths, path):
                 paths.pop(p, None)
         this_layer.add(path)
         paths[path] = None
+        q = posixpath.dirname(path)
+        while q not in parents and q != '/':
+            parents.add(q)
+            q = posixpath.dirname(q)
     if opaque:
         keep = set()
         for q in this_layer:
@@ -337,5 +348,6 @@ def apply_image(fs, image, warnings):
     """Apply every layer in order; return the sorted list of paths the image provides."""
     paths = {}
     for _name, members in image.layers():
-        apply_layer(fs, members, paths, warnings)
+        with fs.batch():
+            apply_layer(fs, members, paths, warnings)
     return sorted(paths)

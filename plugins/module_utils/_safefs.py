@@ -54,32 +54,60 @@ class SafeRoot(object):
         """secure_join of a path inside the root; returns the host path."""
         return secure_join(self.root, clean(path), field=field)
 
-    def open_dir(self, rel, create=True, mode=0o755):
-        """fd of directory `rel` (a resolved path relative to root), walked with O_NOFOLLOW."""
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    def batch(self):
+        """Context manager: cache directory fds while many entries are written (an image
+        layer). Any removal clears the cache, so a cached fd never names a removed or
+        replaced directory."""
+        return _Batch(self)
+
+    def _cache_clear(self):
+        cache = getattr(self, '_dircache', None)
+        if cache:
+            for fd in cache.values():
+                os.close(fd)
+            cache.clear()
+
+    def _open_comp(self, fd, comp, rel, create, mode):
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            for comp in [c for c in rel.split('/') if c and c != '.']:
-                try:
-                    nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                  dir_fd=fd)
-                except OSError as e:
-                    if e.errno == errno.ENOENT and create:
-                        os.mkdir(comp, mode, dir_fd=fd)
-                        nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                      dir_fd=fd)
-                    elif e.errno in (errno.ELOOP, errno.ENOTDIR):
-                        # a non-directory where a directory must be: replace it (it belongs to
-                        # the rootfs being built); a symlink is never followed
-                        if not create:
-                            raise
-                        self._remove_at(fd, comp, rel)
-                        os.mkdir(comp, mode, dir_fd=fd)
-                        nfd = os.open(comp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                      dir_fd=fd)
-                    else:
-                        raise
+            return os.open(comp, flags, dir_fd=fd)
+        except OSError as e:
+            if e.errno == errno.ENOENT and create:
+                os.mkdir(comp, mode, dir_fd=fd)
+                return os.open(comp, flags, dir_fd=fd)
+            if e.errno in (errno.ELOOP, errno.ENOTDIR) and create:
+                # a non-directory where a directory must be: replace it (it belongs to the
+                # rootfs being built); a symlink is never followed
+                self._remove_at(fd, comp, rel)
+                os.mkdir(comp, mode, dir_fd=fd)
+                return os.open(comp, flags, dir_fd=fd)
+            raise
+
+    def open_dir(self, rel, create=True, mode=0o755):
+        """fd of directory `rel` (a resolved path relative to root), walked with O_NOFOLLOW.
+        The caller closes it."""
+        comps = [c for c in rel.split('/') if c and c != '.']
+        cache = getattr(self, '_dircache', None)
+        start = 0
+        fd = None
+        if cache is not None:
+            for i in range(len(comps), -1, -1):
+                key = '/'.join(comps[:i])
+                if key in cache:
+                    fd, start = os.dup(cache[key]), i
+                    break
+        if fd is None:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if cache is not None:
+                cache[''] = os.dup(fd)
+        try:
+            for i in range(start, len(comps)):
+                nfd = self._open_comp(fd, comps[i], rel, create, mode)
                 os.close(fd)
                 fd = nfd
+                cache = getattr(self, '_dircache', None)  # _open_comp may have cleared it
+                if cache is not None:
+                    cache['/'.join(comps[:i + 1])] = os.dup(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -132,6 +160,7 @@ class SafeRoot(object):
             raise
         hp = os.path.join(os.readlink('/proc/self/fd/%d' % dirfd), name)
         self._check_mounts(hp)
+        self._cache_clear()
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(name, dir_fd=dirfd)
         else:
@@ -279,3 +308,22 @@ class SafeRoot(object):
             return os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         finally:
             os.close(fd)
+
+
+class _Batch(object):
+    def __init__(self, fs):
+        self.fs = fs
+
+    def __enter__(self):
+        if getattr(self.fs, '_dircache', None) is None:
+            self.fs._dircache = {}
+            self.owner = True
+        else:
+            self.owner = False
+        return self.fs
+
+    def __exit__(self, *exc):
+        if self.owner:
+            self.fs._cache_clear()
+            self.fs._dircache = None
+        return False

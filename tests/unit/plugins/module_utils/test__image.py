@@ -361,3 +361,15 @@ def test_detect_format_stops_at_first_rootfs_name(tmp_path):
     assert detect_format(img) == 'tar'
     img = write_tar(tmp_path / 'r2.tar', [member('./', 'dir'), member('./etc', 'dir')])
     assert detect_format(img) == 'tar'
+
+
+def test_file_replacing_directory_across_layers(tmp_path):
+    img = oci_layout(tmp_path / 'oci', [[member('d', 'dir'), member('d/x', data=b'x'), member('d/y', 'dir'),
+                                         member('d/y/z', data=b'z'), member('keep', data=b'k')],
+                                        [member('d', data=b'now a file'), member('l', 'symlink', target='keep')]])
+    root = tmp_path / 'root'
+    root.mkdir()
+    paths = apply_image(SafeRoot(str(root)), Image(img), [])
+    assert paths == ['/d', '/keep', '/l']
+    assert (root / 'd').read_bytes() == b'now a file'
+    assert os.readlink(str(root / 'l')) == 'keep'
