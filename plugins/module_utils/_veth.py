@@ -343,9 +343,7 @@ class VethNet(object):
                 self._record(ns, ip, rng, mac)
             except BaseException:
                 if new and not self.check_mode:
-                    # roll back a fresh attachment: no veth and no address left behind
-                    nl.delete_link(ipr, spec.host_ifname)
-                    alloc.release(spec.container_id, spec.ifname)
+                    self._rollback(ipr, alloc)
                 raise
             # what the plan converged to (re-reading everything would double the netlink calls)
             self.after = self._desired_summary(node, ip, rng, want_masq)
@@ -358,6 +356,26 @@ class VethNet(object):
         finally:
             pipr.close()
             ipr.close()
+
+    def _rollback(self, ipr, alloc):
+        """Undo a fresh attachment that failed half-way: no veth, rules or address left behind.
+        Best effort: the original error is what the user needs to see."""
+        spec = self.spec
+        steps = (
+            lambda: nl.delete_link(ipr, spec.host_ifname),
+            lambda: self.ipt.restore(masq_batch(None, *self._owned_for_rollback())),
+            lambda: alloc.release(spec.container_id, spec.ifname),
+        )
+        for step in steps:
+            try:
+                step()
+            except Exception:  # pylint: disable=broad-except
+                pass
+
+    def _owned_for_rollback(self):
+        spec = self.spec
+        exists, have = owned_nat(self.ipt.save_nat(), spec.network, spec.container_id)
+        return have, chain_name(spec.network, spec.container_id), exists
 
     def _desired_summary(self, node, ip, rng, want_masq):
         spec = self.spec

@@ -333,3 +333,20 @@ def test_gc_releases_allocations_of_vanished_pods(env):
     nat = in_ns(env.node, 'iptables-save', '-t', 'nat')
     assert chain_name('barepod', gone) not in nat and chain_name('barepod', keep) in nat
     assert not env.run(env.args(keep, keep_ns, gc=True)).changed
+
+
+def test_failure_half_way_rolls_back_a_fresh_attachment(env, tmp_path):
+    # an iptables-restore that always fails, found first on PATH: the veth and the address
+    # were already made when the masquerade batch fails, and must not be left behind
+    fake = tmp_path / 'bin'
+    fake.mkdir()
+    (fake / 'iptables-restore').write_text('#!/bin/sh\necho "iptables-restore: simulated failure" >&2\nexit 4\n')
+    (fake / 'iptables-restore').chmod(0o755)
+    u = uid()
+    path = '%s:%s' % (fake, os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin'))
+    r = run_module('veth_net', env.args(u, env.pod()), netns=env.node, env=dict(PATH=path))
+    assert r.failed and 'simulated failure' in r['msg'], r
+    assert host_ifname_for(u) not in links(env.node)
+    assert [n for n in os.listdir(os.path.join(env.data_dir, 'barepod')) if n[0].isdigit()] == []
+    # and the same request succeeds once iptables works again
+    assert env.run(env.args(u, env.pod()))['ip'] == '10.244.0.3'
