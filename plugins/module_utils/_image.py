@@ -122,7 +122,18 @@ def _blob_name(digest):
     return 'blobs/%s/%s' % (alg, hexd)
 
 
-def _oci_layers(src, arch='amd64'):
+GOARCH = {'x86_64': 'amd64', 'aarch64': 'arm64', 'armv7l': 'arm', 'i686': '386', 'ppc64le': 'ppc64le',
+          's390x': 's390x', 'riscv64': 'riscv64'}
+
+
+def host_arch():
+    return GOARCH.get(os.uname().machine, os.uname().machine)
+
+
+def _oci_layers(src, arch=None):
+    """Layer blob names of the manifest for `arch` (the host's by default) from an OCI index
+    (nested indexes, as multi-arch images have, are followed)."""
+    arch = arch or host_arch()
     doc = src.json('index.json')
     for _level in range(4):
         manifests = doc.get('manifests') or []

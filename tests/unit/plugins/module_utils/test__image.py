@@ -373,3 +373,28 @@ def test_file_replacing_directory_across_layers(tmp_path):
     assert paths == ['/d', '/keep', '/l']
     assert (root / 'd').read_bytes() == b'now a file'
     assert os.readlink(str(root / 'l')) == 'keep'
+
+
+def test_multi_arch_nested_index_picks_host_platform(tmp_path):
+    from ansible_collections.barepod.linux.plugins.module_utils._image import host_arch
+    d = oci_layout(tmp_path / 'oci', [[member('right', data=b'host arch')]])
+    blobs = os.path.join(d, 'blobs', 'sha256')
+    real = json.load(open(os.path.join(d, 'index.json')))['manifests'][0]
+    wrong_layer = tar_bytes([member('wrong', data=b'other arch')])
+    wl = hashlib.sha256(wrong_layer).hexdigest()
+    open(os.path.join(blobs, wl), 'wb').write(wrong_layer)
+    wm = json.dumps({'schemaVersion': 2, 'layers': [{'digest': 'sha256:' + wl}]}).encode()
+    wmd = hashlib.sha256(wm).hexdigest()
+    open(os.path.join(blobs, wmd), 'wb').write(wm)
+    other = 'arm64' if host_arch() != 'arm64' else 'amd64'
+    real['platform'] = {'architecture': host_arch(), 'os': 'linux'}
+    nested = json.dumps({'schemaVersion': 2, 'manifests': [
+        {'digest': 'sha256:' + wmd, 'platform': {'architecture': other, 'os': 'linux'}}, real]}).encode()
+    nd = hashlib.sha256(nested).hexdigest()
+    open(os.path.join(blobs, nd), 'wb').write(nested)
+    json.dump({'schemaVersion': 2, 'manifests': [
+        {'mediaType': 'application/vnd.oci.image.index.v1+json', 'digest': 'sha256:' + nd}]},
+        open(os.path.join(d, 'index.json'), 'w'))
+    root = tmp_path / 'root'
+    root.mkdir()
+    assert apply_image(SafeRoot(str(root)), Image(d), []) == ['/right']
