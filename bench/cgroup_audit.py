@@ -11,8 +11,11 @@ has to filter as the audit does). Creating 10,000 real memory cgroups would dist
 host, so the real-kernel behaviour is covered by tests/integration/test_cgroup_info.py.
 
 Scenarios:
-  v2  one unified tree (cgroup.procs + 9 files per cgroup)
-  v1  four controller trees (memory, cpu, cpuacct, pids; 14 files per cgroup)
+  v2    FIXTURE: one unified tree (cgroup.procs + 9 files per cgroup)
+  v1    FIXTURE: four controller trees (memory, cpu, cpuacct, pids; 14 files per cgroup)
+  real  REAL cgroup v1 hierarchies of this host (as root): --real N empty cgroups (default 2000)
+        made under a uniquely named parent barepod-bench-<rand> in memory, cpu, cpuacct and pids,
+        removed afterwards
 
 Contenders (each timed --runs times; medians):
   cgroup_info logic   run_info() in-process: walk + read + parse + policy checks
@@ -31,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -115,12 +119,46 @@ def find_cat(dirs, names):
     return lambda: subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
 
 
+def real_scenario(a, made):
+    parent = 'barepod-bench-%s' % uuid.uuid4().hex[:8]
+    ctrls = ('memory', 'cpu', 'cpuacct', 'pids')
+    rels = [parent + '/' + r for r in layout(a.real)]
+    t0 = time.perf_counter()
+    for c in ctrls:
+        top = os.path.join('/sys/fs/cgroup', c, parent)
+        os.mkdir(top)
+        made.append(top)
+        for r in rels:
+            os.mkdir(os.path.join('/sys/fs/cgroup', c, r))
+    build_s = time.perf_counter() - t0
+    params = dict(path=parent, node_memory='64Gi', report='all')
+    res = run_info(params)
+    assert res['summary']['cgroups'] == a.real + 1, res['summary']
+    dirs = [os.path.join('/sys/fs/cgroup', c, parent) for c in ctrls]
+    names = sorted(set(f for fs in V1_FILES.values() for f in fs) | {'cgroup.procs'})
+    # a cgroupfs directory holds every controller file: filter by name as the audit does
+    nfiles = int(subprocess.run(
+        'find %s -type f \\( %s \\) | wc -l' % (' '.join(dirs), ' -o '.join('-name %s' % n for n in names)),
+        shell=True, stdout=subprocess.PIPE, check=True).stdout)
+    peer = timed(find_cat(dirs, names), a.runs)
+    logic = timed(lambda: run_info(params), a.runs)
+    mod = timed(lambda: run_module('cgroup_info', dict(params, report='none')), max(1, min(a.runs, 3)))
+    r = {'files_read': nfiles, 'build_seconds': round(build_s, 2), 'cgroups': a.real + 1,
+         'find_exec_cat': statistics.median(peer), 'cgroup_info_logic': statistics.median(logic),
+         'cgroup_info_module': statistics.median(mod), 'violations': res['summary']['violations']}
+    r['ratio_logic'] = r['cgroup_info_logic'] / r['find_exec_cat']
+    r['ratio_module'] = r['cgroup_info_module'] / r['find_exec_cat']
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--cgroups', type=int, default=10000)
     ap.add_argument('--runs', type=int, default=5)
-    ap.add_argument('--scenarios', default='v2,v1')
+    ap.add_argument('--scenarios', default='v2,v1,real')
+    ap.add_argument('--real', type=int, default=2000, help='cgroups in the real-kernel scenario')
     a = ap.parse_args()
+    made = []
     base = tempfile.mkdtemp(prefix='barepod-bench-cg-', dir='/dev/shm' if os.path.isdir('/dev/shm') else None)
     rels = layout(a.cgroups)
     results = {'cgroups': a.cgroups, 'runs': a.runs, 'tree': 'fixture directory on tmpfs', 'scenarios': {}}
@@ -128,6 +166,12 @@ def main():
         for sc in a.scenarios.split(','):
             root = os.path.join(base, sc)
             t0 = time.perf_counter()
+            if sc == 'real':
+                if os.geteuid() != 0 or not os.path.isdir('/sys/fs/cgroup/memory'):
+                    print('skipping the real scenario: needs root and cgroup v1 memory hierarchy')
+                    continue
+                results['scenarios'][sc] = real_scenario(a, made)
+                continue
             if sc == 'v2':
                 files = dict(V2_CONTENT, **V2_NOISE)
                 build_tree(root, rels, files)
@@ -158,7 +202,11 @@ def main():
             results['scenarios'][sc] = r
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    print('cgroup audit of %d cgroups (fixture tree on tmpfs), median of %d runs' % (a.cgroups, a.runs))
+        for top in made:
+            for dirpath, _dirs, _files in os.walk(top, topdown=False):
+                os.rmdir(dirpath)
+    print('cgroup audit: %d cgroups in the fixture trees (tmpfs), %d in the real one; median of %d runs'
+          % (a.cgroups, a.real, a.runs))
     print('%-4s %8s  %-34s %10s %8s' % ('tree', 'files', 'contender', 'median s', 'ratio'))
     for sc, r in results['scenarios'].items():
         print('%-4s %8d  %-34s %10.3f %8s' % (sc, r['files_read'], 'find -exec cat (peer)', r['find_exec_cat'],
