@@ -398,3 +398,21 @@ def test_converged_run_makes_zero_mutating_syscalls(work):
                 if 'O_WRONLY' in line or 'O_RDWR' in line or 'O_CREAT' in line
                 or not (line.startswith('openat(') or line.startswith('open(') or '] openat(' in line)]
     assert mutating == []
+
+
+def test_absent_detaches_a_busy_mount_lazily(work):
+    root = os.path.join(work, 'box')
+    hostdir = os.path.join(work, 'h')
+    os.makedirs(hostdir)
+    assert not run_module('chroot_rootfs', dict(path=root, etc_files=False, shm_size='0',
+                                                mounts=[dict(source=hostdir, target='/data')])).failed
+    busy = subprocess.Popen(['sleep', '60'], cwd=os.path.join(root, 'data'))  # keeps the mount busy
+    try:
+        r = run_module('chroot_rootfs', dict(path=root, state='absent'))
+        assert not r.failed, r
+        assert 'busy' in json.dumps(r.get('warnings'))
+        assert not os.path.exists(root) and mountpoints(work) == []
+        assert os.path.isdir(hostdir)
+    finally:
+        busy.kill()
+        busy.wait()
