@@ -19,7 +19,8 @@ Grammar (quantity.go):
 Values are kept exact (fractions.Fraction). Like Quantity.Value() the byte count rounds UP
 to the nearest integer, like Quantity.MilliValue() the millicore count rounds UP to the
 nearest milli ("0.1m" is 1m). Resource limits cannot be negative (the API rejects them in
-validation), so a leading "-" is reported as an error here.
+validation), so a leading "-" is reported as an error here. Surrounding whitespace is an error,
+as in ParseQuantity.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def parse_quantity(value, field='quantity'):
             raise BarepodError('quantity %r is not a finite number' % (value,), field=field, value=value)
         text = repr(value)
     elif isinstance(value, str):
-        text = value.strip()
+        text = value
     else:
         raise BarepodError('quantity must be a string or a number, got %r' % (value,),
                            field=field, value=value)
