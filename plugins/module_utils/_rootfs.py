@@ -29,7 +29,7 @@ import stat
 import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
-    Actions, BarepodError, DNS1123_SUBDOMAIN_RE, dump_json, write_if_changed)
+    Actions, BarepodError, DNS1123_SUBDOMAIN_RE, dump_json, validate_dns_label, validate_uid, write_if_changed)
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
 from ansible_collections.barepod.linux.plugins.module_utils._paths import is_within
@@ -876,6 +876,15 @@ class _Empty(object):
 def run(params, check_mode=False, **roots):
     """The module's entry point: converge, then (with namespace and name) record the rootfs in
     the pod record, section `rootfs`, keyed by container name."""
+    if not params.get('path'):
+        # the DESIGN layout: <rootfs_root>/<pod uid>/<container>/
+        from ansible_collections.barepod.linux.plugins.module_utils._state import DEFAULT_ROOTFS_ROOT, rootfs_dir
+        uid, container = params.get('pod_uid'), params.get('container')
+        if not uid or not container:
+            raise BarepodError('give path, or pod_uid and container', field='path', value=None)
+        validate_uid('pod_uid', uid)
+        validate_dns_label('container', container)
+        params = dict(params, path=rootfs_dir(uid, container, params.get('rootfs_root') or DEFAULT_ROOTFS_ROOT))
     ns, name = params.get('namespace'), params.get('name')
     if bool(ns) != bool(name):
         raise BarepodError('namespace and name go together', field='namespace' if not ns else 'name',

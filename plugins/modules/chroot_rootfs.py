@@ -39,8 +39,12 @@ options:
   path:
     description:
       - The rootfs directory. Absolute, at least two levels deep; must not be a symlink or a file.
+      - Default C(<rootfs_root>/<pod_uid>/<container>) when O(pod_uid) and O(container) are given.
     type: path
-    required: true
+  rootfs_root:
+    description: Where rootfs directories go when O(path) is not given.
+    type: path
+    default: /var/lib/barepod/rootfs
   state:
     description: present or absent.
     type: str
@@ -169,7 +173,9 @@ options:
     description: Pod name, see O(namespace).
     type: str
   container:
-    description: Container name under which the pod record keeps this rootfs (default the directory name).
+    description:
+      - Container name under which the pod record keeps this rootfs (default the directory name), and the
+        last component of the default O(path).
     type: str
   pod_uid:
     description: The pod's uid, checked against (or stored in) the pod record.
@@ -266,7 +272,8 @@ from ansible_collections.barepod.linux.plugins.module_utils._rootfs import run a
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            path=dict(type='path', required=True),
+            path=dict(type='path'),
+            rootfs_root=dict(type='path', default='/var/lib/barepod/rootfs'),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             binaries=dict(type='list', elements='str', default=[]),
             busybox=dict(type='bool', default=False),
@@ -303,6 +310,7 @@ def main():
             state_root=dict(type='path', default='/run/barepod/pods'),
         ),
         required_together=[('namespace', 'name')],
+        required_one_of=[('path', 'pod_uid')],
         supports_check_mode=True,
     )
     try:

@@ -143,8 +143,9 @@ def make_bins(tmp_path):
 
 
 def params(root, **kw):
-    p = dict(path=str(root), state='present', binaries=[], busybox=False, busybox_path='/bin/busybox',
-             image=None, image_format='auto', mounts=[], shm_size='0', etc_files=False, hostname=None,
+    p = dict(path=str(root) if root is not None else None, state='present', binaries=[], busybox=False,
+             busybox_path='/bin/busybox', image=None, image_format='auto', mounts=[], shm_size='0', etc_files=False,
+             hostname=None,
              subdomain=None, pod_ips=None, host_aliases=None, dns=None, allowed_host_paths=[])
     p.update(kw)
     return p
@@ -368,3 +369,15 @@ def test_image_with_symlinked_bin_then_binary_converges_in_one_run(tmp_path):
     assert RootfsManager(p).run()['changed']
     assert (root / 'usr' / 'bin' / 'ls').read_bytes() == open(ls, 'rb').read()
     assert not RootfsManager(p).run()['changed']
+
+
+def test_default_path_from_pod_uid_and_container(tmp_path):
+    from ansible_collections.barepod.linux.plugins.module_utils._rootfs import run
+    p = params(None, pod_uid='6a4b1c9e-0000-4000-8000-000000000001', container='busybox',
+               rootfs_root=str(tmp_path / 'rootfs'))
+    res = run(p, check_mode=True)
+    assert res['path'] == str(tmp_path / 'rootfs' / '6a4b1c9e-0000-4000-8000-000000000001' / 'busybox')
+    with pytest.raises(BarepodError, match='path'):
+        run(params(None, pod_uid='u1'))
+    with pytest.raises(BarepodError, match='container'):
+        run(params(None, pod_uid='u1', container='Bad/..'))
