@@ -787,7 +787,8 @@ class CgroupLimit(object):
         writes = []
         for ctrl, _ver, fname, value, want in files:
             path = os.path.join(self.dir_for(mounts[ctrl]), fname)
-            cur = normalise(fname, read_file(path), self.page) if read_file(path) is not None else None
+            raw = read_file(path)
+            cur = normalise(fname, raw, self.page) if raw is not None else None
             if cur != want:
                 writes.append((ctrl, fname, path, value, cur, want))
         names = [w[1] for w in writes]

@@ -89,3 +89,22 @@ def test_exact_fraction():
 def test_too_large():
     with pytest.raises(BarepodError):
         to_bytes('16Ei')
+
+
+try:
+    from hypothesis import given, strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+    SUFFIXES = {'': 1, 'k': 10 ** 3, 'M': 10 ** 6, 'G': 10 ** 9, 'Ki': 2 ** 10, 'Mi': 2 ** 20, 'Gi': 2 ** 30}
+
+    @given(st.integers(min_value=0, max_value=10 ** 6), st.sampled_from(sorted(SUFFIXES)))
+    def test_integer_with_suffix(n, suffix):
+        assert to_bytes('%d%s' % (n, suffix)) == n * SUFFIXES[suffix]
+
+    @given(st.integers(min_value=0, max_value=10 ** 9), st.integers(min_value=0, max_value=6))
+    def test_milli_rounds_up(n, digits):
+        # n / 10**digits cores: millicores rounded up, as MilliValue() does
+        text = '%d' % n if digits == 0 else '%d.%0*d' % (n // 10 ** digits, digits, n % 10 ** digits)
+        assert to_milli(text) == -((-n * 1000) // 10 ** digits)
