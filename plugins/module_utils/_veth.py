@@ -404,16 +404,36 @@ class VethNet(object):
         gw_cidr = '%s/%d' % (rng.gateway, spec.subnet.prefixlen)
         pod_cidr = '%s/%d' % (ip, spec.subnet.prefixlen)
 
+        # ifindexes, looked up once: seeded from what was observed, forgotten when a link is
+        # (re)created or deleted
+        known = {}
+        if node['bridge'] is not None:
+            known[(id(ipr), spec.bridge)] = node['bridge']['index']
+        if paired(node['host'], pod['eth']):
+            known[(id(ipr), spec.host_ifname)] = node['host']['index']
+            known[(id(pipr), spec.ifname)] = pod['eth']['index']
+
         def idx(handle, name):
-            link = nl.get_link(handle, name)
-            if link is None:
-                raise BarepodError('interface %s vanished while being configured' % name)
-            return link['index']
+            key = (id(handle), name)
+            if key not in known:
+                link = nl.get_link(handle, name)
+                if link is None:
+                    raise BarepodError('interface %s vanished while being configured' % name)
+                known[key] = link['index']
+            return known[key]
+
+        def forget(fn):
+            def run():
+                try:
+                    return fn()
+                finally:
+                    known.clear()
+            return run
 
         # bridge (cni0) with the gateway address, up, MTU
         b = node['bridge']
         if b is None:
-            add('create bridge', spec.bridge, fn=lambda: nl.create_bridge(ipr, spec.bridge, spec.mtu))
+            add('create bridge', spec.bridge, fn=forget(lambda: nl.create_bridge(ipr, spec.bridge, spec.mtu)))
         elif b['kind'] != 'bridge':
             raise BarepodError('%s exists and is a %s, not a bridge' % (spec.bridge, b['kind']),
                                field='bridge', value=spec.bridge)
@@ -435,13 +455,14 @@ class VethNet(object):
         if not paired(h, e):
             if e is not None:
                 add('delete stale interface', '%s:%s' % (ns, spec.ifname),
-                    fn=lambda: nl.delete_link(pipr, spec.ifname))
+                    fn=forget(lambda: nl.delete_link(pipr, spec.ifname)))
             if h is not None:
-                add('delete stale veth', spec.host_ifname, fn=lambda: nl.delete_link(ipr, spec.host_ifname))
+                add('delete stale veth', spec.host_ifname,
+                    fn=forget(lambda: nl.delete_link(ipr, spec.host_ifname)))
             add('create veth', spec.host_ifname, peer='%s:%s' % (ns, spec.ifname), mtu=spec.mtu,
                 master=spec.bridge, state='up',
-                fn=lambda: nl.create_veth(ipr, spec.host_ifname, spec.ifname, ns, spec.mtu,
-                                          master=idx(ipr, spec.bridge), up=True))
+                fn=forget(lambda: nl.create_veth(ipr, spec.host_ifname, spec.ifname, ns, spec.mtu,
+                                                 master=idx(ipr, spec.bridge), up=True)))
             h = e = None
         # host side: mtu, master, up (one RTM_SETLINK), then hairpin on the bridge port
         changes = {}
