@@ -229,6 +229,13 @@ def shebang(path):
     return words[0].decode('utf-8', 'replace') if words and words[0].startswith(b'/') else None
 
 
+def _check_word(field, w):
+    """One token of a generated file: no whitespace, '#' or control characters (no injection)."""
+    if not isinstance(w, str) or not w or any(c.isspace() or c == '#' or ord(c) < 32 for c in w):
+        raise BarepodError('%r must be a single word (no spaces, newlines or "#")' % (w,), field=field, value=w)
+    return w
+
+
 def _is_ip(s):
     try:
         ipaddress.ip_address(s)
@@ -490,6 +497,13 @@ class RootfsManager(object):
             if not isinstance(a, dict) or not _is_ip(str(a.get('ip'))) or not a.get('hostnames'):
                 raise BarepodError('each host alias needs ip and hostnames, got %r' % (a,),
                                    field='host_aliases[%d]' % i, value=a)
+            for h in a['hostnames']:
+                _check_word('host_aliases[%d].hostnames' % i, h)
+        if self.p.get('subdomain') is not None:
+            _check_word('subdomain', self.p.get('subdomain'))
+            if not DNS1123_SUBDOMAIN_RE.match(self.p.get('subdomain')):
+                raise BarepodError('%r is not a DNS-1123 subdomain' % (self.p.get('subdomain'),),
+                                   field='subdomain', value=self.p.get('subdomain'))
         dns = self.p.get('dns')
         if dns:
             ns = dns.get('nameservers') or []
@@ -498,6 +512,9 @@ class RootfsManager(object):
             for n in ns:
                 if not _is_ip(str(n)):
                     raise BarepodError('%r is not an IP address' % (n,), field='dns.nameservers', value=n)
+            for fld, words in (('dns.searches', search), ('dns.options', opts)):
+                for w in words:
+                    _check_word(fld, w)
         else:
             ns, search, opts = host_dns(self.host_resolv, self.resolv_fallback)
         out = {'/etc/hosts': hosts_content(hostname, ips, self.p.get('subdomain'), aliases),

@@ -265,6 +265,12 @@ def test_busybox_applet_links(tmp_path):
     (dict(busybox=True, busybox_path='/nonexistent/busybox'), 'busybox_path'),
     (dict(image='/nonexistent/image.tar'), 'image'),
     (dict(shm_size='huge'), 'shm_size'),
+    (dict(etc_files=True, dns=dict(nameservers=['10.0.0.1'], options=['ndots:5\nnameserver 6.6.6.6'])),
+     'dns.options'),
+    (dict(etc_files=True, dns=dict(searches=['a b'])), 'dns.searches'),
+    (dict(etc_files=True, host_aliases=[dict(ip='10.0.0.1', hostnames=['ok', 'evil\n1.2.3.4 bank'])]),
+     'host_aliases[0].hostnames'),
+    (dict(etc_files=True, hostname='p', subdomain='Bad Sub'), 'subdomain'),
 ])
 def test_bad_input_names_field_and_changes_nothing(tmp_path, kw, field):
     root = tmp_path / 'pods' / 'box'
