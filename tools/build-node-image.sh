@@ -16,7 +16,7 @@ IMAGE=${1:-${IMAGE:-barepod/node:bookworm}}
 SUITE=${SUITE:-bookworm}
 FORCE=${FORCE:-0}
 PACKAGES=python3,iproute2,iptables,util-linux,procps,busybox-static,kmod,ca-certificates
-IMAGE_VERSION=2   # bump when the recipe changes, so cached images built by an older recipe are rebuilt
+IMAGE_VERSION=3   # bump when the recipe changes, so cached images built by an older recipe are rebuilt
 
 die() { echo "build-node-image: $*" >&2; exit 1; }
 command -v docker >/dev/null || die "docker CLI not found"
@@ -66,6 +66,15 @@ debootstrap --variant=minbase --include="$PACKAGES" --components=main \
   "$SUITE" "$ROOTFS" "$MIRROR" >"$WORKDIR/debootstrap.log" 2>&1 || {
     tail -n 40 "$WORKDIR/debootstrap.log" >&2; [ -f "$ROOTFS/debootstrap/debootstrap.log" ] &&
     tail -n 40 "$ROOTFS/debootstrap/debootstrap.log" >&2; die "debootstrap failed"; }
+
+# Files made during the build get the suite's Release date as their time (unless SOURCE_DATE_EPOCH is set),
+# so the same mirror state gives the same image, byte for byte.
+release=$(ls "$ROOTFS"/var/lib/apt/lists/*_InRelease "$ROOTFS"/var/lib/apt/lists/*_Release 2>/dev/null | head -n1 || true)
+rdate=$([ -n "$release" ] && sed -n 's/^Date: //p' "$release" | head -n1 || true)
+EPOCH=${SOURCE_DATE_EPOCH:-$( [ -n "$rdate" ] && date -d "$rdate" +%s || stat -c %Y "$ROOTFS/var/lib/dpkg/status")}
+# /etc/shadow's "last password change" is the build day; make it the epoch's day.
+sed -i -E "s/^([^:]*:[^:]*:)[0-9]+:/\1$((EPOCH / 86400)):/" "$ROOTFS/etc/shadow"
+[ -f "$ROOTFS/etc/shadow-" ] && rm -f "$ROOTFS/etc/shadow-"
 
 # Slim it down and drop what differs from build to build.
 chroot "$ROOTFS" apt-get clean
@@ -121,7 +130,6 @@ chmod 0755 "$ROOTFS/usr/local/bin/barepod-node-init"
 chroot "$ROOTFS" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort >"$WORKDIR/packages.txt"
 pkgsum=$(sha256sum "$WORKDIR/packages.txt" | cut -c1-16)
 
-EPOCH=${SOURCE_DATE_EPOCH:-$(stat -c %Y "$ROOTFS/var/lib/dpkg/status")}
 echo "build-node-image: importing into $IMAGE"
 tar -C "$ROOTFS" --one-file-system --sort=name --numeric-owner --mtime="@$EPOCH" --clamp-mtime \
     --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
@@ -134,6 +142,7 @@ tar -C "$ROOTFS" --one-file-system --sort=name --numeric-owner --mtime="@$EPOCH"
     --change "LABEL io.barepod.node.suite=$SUITE" \
     --change "LABEL io.barepod.node.packages=$PACKAGES" \
     --change "LABEL io.barepod.node.dpkg-sha=$pkgsum" \
+    --change "LABEL io.barepod.node.epoch=$EPOCH" \
     --message "barepod node image: debootstrap $SUITE minbase + $PACKAGES" \
     - "$IMAGE" >/dev/null
 
