@@ -472,6 +472,8 @@ class RootfsManager(object):
             if not any(m['target'] == '/dev/shm' for m in mounts):
                 mounts.append(dict(type='tmpfs', source='shm', target='/dev/shm', size=size, read_only=False,
                                    options=list(DEFAULT_SHM_OPTIONS), is_dir=True))
+        # parents before children, as runc sorts mounts by destination
+        mounts.sort(key=lambda m: m['target'].rstrip('/').count('/'))
         seen = set()
         for m in mounts:
             if m['target'] in seen:
@@ -786,17 +788,22 @@ class RootfsManager(object):
         return (st_src.st_dev, st_src.st_ino) == (st_dst.st_dev, st_dst.st_ino)
 
     def _mount(self, path, m):
-        fs = SafeRoot(path)
+        fs = self._fs(path)
         target = m['target']
-        # create the mount point inside the root (resolved there, never followed out)
+        # create the mount point inside the root (resolved there, never followed out); never
+        # inside another mount (that would write into a host directory)
         hp = fs.resolve(target, field='mounts')
         rel = '/' + os.path.relpath(hp, fs.root)
         st = os.lstat(hp) if os.path.lexists(hp) else None
         if st is None:
-            if m['is_dir']:
-                fs.mkdir(rel, 0o755)
-            else:
-                fs.write_file(rel, _Empty(), 0o644)
+            try:
+                if m['is_dir']:
+                    fs.mkdir(rel, 0o755)
+                else:
+                    fs.write_file(rel, _Empty(), 0o644)
+            except UnderMount as e:
+                raise BarepodError('cannot create the mount point %s: %s (create it in the mounted '
+                                   'directory first)' % (target, e), field='mounts', value=target)
         elif m['is_dir'] and not stat.S_ISDIR(st.st_mode):
             raise BarepodError('mount target %s exists and is not a directory' % target,
                                field='mounts', value=target)

@@ -113,7 +113,7 @@ class SafeRoot(object):
             raise
         return fd
 
-    def parent(self, path, create=True):
+    def parent(self, path, create=True, allow_mounts=False):
         """(dirfd, name, host_path) for the entry `path` inside the root.
 
         The parent is resolved with secure_join; the final component is not (it is what
@@ -125,7 +125,7 @@ class SafeRoot(object):
         d, name = posixpath.split(p)
         hd = self.resolve(d)
         hp = os.path.join(hd, name)
-        for m in self.mountpoints:
+        for m in ([] if allow_mounts else self.mountpoints):
             if is_within(m, hp):
                 raise UnderMount('%s is on the mount at %s; not touching it' % (p, m), field='path', value=p)
         rel = os.path.relpath(hd, self.root)
@@ -303,7 +303,7 @@ class SafeRoot(object):
 
     def open_path(self, path, field='path'):
         """O_PATH|O_NOFOLLOW fd of an existing entry inside the root (for mounting on it)."""
-        fd, name, hp = self.parent(path, create=False)
+        fd, name, hp = self.parent(path, create=False, allow_mounts=True)
         try:
             return os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
         finally:

@@ -416,3 +416,23 @@ def test_absent_detaches_a_busy_mount_lazily(work):
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_nested_mounts_parent_first_and_never_create_inside_a_host_dir(work):
+    root = os.path.join(work, 'box')
+    a, b = os.path.join(work, 'a'), os.path.join(work, 'b')
+    os.makedirs(os.path.join(a, 'sub'))
+    os.makedirs(b)
+    open(os.path.join(b, 'in-b'), 'w').close()
+    # listed child first: mounted parent first anyway
+    args = dict(path=root, etc_files=False, shm_size='0',
+                mounts=[dict(source=b, target='/data/sub'), dict(source=a, target='/data')])
+    r = run_module('chroot_rootfs', args)
+    assert not r.failed, r
+    assert os.listdir(os.path.join(root, 'data', 'sub')) == ['in-b']
+    assert not run_module('chroot_rootfs', args).changed
+    # a mount point that would have to be created inside the host directory a: refused
+    args['mounts'].append(dict(source=b, target='/data/new'))
+    r = run_module('chroot_rootfs', args)
+    assert r.failed and 'mounts' in r['msg'] and '/data/new' in r['msg'], r
+    assert sorted(os.listdir(a)) == ['sub']
