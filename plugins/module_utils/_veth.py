@@ -315,6 +315,7 @@ class VethNet(object):
             other = [a for a in held if a != ip]
             have_masq = owned_nat(self.ipt.save_nat(), spec.network, spec.container_id)
             self.before = summary(node, pod, held[0] if held else None, have_masq[1] or None)
+            fresh = not held and not stale  # a first attachment: undone entirely if it fails
             if not self.check_mode and (new or stale or other):
                 # reserve for real first, so every later step uses the address we hold
                 ip, rng, new = alloc.allocate(spec.container_id, spec.ifname, spec.requested)
@@ -342,7 +343,7 @@ class VethNet(object):
                     mac = eth['mac'] if eth else None
                 self._record(ns, ip, rng, mac)
             except BaseException:
-                if new and not self.check_mode:
+                if fresh and new and not self.check_mode:
                     self._rollback(ipr, alloc)
                 raise
             # what the plan converged to (re-reading everything would double the netlink calls)
