@@ -86,7 +86,7 @@ def detect_backend(runner=None):
 class Backend(object):
     """The save/restore pair of one backend (or explicit binaries, e.g. test shims)."""
 
-    def __init__(self, mode='auto', save=None, restore=None, runner=None):
+    def __init__(self, mode='auto', save=None, restore=None, runner=None, iptables=None):
         if mode not in ('auto', 'nft', 'legacy'):
             raise BarepodError('must be auto, nft or legacy, got %r' % (mode,), field='backend', value=mode)
         self.reason = 'chosen by the backend option'
@@ -95,7 +95,13 @@ class Backend(object):
         self.mode = mode
         self.save_cmd = save or 'iptables-%s-save' % mode
         self.restore_cmd = restore or 'iptables-%s-restore' % mode
+        self.iptables_cmd = iptables or 'iptables-%s' % mode
         self.restores = 0
+
+    def list_chain(self, table, chain):
+        """`iptables -S chain` of one table (cheap: no dump of the big tables), '' if absent."""
+        p = _run([self.iptables_cmd, '-w', str(WAIT_SECONDS), '-t', table, '-S', chain])
+        return p.stdout if p.returncode == 0 else ''
 
     def save(self, table=None):
         argv = [self.save_cmd] + (['-t', table] if table else [])
@@ -300,7 +306,7 @@ def remove_canary(payload, table, chain):
 
 
 def canary_token(save_text, chain):
-    """The token in the canary chain of an iptables-save -t mangle dump, or None."""
+    """The token in the canary chain of an iptables-save or iptables -S listing, or None."""
     marker = '-A %s -m comment --comment "' % chain
     i = save_text.find(marker)
     if i < 0:

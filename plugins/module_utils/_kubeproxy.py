@@ -24,7 +24,6 @@ falling back to serving+terminating endpoints). IPv4 only; topology hints are no
 
 from __future__ import annotations
 
-import base64
 import gc
 import hashlib
 import ipaddress
@@ -1047,7 +1046,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         raise _err('must be auto or always', 'resync', resync)
     if backend is None:
         backend = _iptables.Backend(params.get('backend') or 'auto', save=params.get('iptables_save'),
-                                    restore=params.get('iptables_restore'))
+                                    restore=params.get('iptables_restore'), iptables=params.get('iptables'))
     result['backend'] = backend.mode
     result['backend_reason'] = backend.reason
     canary = prefix + '-PROXY-CANARY'
@@ -1060,7 +1059,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
     record = _load_record(record_path) if (resync == 'auto' and not want_diff) else None
     canary_present = False
     if record is not None:
-        token = _iptables.canary_token(backend.save('mangle'), canary)
+        token = _iptables.canary_token(backend.list_chain('mangle', canary), canary)
         if token is not None and token == record.get('token'):
             existing = _iptables.tables_from_record(record)
             canary_present = True

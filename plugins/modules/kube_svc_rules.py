@@ -130,6 +130,9 @@ options:
   iptables_restore:
     description: The iptables-restore binary to use (default C(iptables-<backend>-restore)).
     type: path
+  iptables:
+    description: The iptables binary used to read the canary chain (default C(iptables-<backend>)).
+    type: path
   return_payload:
     description: Return the full rendered payload in RV(payload) (large for thousands of Services).
     type: bool
@@ -282,6 +285,7 @@ def main():
             backend=dict(type='str', choices=['auto', 'nft', 'legacy'], default='auto'),
             iptables_save=dict(type='path'),
             iptables_restore=dict(type='path'),
+            iptables=dict(type='path'),
             return_payload=dict(type='bool', default=True),
             resync=dict(type='str', choices=['auto', 'always'], default='auto'),
             state_dir=dict(type='path', default='/run/barepod/kube_svc_rules'),
