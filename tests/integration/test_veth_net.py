@@ -179,6 +179,14 @@ def test_drift_reported_in_check_mode_and_repaired(env):
     assert not env.run(args).changed
     assert ping(podname, '10.244.0.1')
 
+    # a new MTU reaches both ends of the pair
+    r = env.run(dict(args, mtu=1400))
+    assert r.changed and sorted(a['target'] for a in r['actions'] if a['action'] == 'set mtu') == \
+        sorted([host, '%s:eth0' % pod])
+    assert links(env.node)[host]['mtu'] == 1400 and links(podname)['eth0']['mtu'] == 1400
+    assert not env.run(dict(args, mtu=1400)).changed
+    assert env.run(args).changed and links(podname)['eth0']['mtu'] == 1500
+
     # turning ip_masq off removes exactly our rules
     r = env.run(dict(args, ip_masq=False))
     assert [a['action'] for a in r['actions']] == ['remove masquerade'] and r['chain'] is None
