@@ -17,9 +17,11 @@ observe() -> desired() -> plan() -> apply, as every barepod module.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import ipaddress
 import json
 import os
@@ -549,10 +551,12 @@ class RootfsManager(object):
         state = self.p.get('state') or 'present'
         path = self.validate_path()
         if state == 'absent':
-            return self.absent(path)
+            with _dir_lock(os.path.dirname(path)):
+                return self.absent(path)
         if state != 'present':
             raise BarepodError('must be present or absent', field='state', value=state)
-        return self.present(path)
+        with _dir_lock(os.path.dirname(path)):
+            return self.present(path)
 
     def present(self, path):
         # everything validated and computed before the first change
@@ -688,6 +692,10 @@ class RootfsManager(object):
                     a.add('unmount', m['target'], (lambda hp=hp: self._umount(hp)))
         for m in mounts:
             hp = self._host_target(path, m['target'], fs) if exists else os.path.join(path, m['target'].lstrip('/'))
+            if exists and not os.path.lexists(hp) and any(is_within(mp, hp) for mp in top):
+                raise BarepodError('the mount point %s would have to be created inside another mount (a host '
+                                   'directory); create it there first' % m['target'], field='mounts',
+                                   value=m['target'])
             cur = top.get(hp)
             m['host_target'] = hp
             if cur is not None and self._mount_matches(cur, m, hp):
@@ -890,6 +898,22 @@ class RootfsManager(object):
                 raise BarepodError('%s is on another filesystem (a mount point); not removing %s'
                                    % (dirpath, path), field='path', value=path)
         shutil.rmtree(path)
+
+
+@contextlib.contextmanager
+def _dir_lock(d):
+    """flock on the rootfs's parent directory: two runs on one rootfs take turns. A directory
+    fd opened read-only, so taking the lock writes nothing."""
+    try:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield  # the parent does not exist yet: nothing to race on
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class _Empty(object):

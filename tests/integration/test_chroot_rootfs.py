@@ -436,3 +436,21 @@ def test_nested_mounts_parent_first_and_never_create_inside_a_host_dir(work):
     r = run_module('chroot_rootfs', args)
     assert r.failed and 'mounts' in r['msg'] and '/data/new' in r['msg'], r
     assert sorted(os.listdir(a)) == ['sub']
+    assert r['_rc'] != 0 and 'Traceback' not in r['_stderr']
+
+
+def test_concurrent_runs_take_turns(work):
+    import threading
+    root = os.path.join(work, 'box')
+    hostdir = os.path.join(work, 'h')
+    os.makedirs(hostdir)
+    args = dict(path=root, busybox=True, hostname='p', mounts=[dict(source=hostdir, target='/data')])
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_module('chroot_rootfs', args))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.failed for r in results] == [False] * 3, results
+    assert sorted(r.changed for r in results) == [False, False, True]
+    assert mountpoints(root).count(os.path.join(root, 'data')) == 1
