@@ -188,7 +188,15 @@ def desired_container(i, c, hostname, share_pid):
     full_env = [(k, v) for k, v in full_env if k not in envmap] + env
     path_env = dict(full_env).get('PATH', DEFAULT_PATH)
     exe = resolve_command(field + '.command', rootfs, argv[0], path_env, wd)
-    spec = dict(name=name, rootfs=rootfs, argv=argv, exe=exe,
+    cgroups = []
+    for j, cg in enumerate(c.get('cgroups') or []):
+        cf = '%s.cgroups[%d]' % (field, j)
+        if not isinstance(cg, str) or not cg.startswith('/') or '..' in cg.split('/') or '\x00' in cg:
+            raise BarepodError('must be an absolute cgroup directory without "..", got %r' % (cg,), field=cf, value=cg)
+        if not os.path.isfile(os.path.join(cg, 'cgroup.procs')):
+            raise BarepodError('%s is not a cgroup directory (no cgroup.procs)' % cg, field=cf, value=cg)
+        cgroups.append(os.path.normpath(cg))
+    spec = dict(name=name, rootfs=rootfs, argv=argv, exe=exe, cgroups=cgroups,
                 env=['%s=%s' % kv for kv in full_env], working_dir=wd, uid=uid, gid=gid,
                 share_pid=bool(share_pid),
                 capabilities=list(ns.DEFAULT_CAPABILITIES),
@@ -239,6 +247,7 @@ def desired(params):
              netns_dir=params.get('netns_dir') or DEFAULT_NETNS_DIR,
              log_root=params.get('log_root') or DEFAULT_LOG_ROOT,
              pause_dir=params.get('pause_dir') or DEFAULT_PAUSE_DIR,
+             prune=params.get('prune_containers', True) is not False,
              containers=[])
     if share_pid and 'pid' not in namespaces:
         raise BarepodError('share_process_namespace needs the "pid" namespace in the sandbox',
@@ -318,7 +327,7 @@ def plan(actual, d):
         stop_all()
         steps.append(('start_sandbox', d['name'], {'namespaces': d['namespaces'], 'hostname': d['hostname']}))
         for n in sorted(recorded):
-            if n not in wanted:
+            if n not in wanted and d.get('prune', True):
                 steps.append(('forget_container', n, {}))
         for c in d['containers']:
             prev = recorded.get(c['name'])
@@ -329,7 +338,7 @@ def plan(actual, d):
     if 'net' in d['namespaces'] and not actual['netns_ok']:
         steps.append(('bind_netns', actual['netns_path'], {}))
     for n in sorted(recorded):
-        if n not in wanted:
+        if n not in wanted and d.get('prune', True):
             if alive.get(n):
                 steps.append(('stop_container', n, {'pid': recorded[n]['pid']}))
             steps.append(('forget_container', n, {}))
@@ -595,6 +604,11 @@ def start_container(spec, sandbox_pid, sandbox_namespaces, log_path):
             finally:
                 for fd in fds:
                     os.close(fd)
+            # join the container's cgroups first: the process forked next (the container) starts
+            # inside its limits, as runc places the init process before exec ('0' = the writer)
+            for cg in spec.get('cgroups') or []:
+                with open(os.path.join(cg, 'cgroup.procs'), 'w') as f:
+                    f.write('0')
             flags = ns.CLONE_NEWNS
             if not spec['share_pid']:
                 flags |= ns.CLONE_NEWPID

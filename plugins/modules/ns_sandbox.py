@@ -100,6 +100,19 @@ options:
               - Numeric gid of the container process (defaults to O(containers[].security_context.run_as_user)).
             type: int
             aliases: [runAsGroup]
+      cgroups:
+        description:
+          - Cgroup directories (one per hierarchy, as M(barepod.linux.cgroup_limit) returns them) the
+            container process joins before it execs, so it starts inside its limits as runc places it.
+        type: list
+        elements: path
+        default: []
+  prune_containers:
+    description:
+      - Stop and forget recorded containers that O(containers) does not list. V(false) leaves them alone,
+        for a first call that only converges the sandbox (the pod role does this before networking).
+    type: bool
+    default: true
   share_process_namespace:
     description:
       - Containers join the sandbox's pid namespace (the pause process is PID 1) instead of each getting their own.
@@ -251,7 +264,9 @@ def argument_spec():
                 run_as_user=dict(type='int', aliases=['runAsUser']),
                 run_as_group=dict(type='int', aliases=['runAsGroup']),
             )),
+            cgroups=dict(type='list', elements='path', default=[]),
         )),
+        prune_containers=dict(type='bool', default=True),
         share_process_namespace=dict(type='bool', default=False, aliases=['shareProcessNamespace']),
         namespaces=dict(type='list', elements='str', default=['pid', 'net', 'mnt', 'uts', 'ipc']),
         hostname=dict(type='str'),

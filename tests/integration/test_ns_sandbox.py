@@ -404,3 +404,59 @@ def test_ip_netns_sees_the_sandbox(pod):
     assert not os.path.lexists(r['netns_path']) and not mounted(r['netns_path'])
     listed = subprocess.run(['ip', 'netns', 'list'], capture_output=True, text=True, check=True).stdout
     assert name not in listed.split()
+
+
+def test_prune_containers_false_leaves_running_containers_alone(pod):
+    """The pod role converges the sandbox alone (before networking) without touching containers."""
+    rootfs = pod.rootfs()
+    c = dict(name='app', rootfs=rootfs, command=['sleep', '1000'])
+    r = pod.run(containers=[c])
+    assert not r.failed, r
+    cpid = [x['pid'] for x in r['containers'] if x['name'] == 'app'][0]
+    r2 = pod.run(containers=[], prune_containers=False)
+    assert not r2.failed and not r2.changed, r2
+    assert pid_alive(cpid)
+    r3 = pod.run(containers=[c])
+    assert not r3.changed
+    # the default (prune) stops what is no longer declared
+    r4 = pod.run(containers=[])
+    assert r4.changed
+    deadline = time.monotonic() + 10
+    while pid_alive(cpid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(cpid)
+
+
+def test_container_starts_inside_its_cgroups(pod):
+    """cgroups: the container's first process is in the given v1 and v2 cgroups before exec."""
+    made = []
+    roots = [r for r in ('/sys/fs/cgroup/pids', '/sys/fs/cgroup/unified') if os.path.isdir(r)]
+    if not roots:
+        pytest.skip('no pids or unified cgroup hierarchy mounted')
+    try:
+        for r in roots:
+            d = os.path.join(r, 'barepod-test-' + uuid.uuid4().hex[:8])
+            os.mkdir(d)
+            made.append(d)
+        rootfs = pod.rootfs()
+        r = pod.run(containers=[dict(name='app', rootfs=rootfs, command=['sleep', '1000'], cgroups=made)])
+        assert not r.failed, r
+        cpid = [x['pid'] for x in r['containers'] if x['name'] == 'app'][0]
+        for d in made:
+            with open(os.path.join(d, 'cgroup.procs')) as f:
+                assert str(cpid) in f.read().split()
+        bad = pod.run(containers=[dict(name='app', rootfs=rootfs, command=['sleep', '1000'],
+                                       cgroups=[os.path.join(rootfs, 'tmp')])])
+        assert bad.failed and 'containers[0].cgroups[0]' in bad['msg']
+    finally:
+        pod.teardown_pods()
+        for d in made:
+            try:
+                os.rmdir(d)
+            except OSError:
+                # processes still inside: move them to the parent, then remove
+                with open(os.path.join(d, 'cgroup.procs')) as f:
+                    for pid in f.read().split():
+                        with open(os.path.join(os.path.dirname(d), 'cgroup.procs'), 'w') as p:
+                            p.write(pid)
+                os.rmdir(d)
