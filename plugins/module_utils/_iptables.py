@@ -206,7 +206,7 @@ class SyncPlan(object):
                     jumps_added=self.jumps_added, jumps_removed=self.jumps_removed)
 
 
-def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat')):
+def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'), write=None):
     """Plan the partial sync.
 
     existing: {table: Table} from parse_save.
@@ -215,6 +215,8 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'))
               (each is prepended, like EnsureRule(Prepend)).
     owns(table, chain): True for chains this rule set owns (others are never touched).
     keep:     {(table, chain)} owned chains never deleted even when not desired.
+    write:    optionally {table: {chain: [rule]}}, the same rules spelled as they are to be
+              written (e.g. kube-proxy's own spelling); default: the compared form.
     """
     plan = SyncPlan()
     for table in tables:
@@ -234,7 +236,8 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'))
             plan.before['%s/%s' % (table, chain)] = cur or []
             plan.after['%s/%s' % (table, chain)] = rules
             chain_lines.append(':%s - [0:0]' % chain)
-            for r in rules:
+            out_rules = write[table][chain] if write is not None else rules
+            for r in out_rules:
                 rule_lines.append('-A %s %s' % (chain, r))
         removed = set()
         for chain in have.chains:
