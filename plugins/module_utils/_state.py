@@ -100,7 +100,7 @@ class PodRecord(object):
     @contextlib.contextmanager
     def lock(self):
         if not os.path.isdir(self.path):
-            os.makedirs(self.path, 0o700)
+            os.makedirs(self.path, 0o700, exist_ok=True)
         fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
