@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the modules, tests and benchmarks use.
 DEB_PACKAGES := iptables iproute2 busybox-static util-linux procps psmisc kmod runc \
-	containernetworking-plugins debootstrap ca-certificates python3-venv gcc libc6-dev rsync shellcheck
+	containernetworking-plugins debootstrap ca-certificates python3-venv gcc libc6-dev rsync shellcheck strace
 
 .PHONY: setup deps venv collection demo test unit integration docs lint sanity molecule bench reliability clean
 
