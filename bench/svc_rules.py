@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: barepod.linux developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -119,7 +118,7 @@ def sync(backend, objs, **kw):
 def raw(argv, stdin=None):
     t = time.perf_counter()
     p = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       universal_newlines=True)
+                       universal_newlines=True, check=False)
     dt = time.perf_counter() - t
     if p.returncode != 0:
         raise RuntimeError('%s: %s' % (' '.join(argv), p.stderr[:500]))
@@ -131,7 +130,7 @@ def med(xs):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--quick', action='store_true', help='sizes 100,1000 and 1 repetition of the big ones')
     ap.add_argument('--sizes', default=None, help='comma separated service counts (default 1000,10000)')
     ap.add_argument('--reps', type=int, default=3, help='repetitions of the cheap measurements')
@@ -156,7 +155,7 @@ def main():
                                                       node_name='bench-node')).payload()
                 reps = args.reps if (backend == 'legacy' or n < 5000) else args.big_reps
                 ours, peer = [], []
-                for _ in range(reps):
+                for _rep in range(reps):
                     fresh_netns()
                     peer.append(raw(restore, payload))
                     fresh_netns()
@@ -170,7 +169,7 @@ def main():
             objs = make_objects(n)
             # converged at the largest size (we are in the netns of the last full sync)
             noop, saves = [], []
-            for _ in range(args.reps):
+            for _rep in range(args.reps):
                 saves.append(raw(save))
                 dt, res = sync(backend, objs)
                 assert not res['changed'] and res['restores'] == 0, res['chains']
@@ -179,7 +178,7 @@ def main():
             rows.append((backend, 'no-op resync %d svc' % n, med(noop), 'one iptables-save', med(saves)))
             print(rows[-1], flush=True)
             always = []
-            for _ in range(args.reps):
+            for _rep in range(args.reps):
                 dt, res = sync(backend, objs, resync='always')
                 assert not res['changed'] and res['sync'] == 'iptables-save'
                 always.append(dt)

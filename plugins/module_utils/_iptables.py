@@ -41,7 +41,7 @@ _FAILED_LINE_RE = re.compile(r'line (\d+) failed|Error occurred at line: (\d+)|l
 def _run(argv, input_text=None, check=False):
     try:
         p = subprocess.run(argv, input=input_text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           universal_newlines=True)
+                           universal_newlines=True, check=False)
     except OSError as e:
         raise BarepodError('cannot run %s: %s' % (argv[0], e), field='iptables', value=argv[0])
     if check and p.returncode != 0:

@@ -979,7 +979,7 @@ def _read_sysctl(proc_root, name):
 def _local_ipv4_addresses():
     """The IPv4 addresses of this (network namespace's) node, for nodeport_addresses."""
     p = subprocess.run(['ip', '-4', '-o', 'addr', 'show'], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, universal_newlines=True)
+                       stderr=subprocess.PIPE, universal_newlines=True, check=False)
     out = []
     for line in p.stdout.splitlines():
         parts = line.split()

@@ -155,7 +155,8 @@ options:
     description: Where the sync records of O(resync=auto) are kept (removed again by O(state=absent)).
     type: path
     default: /run/barepod/kube_svc_rules
-author: barepod.linux developers
+author:
+  - barepod.linux developers (@barepod)
 notes:
   - IPv4 only (the IPv4 proxier); IPv6 Services and endpoints are skipped. Topology hints are not used.
   - Of kube-proxy's canary chains only C(<prefix>-PROXY-CANARY) in the mangle table is created, holding one

@@ -62,7 +62,7 @@ SVC_IP, AFF_IP, EMPTY_IP = '10.96.0.10', '10.96.0.11', '10.96.0.12'
 
 def sh(*args, check=True, input=None):
     p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, input=input,
-                       universal_newlines=True)
+                       universal_newlines=True, check=False)
     if check and p.returncode != 0:
         raise AssertionError('%s failed: %s' % (' '.join(args), p.stderr))
     return p.stdout
@@ -142,7 +142,7 @@ class Node(object):
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                                stdin=subprocess.DEVNULL))
         for ip in ('10.244.0.11', '10.244.0.12'):
-            for _ in range(50):
+            for _try in range(50):
                 if self.connect(ip, 8080, 1, ns=self.node) != ['refused']:
                     break
                 time.sleep(0.05)

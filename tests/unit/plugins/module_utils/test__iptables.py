@@ -250,7 +250,10 @@ def test_recorded_sync_plans_from_fingerprints():
                   jumps={'nat': {'PREROUTING': [j[3] for j in rs.jumps if j[1] == 'PREROUTING']}})
     have = ipt.tables_from_record(record)
     jumps = [(t, s, sv) for t, s, _k, sv in rs.jumps]
-    owns = lambda t, c: kp.owns_chain('KUBE', t, c)  # noqa: E731
+
+    def owns(table, chain):
+        return kp.owns_chain('KUBE', table, chain)
+
     plan = ipt.plan_sync(have, desired, [j for j in jumps if j[1] == 'PREROUTING'], owns=owns)
     assert not plan
     rs2 = kp.render([objs[0], objs[2]], kp.Settings())          # svc2 goes away

@@ -255,9 +255,8 @@ def test_chain_prefix_renames_every_chain_and_jump():
 
 
 def test_headless_externalname_and_endpoints_are_skipped():
-    objs = [svc('ns', 'h', 'None', P80), dict(kind='Service', metadata=dict(name='x'),
-                                                 spec=dict(type='ExternalName', externalName='example.com')),
-            dict(kind='Endpoints', metadata=dict(name='h'))]
+    external = dict(kind='Service', metadata=dict(name='x'), spec=dict(type='ExternalName', externalName='example.com'))
+    objs = [svc('ns', 'h', 'None', P80), external, dict(kind='Endpoints', metadata=dict(name='h'))]
     rs = kp.render(objs, kp.Settings())
     assert rs.services == 0
     assert len(rs.skipped) == 3
