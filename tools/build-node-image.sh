@@ -69,9 +69,12 @@ debootstrap --variant=minbase --include="$PACKAGES" --components=main \
 
 # Files made during the build get the suite's Release date as their time (unless SOURCE_DATE_EPOCH is set),
 # so the same mirror state gives the same image, byte for byte.
-release=$(ls "$ROOTFS"/var/lib/apt/lists/*_InRelease "$ROOTFS"/var/lib/apt/lists/*_Release 2>/dev/null | head -n1 || true)
-rdate=$([ -n "$release" ] && sed -n 's/^Date: //p' "$release" | head -n1 || true)
-EPOCH=${SOURCE_DATE_EPOCH:-$( [ -n "$rdate" ] && date -d "$rdate" +%s || stat -c %Y "$ROOTFS/var/lib/dpkg/status")}
+release=$(find "$ROOTFS/var/lib/apt/lists" -maxdepth 1 \( -name '*_InRelease' -o -name '*_Release' \) | sort | head -n1)
+rdate=""
+if [ -n "$release" ]; then rdate=$(sed -n 's/^Date: //p' "$release" | head -n1); fi
+if [ -n "${SOURCE_DATE_EPOCH:-}" ]; then EPOCH=$SOURCE_DATE_EPOCH
+elif [ -n "$rdate" ]; then EPOCH=$(date -d "$rdate" +%s)
+else EPOCH=$(stat -c %Y "$ROOTFS/var/lib/dpkg/status"); fi
 # /etc/shadow's "last password change" is the build day; make it the epoch's day.
 sed -i -E "s/^([^:]*:[^:]*:)[0-9]+:/\1$((EPOCH / 86400)):/" "$ROOTFS/etc/shadow"
 [ -f "$ROOTFS/etc/shadow-" ] && rm -f "$ROOTFS/etc/shadow-"
@@ -127,6 +130,7 @@ chmod 0755 "$ROOTFS/usr/local/bin/barepod-node-init"
 # iptables: the nft backend is the Debian default; keep it, as kind's nodes do when the host uses nft.
 
 # The packages in the image, for the label and for diffing two builds.
+# shellcheck disable=SC2016  # dpkg-query's own format, not shell
 chroot "$ROOTFS" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort >"$WORKDIR/packages.txt"
 pkgsum=$(sha256sum "$WORKDIR/packages.txt" | cut -c1-16)
 
