@@ -1100,6 +1100,10 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         before, after = _iptables.diff_text(plan)
         result['diff'] = dict(before=before, after=after)
     if plan and not check_mode:
+        # The record goes first: should the restore fail half-way (iptables-legacy commits table
+        # by table) or the run die, the next run compares with iptables-save instead of
+        # trusting a record that no longer describes the kernel.
+        _remove_record(record_path)
         backend.restore(payload)
         if state == 'present':
             _write_record(record_path, dict(

@@ -324,6 +324,9 @@ def test_failed_restore_leaves_previous_rules(node, tmp_path):
     r = node.run(objects=objects(web=['10.244.0.12']), iptables_restore=str(broken))
     assert r.failed and 'iptables-restore failed' in r['msg']
     assert node.rules() == before
+    # the record is gone with the failed attempt: the next run looks at the kernel again
+    r = node.run(objects=objects())
+    assert not r.changed and r['sync'] == 'iptables-save'
     assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}   # traffic as before
     node.assert_foreign_intact()
 
@@ -394,3 +397,34 @@ def test_auto_backend_and_offline_mode(tmp_path):
         assert 'KUBE-SERVICES' in in_ns(n.node, 'iptables-nft-save', '-t', 'nat')
     finally:
         subprocess.run(['ip', 'netns', 'del', n.node], check=False)
+
+
+def test_every_rule_shape_reads_back_identically(node):
+    """kube-proxy's overall golden scenario (NodePort, LoadBalancer + source ranges, externalIPs,
+    Local policy, ClientIP affinity, no endpoints) plus TCP/UDP/SCTP ports and a three-endpoint
+    Service: after one sync, iptables-save of every chain equals what the module predicts."""
+    import yaml
+    here = os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(here, '..', 'unit', 'plugins', 'module_utils', 'fixtures', 'kubeproxy',
+                           'overall.yaml')) as f:
+        objs = list(yaml.safe_load_all(f))
+    ports = [dict(name='dns', port=53, protocol='UDP'), dict(name='dns-tcp', port=53, protocol='TCP'),
+             dict(name='sctp', port=9999, protocol='SCTP', nodePort=30999)]
+    objs.append(dict(kind='Service', metadata=dict(namespace='kube-system', name='multi'),
+                     spec=dict(type='NodePort', clusterIP='172.30.0.53', ports=ports, sessionAffinity='ClientIP',
+                               sessionAffinityConfig=dict(clientIP=dict(timeoutSeconds=60)))))
+    objs.append(dict(kind='EndpointSlice', addressType='IPv4',
+                     metadata=dict(namespace='kube-system', name='multi-1',
+                                   labels={'kubernetes.io/service-name': 'multi'}),
+                     endpoints=[dict(addresses=['10.180.9.%d' % i]) for i in (1, 2, 3)],
+                     ports=[dict(name='dns', port=5353, protocol='UDP'), dict(name='dns-tcp', port=5353),
+                            dict(name='sctp', port=9999, protocol='SCTP')]))
+    r = node.run(objects=objs, node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8')
+    assert r.changed and not r.failed, r.get('msg')
+    r = node.run(objects=objs, node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8',
+                 resync='always', diff=True)
+    assert not r.changed, r['diff']
+    text = node.save()
+    assert '-m statistic --mode random --probability 0.33333333349' in text
+    assert '-p sctp' in text and '-p udp' in text
+    node.assert_foreign_intact()
