@@ -142,9 +142,11 @@ def format_table(rows):
 def pod_view(rec, host_ip=None, node=None):
     md = (rec.get(MANIFEST_SECTION) or {}).get('metadata') or {}
     status = compute_status(rec, host_ip)
+    # spec: the recorded Pod spec, so Services can resolve named targetPorts (endpointslices filter)
     return dict(namespace=rec.get('namespace'), name=rec.get('name'), uid=rec.get('uid'),
                 labels=md.get('labels') or {}, node=node, status=status,
-                row=wide_row(rec.get('namespace'), rec.get('name'), status, node))
+                row=wide_row(rec.get('namespace'), rec.get('name'), status, node),
+                spec=(rec.get(MANIFEST_SECTION) or {}).get('spec') or {})
 
 
 def manifest_summary(manifest):
