@@ -234,3 +234,34 @@ def test_create_reach_and_delete_a_three_node_cluster(cluster):
     # Deleting again is a no-op.
     gone = playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_state=absent')
     assert tasks_changed(gone) == []
+
+
+def test_check_mode_then_an_existing_network_is_reused_and_kept(docker, tmp_path):
+    name = 'bpk' + uuid.uuid4().hex[:8]
+    net = 'bpnet' + uuid.uuid4().hex[:8]
+    inv = tmp_path / 'inv.yml'
+    args = ['-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_workers=0', '-e', 'kind_cluster_network=%s' % net,
+            '-e', 'kind_cluster_inventory_file=%s' % inv]
+    try:
+        # --check: reports the changes, makes nothing (no network, no container, no inventory).
+        res = playbook('--check', *args)
+        assert any('Run the node containers' in t for t in tasks_changed(res))
+        assert containers(name) == []
+        assert sh('docker', 'network', 'inspect', net, check=False).returncode != 0
+        assert not inv.exists()
+
+        # A network that exists already (not made by the role) is used as it is and kept on delete.
+        net_id = sh('docker', 'network', 'create', net).stdout.strip()
+        playbook(*args)
+        c = inspect('%s-control-plane' % name)
+        assert list(c['NetworkSettings']['Networks']) == [net]
+        assert c['Config']['Labels']['io.x-k8s.kind.role'] == 'control-plane'
+        assert inv.exists()
+        playbook('-e', 'kind_cluster_state=absent', *args)
+        assert containers(name) == []
+        assert json.loads(sh('docker', 'network', 'inspect', net).stdout)[0]['Id'] == net_id
+        assert not inv.exists()
+    finally:
+        for c in containers(name):
+            sh('docker', 'rm', '-f', '-v', c, check=False)
+        sh('docker', 'network', 'rm', net, check=False)
