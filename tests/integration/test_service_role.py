@@ -202,3 +202,17 @@ def test_two_nodes_endpoints_gathered_across_nodes(netns, tmp_path):
     assert recap['node-a']['changed'] == 1 and recap['node-b']['changed'] == 1, out
     for ns in nets.values():
         assert 'KUBE-SVC' not in iptables_save(ns)
+
+
+def test_bad_input_fails_clearly_before_any_change(node):
+    ns, inv, root = node
+    fabricate_pod(root, 'core-k8s', '10.244.0.2')
+    with open(DEMO_SERVICE) as f:
+        service = yaml.safe_load(f)
+    nokind = dict((k, v) for k, v in service.items() if k != 'kind')
+    out, _ = run_playbook(inv, {'service_manifests': [nokind]}, netns=ns, expect_fail=True)
+    assert 'objects without a kind' in out and 'kube-dns' in out, out
+    out, _ = run_playbook(inv, {'service_manifests': [service], 'service_endpoint_hosts': ['node-a', 'ghost']},
+                          netns=ns, expect_fail=True)
+    assert 'service_endpoint_hosts: ghost did not list their pods' in out, out
+    assert 'KUBE-' not in iptables_save(ns)
