@@ -36,6 +36,8 @@ import uuid
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, makedirs, write_if_changed
 
 PROTOCOLS = ('TCP', 'UDP', 'SCTP')
+_PROTOCOL_SET = frozenset(PROTOCOLS)
+_LOWER = dict((p, p.lower()) for p in PROTOCOLS)
 SERVICE_TYPES = ('ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName')
 LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000
 DEFAULT_AFFINITY_TIMEOUT = 10800
@@ -351,12 +353,15 @@ def parse_service(field, obj, skipped):
 
     out = []
     seen = set()
+    cip = str(ip)
     for i, p in enumerate(ports):
         pf = '%s.spec.ports[%d]' % (field, i)
         if not isinstance(p, dict):
             raise _err('must be a mapping', pf, p)
-        pname = _str(pf + '.name', p.get('name'), '') or ''
-        if len(ports) > 1 and not pname:
+        pname = p.get('name') or ''
+        if not isinstance(pname, str):
+            _str(pf + '.name', pname)
+        if not pname and len(ports) > 1:
             raise _err('is required when a Service has more than one port', pf + '.name', pname)
         if pname in seen:
             raise _err('duplicate port name %r' % pname, pf + '.name', pname)
@@ -364,12 +369,19 @@ def parse_service(field, obj, skipped):
         sp = ServicePort()
         sp.field = pf
         sp.namespace, sp.name, sp.port_name = namespace, name, pname
-        sp.protocol = _protocol(pf + '.protocol', p.get('protocol'))
-        sp.proto = sp.protocol.lower()
-        sp.port = _int(pf + '.port', p.get('port'), 1, 65535, 'a port')
+        protocol = p.get('protocol') or 'TCP'
+        sp.protocol = protocol if protocol in _PROTOCOL_SET else _protocol(pf + '.protocol', protocol)
+        sp.proto = _LOWER[sp.protocol]
+        port = p.get('port')
+        sp.port = port if (type(port) is int and 0 < port < 65536) else _int(pf + '.port', port, 1, 65535, 'a port')
         np_ = p.get('nodePort')
-        sp.node_port = _int(pf + '.nodePort', np_, 1, 65535, 'a port') if np_ not in (None, 0) else 0
-        sp.cluster_ip = str(ip)
+        if not np_:
+            sp.node_port = 0
+        elif type(np_) is int and 0 < np_ < 65536:
+            sp.node_port = np_
+        else:
+            sp.node_port = _int(pf + '.nodePort', np_, 1, 65535, 'a port')
+        sp.cluster_ip = cip
         sp.name_string = service_port_name(namespace, name, pname)
         sp.external_ips = external_ips
         sp.lb_vips = lb_vips
@@ -403,31 +415,44 @@ def parse_slice(field, obj, node_name):
     if not isinstance(endpoints, list):
         raise _err('must be a list', field + '.endpoints', endpoints)
     parsed = []
+    match = _IPV4_RE.match
     for i, ep in enumerate(endpoints):
-        ef = '%s.endpoints[%d]' % (field, i)
         if not isinstance(ep, dict):
-            raise _err('must be a mapping', ef, ep)
-        addrs = ep.get('addresses') or []
+            raise _err('must be a mapping', '%s.endpoints[%d]' % (field, i), ep)
+        addrs = ep.get('addresses')
         if not addrs:
             continue
-        ip = _ipv4(ef + '.addresses[0]', addrs[0])
-        if ip.version != 4:
-            continue
-        cond = ep.get('conditions') or {}
-        ready = cond.get('ready') is None or bool(cond.get('ready'))
-        serving = cond.get('serving') is None or bool(cond.get('serving'))
-        terminating = bool(cond.get('terminating'))
-        local = bool(node_name) and ep.get('nodeName') == node_name
-        parsed.append((str(ip), local, ready, serving, terminating))
+        a = addrs[0] if isinstance(addrs, list) else None
+        if not (isinstance(a, str) and match(a)):
+            a = _ipv4('%s.endpoints[%d].addresses[0]' % (field, i), a)
+            if a.version != 4:
+                continue
+        cond = ep.get('conditions')
+        if cond:
+            r, sv = cond.get('ready'), cond.get('serving')
+            ready = r is None or bool(r)
+            serving = sv is None or bool(sv)
+            terminating = bool(cond.get('terminating'))
+        else:
+            ready = serving = True
+            terminating = False
+        local = node_name is not None and ep.get('nodeName') == node_name
+        parsed.append((str(a), local, ready, serving, terminating))
     for i, p in enumerate(obj.get('ports') or []):
         pf = '%s.ports[%d]' % (field, i)
         if not isinstance(p, dict):
             raise _err('must be a mapping', pf, p)
-        if p.get('port') in (None, 0):
+        port = p.get('port')
+        if not port:
             continue
-        port = _int(pf + '.port', p.get('port'), 1, 65535, 'a port')
-        pname = _str(pf + '.name', p.get('name'), '') or ''
-        proto = _protocol(pf + '.protocol', p.get('protocol'))
+        if not (type(port) is int and 0 < port < 65536):
+            port = _int(pf + '.port', port, 1, 65535, 'a port')
+        pname = p.get('name') or ''
+        if not isinstance(pname, str):
+            _str(pf + '.name', pname)
+        proto = p.get('protocol') or 'TCP'
+        if proto not in _PROTOCOL_SET:
+            proto = _protocol(pf + '.protocol', proto)
         eps = result.setdefault((pname, proto), [])
         for ip, local, ready, serving, terminating in parsed:
             e = Endpoint()
