@@ -215,8 +215,8 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
               (each is prepended, like EnsureRule(Prepend)).
     owns(table, chain): True for chains this rule set owns (others are never touched).
     keep:     {(table, chain)} owned chains never deleted even when not desired.
-    write:    optionally {table: {chain: [rule]}}, the same rules spelled as they are to be
-              written (e.g. kube-proxy's own spelling); default: the compared form.
+    write:    optionally write(table, chain) -> [rule], the same rules spelled as they are to
+              be written (e.g. kube-proxy's own spelling); default: the compared form.
     """
     plan = SyncPlan()
     for table in tables:
@@ -236,7 +236,7 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
             plan.before['%s/%s' % (table, chain)] = cur or []
             plan.after['%s/%s' % (table, chain)] = rules
             chain_lines.append(':%s - [0:0]' % chain)
-            out_rules = write[table][chain] if write is not None else rules
+            out_rules = write(table, chain) if write is not None else rules
             for r in out_rules:
                 rule_lines.append('-A %s %s' % (chain, r))
         removed = set()

@@ -1106,9 +1106,9 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         keep = {('filter', 'KUBE-FIREWALL'), ('nat', 'KUBE-MARK-MASQ')}
     # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
     # iptables-save's
-    write = dict((t, dict((c, [k for k, _s in rs.chains[t][c]]) for c in rs.chains[t])) for t in TABLES)
     plan = _iptables.plan_sync(existing, desired, jumps, owns=lambda t, c: owns_chain(prefix, t, c),
-                               keep=keep, tables=TABLES, write=write)
+                               keep=keep, tables=TABLES,
+                               write=lambda t, c: [k for k, _s in rs.chains[t][c]])
     payload = plan.payload
     token = record.get('token') if record else None
     if plan:
