@@ -216,3 +216,53 @@ def test_bad_input_fails_clearly_before_any_change(node):
                           netns=ns, expect_fail=True)
     assert 'service_endpoint_hosts: ghost did not list their pods' in out, out
     assert 'KUBE-' not in iptables_save(ns)
+
+
+SERVER = r'''
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', 53))
+s.listen(8)
+print('listening', flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(sys.argv[1].encode())
+    c.close()
+'''
+
+CLIENT = r'''
+import socket, sys
+s = socket.create_connection((sys.argv[1], 53), timeout=3)
+print(s.recv(64).decode())
+'''
+
+
+def test_cluster_ip_reaches_the_pod(node, netns):
+    """Real traffic: the node connects to the demo Service's ClusterIP 10.96.0.10:53 and the pod answers."""
+    ns, inv, root = node
+    pod_ns = netns('bpsvcpod')
+
+    def sh(*argv):
+        subprocess.run(argv, check=True)
+    sh('ip', '-n', ns, 'link', 'add', 'vpod', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod_ns)
+    sh('ip', '-n', ns, 'addr', 'add', '10.244.0.1/24', 'dev', 'vpod')
+    sh('ip', '-n', ns, 'link', 'set', 'vpod', 'up')
+    sh('ip', '-n', ns, 'route', 'add', 'default', 'dev', 'vpod')   # a route for the ClusterIP, as on a node
+    sh('ip', '-n', pod_ns, 'addr', 'add', '10.244.0.2/24', 'dev', 'eth0')
+    sh('ip', '-n', pod_ns, 'link', 'set', 'eth0', 'up')
+    sh('ip', '-n', pod_ns, 'link', 'set', 'lo', 'up')
+    sh('ip', '-n', pod_ns, 'route', 'add', 'default', 'via', '10.244.0.1')
+    server = subprocess.Popen(['ip', 'netns', 'exec', pod_ns, sys.executable, '-c', SERVER, 'core-k8s'],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == 'listening'
+        fabricate_pod(root, 'core-k8s', '10.244.0.2')
+        out, recap = run_playbook(inv, {'service_files': [DEMO_SERVICE]}, netns=ns)
+        assert recap['node-a']['changed'] == 1, out
+        got = subprocess.run(['ip', 'netns', 'exec', ns, sys.executable, '-c', CLIENT, '10.96.0.10'],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+        assert got.stdout.strip() == 'core-k8s', got.stdout
+    finally:
+        server.kill()
+        server.wait()
