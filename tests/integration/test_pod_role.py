@@ -1,0 +1,235 @@
+"""The pod role end to end, as root, inside a throwaway "node" network namespace.
+
+ansible-playbook runs under `nsenter --net=<node netns>` (only the network namespace changes,
+so the mounts the modules make are real host mounts, as on a node), with every state root in
+a throwaway directory and cgroups under a uniquely named parent. The finalizer tears the pod
+down through the role, then removes whatever is left by pid / path (never by name).
+"""
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import uuid
+
+import pytest
+import yaml
+
+from conftest import REPO, COLLECTIONS_ROOT
+
+ANSIBLE_PLAYBOOK = os.path.join(REPO, '.venv', 'bin', 'ansible-playbook')
+CGROUP_ROOT = '/sys/fs/cgroup'
+
+
+def playbook(node, name, extra_vars, check=False):
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_STDOUT_CALLBACK='json',
+               ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_NOCOLOR='1')
+    varsfile = os.path.join(extra_vars['pod_state_root'] + '.vars.json')
+    with open(varsfile, 'w') as f:
+        json.dump(extra_vars, f)
+    cmd = ['nsenter', '--net=/run/netns/' + node, ANSIBLE_PLAYBOOK, os.path.join(REPO, 'playbooks', name),
+           '-e', '@' + varsfile]
+    if check:
+        cmd.append('--check')
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=300, check=False)
+    out = p.stdout.decode()
+    try:
+        res = json.loads(out[out.index('{'):])
+    except ValueError:
+        raise AssertionError('no JSON from ansible-playbook (rc=%d)\n%s\n%s' % (p.returncode, out, p.stderr.decode()))
+    stats = res['stats']['localhost']
+    if p.returncode != 0:
+        failed = [t for play in res['plays'] for t in play['tasks']
+                  if t['hosts'].get('localhost', {}).get('failed')]
+        raise AssertionError('playbook %s failed: %s' % (name, json.dumps(failed, indent=1)[:4000]))
+    return stats, res
+
+
+def task_result(res, task_name):
+    for play in res['plays']:
+        for t in play['tasks']:
+            if t['task']['name'].endswith(task_name):
+                return t['hosts']['localhost']
+    raise KeyError(task_name)
+
+
+class Node(object):
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.netns = 'bpn' + uuid.uuid4().hex[:8]
+        self.cg_parent = 'barepod-test-' + uuid.uuid4().hex[:8]
+        subprocess.run(['ip', 'netns', 'add', self.netns], check=True)
+        self.hostdir = os.path.join(tmp, 'hostdata')
+        os.makedirs(self.hostdir)
+        self.vars = dict(
+            pod_state_root=os.path.join(tmp, 'state'), pod_netns_dir=os.path.join(tmp, 'netns'),
+            pod_rootfs_root=os.path.join(tmp, 'rootfs'), pod_log_root=os.path.join(tmp, 'logs'),
+            pod_cni_data_dir=os.path.join(tmp, 'cni'), pod_cgroup_parent=self.cg_parent + '/kubepods',
+            pod_grace_period=1, pod_host_ip='192.0.2.10', pod_allowed_host_paths=[self.hostdir])
+
+    def manifest(self, name='core-k8s', memory='200Mi'):
+        with open(os.path.join(REPO, 'examples', 'demo-pod.yaml')) as f:
+            m = yaml.safe_load(f)
+        m['metadata']['name'] = name
+        m['spec']['volumes'][0]['hostPath']['path'] = self.hostdir
+        m['spec']['containers'][0]['resources']['limits']['memory'] = memory
+        path = os.path.join(self.tmp, name + '.yaml')
+        with open(path, 'w') as f:
+            yaml.safe_dump(m, f)
+        return path
+
+    def run(self, name, files, check=False, **extra):
+        v = dict(self.vars, barepod_pod_files=files)
+        v.update(extra)
+        return playbook(self.netns, name, v, check=check)
+
+    def records(self):
+        out = []
+        for p in glob.glob(os.path.join(self.vars['pod_state_root'], '*', 'record.json')):
+            with open(p) as f:
+                out.append(json.load(f))
+        return out
+
+    def cleanup(self, files):
+        try:
+            self.run('pod_down.yml', files)
+        except Exception:  # noqa: BLE001 - fall through to the by-pid cleanup
+            pass
+        for rec in self.records():
+            for entry in [rec.get('sandbox') or {}] + list((rec.get('containers') or {}).values()):
+                if entry.get('pid'):
+                    try:
+                        os.kill(entry['pid'], signal.SIGKILL)
+                    except OSError:
+                        pass
+        with open('/proc/self/mountinfo') as f:
+            mps = [line.split()[4] for line in f]
+        for mp in sorted((m for m in mps if m.startswith(self.tmp)), key=len, reverse=True):
+            subprocess.run(['umount', '-l', mp], check=False)
+        for ctrl in os.listdir(CGROUP_ROOT):
+            base = os.path.join(CGROUP_ROOT, ctrl, self.cg_parent)
+            if os.path.isdir(base):
+                for d, _, _ in sorted(os.walk(base), key=lambda x: len(x[0]), reverse=True):
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+        subprocess.run(['ip', 'netns', 'del', self.netns], check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def node(tmp_path):
+    n = Node(str(tmp_path))
+    files = []
+    n.files = files
+    try:
+        yield n
+    finally:
+        n.cleanup(files)
+
+
+def in_pod(pid, script):
+    return subprocess.run(['nsenter', '-t', str(pid), '-a', '/bin/sh', '-c', script], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=30, check=False).stdout.decode()
+
+
+def test_pod_up_idempotent_observable_and_down_leaves_nothing(node):
+    f = node.manifest()
+    node.files.append(f)
+    with open(os.path.join(node.hostdir, 'from-host.txt'), 'w') as fh:
+        fh.write('hello from the host\n')
+
+    stats, res = node.run('pod_up.yml', [f])
+    assert stats['changed'] > 0 and stats['failures'] == 0
+    status = task_result(res, 'Pod status as Kubernetes reports it (written to the pod record)')['status']
+    assert status['phase'] == 'Running'
+    assert status['podIP'].startswith('10.244.')
+    assert status['hostIP'] == '192.0.2.10'
+    assert status['qosClass'] == 'Burstable'
+    assert status['containerStatuses'][0]['ready'] is True
+
+    # the second converge changes nothing
+    stats2, _ = node.run('pod_up.yml', [f])
+    assert stats2['changed'] == 0, stats2
+    # check mode on a converged pod reports nothing either
+    stats3, _ = node.run('pod_up.yml', [f], check=True)
+    assert stats3['changed'] == 0, stats3
+
+    [rec] = node.records()
+    pid = rec['containers']['any-old-name-will-do']['pid']
+    ps, addrs, data, hosts, hostname, root = [in_pod(pid, cmd).strip() for cmd in (
+        'ps ax', 'ip -o -4 addr', 'ls /data', 'cat /etc/hosts', 'hostname', 'ls /')]
+    assert ps.splitlines()[1].split()[0] == '1' and 'sleep 10000' in ps.splitlines()[1]
+    assert 'eth0' in addrs and status['podIP'] in addrs
+    assert 'from-host.txt' in data
+    assert '%s\tcore-k8s' % status['podIP'] in hosts
+    assert hostname == 'core-k8s'
+    assert 'from-host.txt' not in root and 'work' not in root.split()
+
+    # the container's process is inside its cgroup and the pod cgroup holds the 200Mi limit
+    cg = rec['cgroups']
+    with open(os.path.join(cg['paths']['memory'], 'memory.limit_in_bytes')) as fh:
+        assert int(fh.read()) == 200 * 1024 * 1024
+    with open(os.path.join(cg['containers']['any-old-name-will-do']['paths']['memory'], 'cgroup.procs')) as fh:
+        assert str(pid) in fh.read().split()
+
+    # the status is in the pod record
+    with open(os.path.join(node.vars['pod_state_root'], 'default_core-k8s', 'status.json')) as fh:
+        assert json.load(fh)['podIP'] == status['podIP']
+
+    veth = rec['network']['host_ifname']
+    stats, _ = node.run('pod_down.yml', [f])
+    assert stats['changed'] > 0
+    stats, _ = node.run('pod_down.yml', [f])
+    assert stats['changed'] == 0
+
+    # nothing left: process, mounts, netns file, veth, address, chains, cgroups, record, rootfs
+    assert not os.path.exists('/proc/%d' % pid)
+    with open('/proc/self/mountinfo') as fh:
+        assert [line for line in fh if node.vars['pod_rootfs_root'] in line] == []
+    assert os.listdir(node.vars['pod_netns_dir']) == []
+    links = subprocess.run(['ip', '-n', node.netns, '-o', 'link'], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert veth not in links
+    ipam = os.path.join(node.vars['pod_cni_data_dir'], 'barepod')
+    assert sorted(os.listdir(ipam)) == ['last_reserved_ip.0', 'lock']
+    nat = subprocess.run(['ip', 'netns', 'exec', node.netns, 'iptables-save', '-t', 'nat'], stdout=subprocess.PIPE,
+                         check=True).stdout.decode()
+    assert 'CNI-' not in nat
+    for ctrl in ('memory', 'pids', 'cpu'):
+        qos = os.path.join(CGROUP_ROOT, ctrl, node.cg_parent, 'kubepods', 'burstable')
+        assert not [d for d in os.listdir(qos) if d.startswith('pod')] if os.path.isdir(qos) else True
+    assert not os.path.exists(os.path.join(node.vars['pod_state_root'], 'default_core-k8s'))
+    assert os.listdir(node.vars['pod_rootfs_root']) == []
+    assert os.listdir(node.vars['pod_log_root']) == []
+
+
+def test_two_pods_on_one_node_reach_each_other(node):
+    a, b = node.manifest('pod-a'), node.manifest('pod-b', memory='128Mi')
+    node.files.extend([a, b])
+    node.run('pod_up.yml', [a, b])
+    recs = dict((r['name'], r) for r in node.records())
+    ip_a, ip_b = recs['pod-a']['network']['ip'], recs['pod-b']['network']['ip']
+    assert ip_a != ip_b
+    pid_a = recs['pod-a']['containers']['any-old-name-will-do']['pid']
+    out = in_pod(pid_a, 'ping -c1 -W2 %s && echo REACHED' % ip_b)
+    assert 'REACHED' in out, out
+
+
+def test_teardown_of_a_partially_built_pod(node):
+    """The sandbox was killed from outside and the record deleted: absent still cleans up."""
+    f = node.manifest()
+    node.files.append(f)
+    node.run('pod_up.yml', [f])
+    [rec] = node.records()
+    os.kill(rec['sandbox']['pid'], signal.SIGKILL)
+    os.kill(rec['containers']['any-old-name-will-do']['pid'], signal.SIGKILL)
+    shutil.rmtree(os.path.join(node.vars['pod_state_root'], 'default_core-k8s'))
+    stats, _ = node.run('pod_down.yml', [f])
+    assert stats['failures'] == 0
+    with open('/proc/self/mountinfo') as fh:
+        assert [line for line in fh if node.vars['pod_rootfs_root'] in line] == []
+    links = subprocess.run(['ip', '-n', node.netns, '-o', 'link'], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert rec['network']['host_ifname'] not in links
+    assert sorted(os.listdir(os.path.join(node.vars['pod_cni_data_dir'], 'barepod'))) == ['last_reserved_ip.0', 'lock']
