@@ -206,7 +206,7 @@ class SyncPlan(object):
                     jumps_added=self.jumps_added, jumps_removed=self.jumps_removed)
 
 
-def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'), write=None):
+def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'), write=None, hashes=None):
     """Plan the partial sync.
 
     existing: {table: Table} from parse_save.
@@ -217,6 +217,7 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
     keep:     {(table, chain)} owned chains never deleted even when not desired.
     write:    optionally write(table, chain) -> [rule], the same rules spelled as they are to
               be written (e.g. kube-proxy's own spelling); default: the compared form.
+    hashes:   optionally {table: {chain: chain_hash(rules)}} of `desired`, when already known.
     """
     plan = SyncPlan()
     for table in tables:
@@ -227,7 +228,8 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
             cur = have.rules.get(chain) if chain in have.chains else None
             if cur is None:
                 plan.added.append('%s/%s' % (table, chain))
-            elif cur == rules or (isinstance(cur, str) and cur == chain_hash(rules)):
+            elif cur == rules or (isinstance(cur, str) and cur == (
+                    hashes[table][chain] if hashes is not None else chain_hash(rules))):
                 continue
             else:
                 plan.changed.append('%s/%s' % (table, chain))
