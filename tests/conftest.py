@@ -120,3 +120,24 @@ def netns():
     yield make
     for name in made:
         subprocess.run(['ip', 'netns', 'del', name], stderr=subprocess.DEVNULL, check=False)
+
+
+@pytest.fixture
+def reliability_log():
+    """record(category, item, outcome, **details): one line of evidence for `make reliability`.
+
+    category: 'fault' | 'input' | 'escape' | 'leak'; outcome: 'survived' | 'rejected' | 'blocked'
+    | 'clean' | 'FAILED' ... Lines go to $BAREPOD_RELIABILITY_LOG (JSON lines) when it is set;
+    the report script turns them into the table. Assertions stay in the tests themselves.
+    """
+    path = os.environ.get('BAREPOD_RELIABILITY_LOG')
+
+    def record(category, item, outcome, **details):
+        if not path:
+            return
+        line = dict(category=category, item=item, outcome=outcome)
+        line.update(details)
+        with open(path, 'a') as f:
+            f.write(json.dumps(line, sort_keys=True, default=str) + '\n')
+
+    return record
