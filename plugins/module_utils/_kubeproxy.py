@@ -1106,9 +1106,9 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         keep = {('filter', 'KUBE-FIREWALL'), ('nat', 'KUBE-MARK-MASQ')}
     # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
     # iptables-save's
-    hashes = None
-    if result['sync'] == 'recorded' or not check_mode:
-        hashes = dict((t, dict((c, _iptables.chain_hash(r)) for c, r in desired[t].items())) for t in TABLES)
+    def fingerprints():
+        return dict((t, dict((c, _iptables.chain_hash(r)) for c, r in desired[t].items())) for t in TABLES)
+    hashes = fingerprints() if result['sync'] == 'recorded' else None
     plan = _iptables.plan_sync(existing, desired, jumps, owns=lambda t, c: owns_chain(prefix, t, c),
                                keep=keep, tables=TABLES, hashes=hashes,
                                write=lambda t, c: [k for k, _s in rs.chains[t][c]])
@@ -1136,7 +1136,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         if state == 'present':
             _write_record(record_path, dict(
                 version=1, backend=backend.mode, prefix=prefix, token=token,
-                tables=hashes,
+                tables=hashes or fingerprints(),
                 jumps=_jumps_by_chain(jumps)))
         else:
             _remove_record(record_path)
