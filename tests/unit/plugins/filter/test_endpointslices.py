@@ -8,6 +8,7 @@ import os
 
 import pytest
 import yaml
+from hypothesis import given, settings, strategies as st
 
 from ansible.errors import AnsibleFilterError
 
@@ -292,3 +293,65 @@ def test_long_service_name_prefix_truncated():
     out = endpointslices([svc(name=name)], [])
     assert out[0]['metadata']['generateName'] == 'a' * 58
     assert len(out[0]['metadata']['name']) == 63
+
+
+def test_pod_status_views_resolve_named_ports():
+    """pod_view (what pod_status lists) carries the recorded spec, so named targetPorts resolve."""
+    from ansible_collections.barepod.linux.plugins.module_utils._podstatus import pod_view, manifest_summary
+    with open(os.path.join(REPO, 'examples', 'demo-pod.yaml')) as f:
+        manifest = yaml.safe_load(f)
+    alive = dict(pid=1, starttime=0, started_at='2026-11-26T00:00:00Z')
+    rec = dict(namespace='default', name='core-k8s', uid='u1', manifest=manifest_summary(manifest),
+               sandbox=dict(alive, namespaces=['net']), containers={'any-old-name-will-do': dict(alive)},
+               network=dict(ip='10.244.0.7'))
+    v = pod_view(rec, node='node-a')
+    assert v['spec']['containers'][0]['ports'][1]['name'] == 'dns-tcp'
+    with open(os.path.join(REPO, 'examples', 'demo-service.yaml')) as f:
+        service = yaml.safe_load(f)
+    out = endpointslices([service], [v])
+    assert [p for p in out[0]['ports'] if p['name'] == 'dns-tcp'] == [dict(name='dns-tcp', port=53, protocol='TCP')]
+    assert out[0]['endpoints'][0]['addresses'] == ['10.244.0.7']
+
+
+# ---------------------------------------------------------------- properties
+
+_pod = st.fixed_dictionaries(dict(
+    app=st.sampled_from(['my-example-app', 'other']),
+    ns=st.sampled_from(['default', 'kube-system']),
+    ip=st.integers(2, 250),
+    ready=st.booleans(),
+    phase=st.sampled_from(['Running', 'Running', 'Pending', 'Succeeded']),
+    web=st.sampled_from([None, 8080, 9090]),
+    node=st.sampled_from(['node-a', 'node-b'])))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_pod, max_size=25, unique_by=lambda p: p['ip']), st.integers(1, 7), st.randoms())
+def test_properties(specs, max_endpoints, rnd):
+    pods = []
+    for i, p in enumerate(specs):
+        ports = [dict(name='dns-tcp', containerPort=53, protocol='TCP')]
+        if p['web']:
+            ports.append(dict(name='web', containerPort=p['web']))
+        pods.append(view('p%d' % i, '10.244.0.%d' % p['ip'], labels={'app': p['app']}, ready=p['ready'],
+                         namespace=p['ns'], ports=ports, phase=p['phase'], node=p['node']))
+    service = svc(ports=[dict(name='dns-tcp', port=53, targetPort='dns-tcp'), dict(name='web', port=80,
+                                                                                  targetPort='web')])
+    out = endpointslices([service], pods, max_endpoints=max_endpoints)
+    shuffled = list(pods)
+    rnd.shuffle(shuffled)
+    assert endpointslices([service], shuffled, max_endpoints=max_endpoints) == out   # order-independent
+    expected = sorted('p%d' % i for i, p in enumerate(specs)
+                      if p['app'] == 'my-example-app' and p['ns'] == 'default' and p['phase'] != 'Succeeded')
+    got = sorted(e['targetRef']['name'] for s in out for e in s['endpoints'])
+    assert got == expected                                               # each selected pod exactly once
+    assert all(len(s['endpoints']) <= max_endpoints for s in out)
+    assert len(set(s['metadata']['name'] for s in out)) == len(out)      # unique names
+    for s in out:
+        ports = dict((p['name'], p['port']) for p in s['ports'])
+        for e in s['endpoints']:
+            spec = specs[int(e['targetRef']['name'][1:])]
+            assert ports == (dict({'dns-tcp': 53}, web=spec['web']) if spec['web'] else {'dns-tcp': 53})
+            assert e['conditions']['ready'] == spec['ready'] == e['conditions']['serving']
+    if not expected:
+        assert len(out) == 1 and out[0]['endpoints'] == [] and out[0]['ports'] == []
