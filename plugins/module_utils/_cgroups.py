@@ -27,7 +27,7 @@ import re
 import signal
 import time
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint
 
 DEFAULT_CGROUP_ROOT = '/sys/fs/cgroup'
 DEFAULT_MOUNTINFO = '/proc/self/mountinfo'
@@ -838,6 +838,7 @@ class CgroupLimit(object):
                         val = (read_file(os.path.join(parent, f)) or '').strip()
                         if val:
                             write_file(os.path.join(d, f), val)
+            failpoint('cgroup-before-limits')
         return run
 
     def absent(self):

@@ -209,3 +209,40 @@ def pid_starttime(pid):
     with open('/proc/%d/stat' % int(pid), 'r') as f:
         stat = f.read()
     return int(stat.rsplit(')', 1)[1].split()[19])
+
+
+FAILPOINTS_ENV = 'BAREPOD_FAILPOINTS'
+
+
+def failpoint(name):
+    """Fault injection for the reliability tests (containerd-style failpoints).
+
+    When $BAREPOD_FAILPOINTS (comma-separated) holds `name=kill` the current process dies
+    with SIGKILL right here; `name=error` (or a bare `name`) raises BarepodError('failpoint
+    <name>'). Unset (always, outside tests) it costs one environment lookup.
+    """
+    spec = os.environ.get(FAILPOINTS_ENV)
+    if not spec:
+        return
+    for item in spec.split(','):
+        key, _, mode = item.strip().partition('=')
+        if key != name:
+            continue
+        if mode == 'kill':
+            import signal
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise BarepodError('failpoint %s' % name)
+
+
+def failpoint_partial(name, payload, apply_first):
+    """Failpoint for an iptables-restore batch: when `name` is set, apply only the first table
+    of the payload (up to its first COMMIT) with apply_first(text), then trigger failpoint(name)
+    -- a sync that dies between the tables. Otherwise return the payload unchanged."""
+    spec = os.environ.get(FAILPOINTS_ENV) or ''
+    if name not in [item.strip().partition('=')[0] for item in spec.split(',')]:
+        return payload
+    end = payload.find('COMMIT\n')
+    if end >= 0:
+        apply_first(payload[:end + len('COMMIT\n')])
+    failpoint(name)
+    return payload

@@ -24,7 +24,7 @@ import os
 import re
 import subprocess
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint_partial
 
 HINT_CHAINS = ('KUBE-IPTABLES-HINT', 'KUBE-KUBELET-CANARY')
 LEGACY_RULES_THRESHOLD = 10
@@ -109,6 +109,7 @@ class Backend(object):
 
     def restore(self, payload):
         argv = [self.restore_cmd, '-w', str(WAIT_SECONDS), '--noflush', '--counters']
+        payload = failpoint_partial('rules-between-tables', payload, lambda first: _run(argv, input_text=first))
         p = _run(argv, input_text=payload)
         self.restores += 1
         if p.returncode != 0:

@@ -33,7 +33,7 @@ import re
 import subprocess
 import uuid
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, makedirs, write_if_changed
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint, makedirs, write_if_changed
 
 PROTOCOLS = ('TCP', 'UDP', 'SCTP')
 _PROTOCOL_SET = frozenset(PROTOCOLS)
@@ -1132,6 +1132,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         # by table) or the run die, the next run compares with iptables-save instead of
         # trusting a record that no longer describes the kernel.
         _remove_record(record_path)
+        failpoint('rules-before-restore')
         backend.restore(payload)
         if state == 'present':
             _write_record(record_path, dict(

@@ -32,6 +32,7 @@ import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     Actions, BarepodError, DNS1123_SUBDOMAIN_RE, dump_json, validate_dns_label, validate_uid, write_if_changed)
+from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
 from ansible_collections.barepod.linux.plugins.module_utils._paths import is_within
@@ -796,6 +797,7 @@ class RootfsManager(object):
         return (st_src.st_dev, st_src.st_ino) == (st_dst.st_dev, st_dst.st_ino)
 
     def _mount(self, path, m):
+        failpoint('rootfs-before-mounts')
         fs = self._fs(path)
         target = m['target']
         # create the mount point inside the root (resolved there, never followed out); never

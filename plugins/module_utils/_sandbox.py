@@ -16,6 +16,7 @@ close-on-exec pipe, so a failed start is reported, not silently lost.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -29,6 +30,7 @@ import uuid
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     Actions, BarepodError, makedirs, pid_alive, pid_starttime, validate_dns_label, validate_uid)
+from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._paths import secure_join
 from ansible_collections.barepod.linux.plugins.module_utils._pause import DEFAULT_PAUSE_DIR, pause_argv
 from ansible_collections.barepod.linux.plugins.module_utils._state import (
@@ -174,6 +176,11 @@ def desired_container(i, c, hostname, share_pid):
     if not isinstance(wd, str) or not wd.startswith('/') or '\x00' in wd:
         raise BarepodError('must be an absolute path, got %r' % (wd,), field=field + '.working_dir', value=wd)
     wd = os.path.normpath(wd)
+    if wd == '/proc' or wd.startswith('/proc/'):
+        # CVE-2024-21626: /proc/self/fd/N names whatever the runtime holds open, possibly a
+        # host directory; the container's cwd must be inside its root
+        raise BarepodError('%r is under /proc; a working directory must be a directory of the rootfs'
+                           % (wd,), field=field + '.working_dir', value=wd)
     sc = _get(c, 'security_context', 'securityContext') or {}
     run_as_user = _int_id(field + '.security_context.run_as_user', _get(sc, 'run_as_user', 'runAsUser'))
     run_as_group = _int_id(field + '.security_context.run_as_group', _get(sc, 'run_as_group', 'runAsGroup'))
@@ -546,6 +553,18 @@ def _mask_paths(masked, readonly):
         ns.mount(p, p, None, ns.MS_BIND | ns.MS_REMOUNT | ns.MS_RDONLY | ns.MS_REC)
 
 
+def _check_cwd_inside(wd):
+    """After chdir(working_dir) in the new root: a symlink in the rootfs to /proc/self/fd/N can
+    land on a directory outside the root that an inherited fd still holds (CVE-2024-21626);
+    getcwd() then finds no path from the new "/" (ENOENT, or "(unreachable)")."""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = None
+    if not cwd or not cwd.startswith('/'):
+        raise OSError(errno.EPERM, 'working_dir %s resolves outside the container root' % wd)
+
+
 def container_child(spec, logfd):
     """Runs in the container's first process (new mount ns; pid ns already set): build the
     root, pivot into it, drop privileges and exec. Never returns."""
@@ -568,6 +587,7 @@ def container_child(spec, logfd):
     if not os.path.isdir(wd):
         os.makedirs(wd, 0o755)
     os.chdir(wd)
+    _check_cwd_inside(wd)
     keep = ns.cap_mask(spec['capabilities'])
     ns.drop_bounding_set(keep)
     uid, gid = spec['uid'], spec['gid']
@@ -806,6 +826,7 @@ class SandboxManager(object):
                 pid=pid, starttime=st, hostname=d['hostname'], namespaces=d['namespaces'],
                 ns_inodes=ns.ns_inodes(pid), pause=impl, pause_argv=argv, spec_hash=d['sandbox_hash'],
                 netns_path=nspath if 'net' in d['namespaces'] else None, started_at=_now())
+            failpoint('sandbox-before-record')
             for c in state['containers'].values():
                 c['pid'] = None  # old containers died with the old sandbox
         return fn

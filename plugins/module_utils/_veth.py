@@ -28,6 +28,7 @@ import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     Actions, BarepodError, validate_ifname, validate_uid)
+from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils import _ipam
 from ansible_collections.barepod.linux.plugins.module_utils import _netlink as nl
 from ansible_collections.barepod.linux.plugins.module_utils._state import (
@@ -324,6 +325,7 @@ class VethNet(object):
             for a in stale + other:
                 self.actions.add('release', '%s/%s' % (store.dir, a), fn=self._releaser(store, a), ip=str(a))
             try:
+                failpoint('ipam-after-reserve')
                 self._plan_links(ipr, pipr, ns, node, pod, ip, rng)
                 want_masq = None
                 exists, have = have_masq
@@ -500,7 +502,7 @@ class VethNet(object):
                     fn=lambda a=a: nl.del_address(pipr, idx(pipr, spec.ifname), a))
         if pod_cidr not in have_addrs:
             add('add address', '%s:%s' % (ns, spec.ifname), address=pod_cidr,
-                fn=lambda: nl.add_address(pipr, idx(pipr, spec.ifname), pod_cidr))
+                fn=lambda: failpoint('veth-before-address') or nl.add_address(pipr, idx(pipr, spec.ifname), pod_cidr))
         if e is None or not e['up']:
             add('set up', '%s:%s' % (ns, spec.ifname),
                 fn=lambda: nl.set_link(pipr, idx(pipr, spec.ifname), state='up'))
