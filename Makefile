@@ -11,14 +11,16 @@ PYTEST_ARGS ?=
 
 # Debian packages the modules, tests and benchmarks use.
 DEB_PACKAGES := iptables iproute2 busybox-static util-linux procps psmisc kmod runc \
-	containernetworking-plugins debootstrap ca-certificates python3-venv gcc libc6-dev rsync shellcheck strace
+	containernetworking-plugins ca-certificates python3-venv gcc libc6-dev
+# What only the tests, linters and the kind scenario need on top.
+DEB_TEST_PACKAGES := debootstrap docker.io rsync shellcheck strace
 
 .PHONY: setup deps venv collection demo test unit integration docs lint sanity molecule bench reliability clean
 
 setup: deps venv collection
 
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(DEB_PACKAGES) $(if $(filter test molecule bench reliability,$(MAKECMDGOALS)),$(DEB_TEST_PACKAGES)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -60,7 +62,7 @@ molecule: setup
 	@if [ -d molecule/default ]; then cd $(CURDIR) && $(BIN)/molecule test -s default; fi
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 reliability: setup
 	$(BIN)/pytest -q -m reliability tests $(PYTEST_ARGS)

@@ -219,7 +219,10 @@ class PodStatusManager(object):
             for rec in list_records(self.state_root):
                 if self.p.get('namespace') and rec.get('namespace') != self.p['namespace']:
                     continue
-                pods.append(pod_view(rec, self.p.get('host_ip'), self.p.get('node')))
+                host_ip = self.p.get('host_ip')
+                if not host_ip:  # the address the pod role recorded with the status
+                    host_ip = PodRecord(rec['namespace'], rec['name'], self.state_root).load_status().get('hostIP')
+                pods.append(pod_view(rec, host_ip, self.p.get('node')))
             out = dict(changed=False, pods=pods)
         sel = self.p.get('selector') or {}
         if sel:
