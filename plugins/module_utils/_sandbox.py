@@ -584,9 +584,12 @@ def container_child(spec, logfd):
     os.chdir('/')
     _mask_paths(spec['masked_paths'], spec['readonly_paths'])
     wd = spec['working_dir']
-    if not os.path.isdir(wd):
-        os.makedirs(wd, 0o755)
-    os.chdir(wd)
+    try:
+        if not os.path.isdir(wd):
+            os.makedirs(wd, 0o755)
+        os.chdir(wd)
+    except OSError as e:
+        raise OSError(e.errno, 'working_dir %s: %s' % (wd, e.strerror))
     _check_cwd_inside(wd)
     keep = ns.cap_mask(spec['capabilities'])
     ns.drop_bounding_set(keep)

@@ -1,0 +1,194 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared helpers of the hostile-input and escape tests (issue 7, part 2).
+
+- `requires_root`: tests under tests/reliability are not auto-skipped like tests/integration.
+- `busybox_rootfs(path)`: a rootfs of the host's busybox-static with every applet linked.
+- `run_module_with_fds(...)`: like conftest.run_module, but the module inherits extra open
+  file descriptors (as a careless caller such as an old runc did with a cgroup directory fd):
+  the raw material of the CVE-2024-21626 working-directory escape.
+- `escape_helper(dir)`: a static C program (built with gcc when available) that tries the
+  classic double-chroot escape from inside a container.
+- `mountpoints()`: every mount point this mount namespace sees.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import COLLECTIONS_ROOT, ModuleResult
+
+BUSYBOX = '/bin/busybox'
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root (escape tests run real containers)')
+requires_busybox = pytest.mark.skipif(not os.path.exists(BUSYBOX), reason='needs busybox-static')
+
+
+def busybox_rootfs(path):
+    os.makedirs(os.path.join(path, 'bin'))
+    shutil.copy(BUSYBOX, os.path.join(path, 'bin', 'busybox'))
+    applets = subprocess.check_output([BUSYBOX, '--list']).decode().split()
+    for a in applets:
+        if a != 'busybox':
+            os.symlink('busybox', os.path.join(path, 'bin', a))
+    for d in ('proc', 'dev', 'sys', 'tmp', 'etc', 'mnt'):
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    return path
+
+
+def run_module_with_fds(name, args, pass_fds=(), check=False, timeout=60):
+    """conftest.run_module, except that the module process inherits `pass_fds`."""
+    payload = dict(args)
+    payload['_ansible_check_mode'] = check
+    payload['_ansible_diff'] = False
+    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:
+        json.dump({'ANSIBLE_MODULE_ARGS': payload}, f)
+        argsfile = f.name
+    env = dict(os.environ)
+    env['PYTHONPATH'] = COLLECTIONS_ROOT + os.pathsep + env.get('PYTHONPATH', '')
+    try:
+        p = subprocess.run(
+            [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout,
+            env=env, cwd='/', pass_fds=tuple(pass_fds), check=False)
+    finally:
+        os.unlink(argsfile)
+    out = p.stdout.decode(errors='replace')
+    start = out.find('{')
+    try:
+        res = json.loads(out[start:]) if start >= 0 else None
+    except ValueError:
+        res = None
+    if res is None:
+        raise AssertionError('module %s printed no JSON (rc=%s)\nstdout: %s\nstderr: %s'
+                             % (name, p.returncode, out, p.stderr.decode(errors='replace')))
+    r = ModuleResult(res)
+    r['_rc'] = p.returncode
+    r['_stderr'] = p.stderr.decode(errors='replace')
+    return r
+
+
+ESCAPE_C = r'''
+/* The classic chroot escape: chroot into a subdirectory while keeping a cwd above it,
+ * walk up with chdir("..") far more often than the tree is deep, then chroot("."). In a
+ * plain chroot this reaches the host's root; after pivot_root in a private mount
+ * namespace it must stop at the container's own root. Prints what "/" holds afterwards and
+ * whether argv[1] (an absolute host path) is visible. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <dirent.h>
+
+int main(int argc, char **argv) {
+    struct stat st;
+    int i;
+    mkdir("/escape-x", 0755);
+    if (chdir("/") != 0) { perror("chdir /"); return 2; }
+    if (chroot("/escape-x") != 0) { printf("chroot-denied %s\n", strerror(errno)); }
+    for (i = 0; i < 256; i++) chdir("..");
+    if (chroot(".") != 0) { printf("chroot2-denied %s\n", strerror(errno)); }
+    chdir("/");
+    DIR *d = opendir("/");
+    struct dirent *e;
+    printf("ROOT:");
+    while (d && (e = readdir(d))) if (e->d_name[0] != '.') printf(" %s", e->d_name);
+    printf("\n");
+    if (argc > 1) printf("MARKER %s\n", stat(argv[1], &st) == 0 ? "VISIBLE" : "absent");
+    printf("DONE\n");
+    return 0;
+}
+'''
+
+
+def escape_helper(workdir):
+    """Path of the static escape program, or None when no static C toolchain is present."""
+    gcc = shutil.which('gcc')
+    if not gcc:
+        return None
+    src = os.path.join(workdir, 'escape.c')
+    out = os.path.join(workdir, 'escape')
+    with open(src, 'w') as f:
+        f.write(ESCAPE_C)
+    p = subprocess.run([gcc, '-static', '-O1', '-o', out, src], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, check=False)
+    return out if p.returncode == 0 else None
+
+
+def mountpoints(mountinfo='/proc/self/mountinfo'):
+    from ansible_collections.barepod.linux.plugins.module_utils._rootfs import parse_mountinfo
+    with open(mountinfo) as f:
+        return [m['mountpoint'] for m in parse_mountinfo(f.read())]
+
+
+class Pod(object):
+    """A pod built with the ns_sandbox module in throwaway state/netns/log dirs under `tmp`.
+
+    run(...) may pass leaked fds to the module; teardown() stops it through the module logic
+    and then kills only the pids the module reported."""
+
+    def __init__(self, tmp):
+        import uuid
+        self.tmp = tmp
+        self.name = 'bp' + uuid.uuid4().hex[:8]
+        self.base = dict(name=self.name, state_root=os.path.join(tmp, 'state'),
+                         netns_dir=os.path.join(tmp, 'netns'), log_root=os.path.join(tmp, 'logs'),
+                         grace_period=0)
+        self.pids = set()
+
+    def rootfs(self, name='rootfs'):
+        return busybox_rootfs(os.path.join(self.tmp, name))
+
+    def run(self, pass_fds=(), check=False, **args):
+        a = dict(self.base)
+        a.update(args)
+        r = run_module_with_fds('ns_sandbox', a, pass_fds=pass_fds, check=check)
+        if r.get('pid'):
+            self.pids.add(r['pid'])
+        for c in r.get('containers') or []:
+            if c.get('pid'):
+                self.pids.add(c['pid'])
+        return r
+
+    def teardown(self):
+        import signal
+        from ansible_collections.barepod.linux.plugins.module_utils._common import pid_alive
+        from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
+        try:
+            SandboxManager(dict(self.base, state='absent', grace_period=0)).run()
+        finally:
+            for pid in self.pids:
+                if pid_alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            subprocess.run(['umount', '-l', self.base['netns_dir']], stderr=subprocess.DEVNULL, check=False)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_log(path, marker='DONE', timeout=15):
+    import time
+    deadline = time.monotonic() + timeout
+    text = ''
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            text = ''
+        if marker in text:
+            return text
+        time.sleep(0.05)
+    raise AssertionError('marker %r not in log %s:\n%s' % (marker, path, text))
+
+
+def proc_status(pid):
+    with open('/proc/%d/status' % pid) as f:
+        return dict(line.split(':', 1) for line in f.read().splitlines() if ':' in line)
