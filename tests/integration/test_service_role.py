@@ -155,7 +155,12 @@ def test_chain_prefix_and_bad_service_fails_before_any_change(node, tmp_path):
     fabricate_pod(root, 'core-k8s', '10.244.0.2')
     with open(DEMO_SERVICE) as f:
         service = yaml.safe_load(f)
-    out, recap = run_playbook(inv, {'service_manifests': [service], 'service_chain_prefix': 'BPOD'}, netns=ns)
+    # the node fact barepod_chain_prefix (set by kind_cluster's detect on a real cluster's node) is the default
+    with open(inv) as f:
+        hosts = yaml.safe_load(f)['nodes']['hosts']
+    hosts['node-a']['barepod_chain_prefix'] = 'BPOD'
+    write_inventory(inv, hosts)
+    out, recap = run_playbook(inv, {'service_manifests': [service]}, netns=ns)
     assert recap['node-a']['changed'] == 1, out
     saved = iptables_save(ns)
     assert '-A BPOD-SERVICES' in saved and 'KUBE-' not in saved, saved
