@@ -168,14 +168,16 @@ def main():
             n = sizes[-1]
             objs = make_objects(n)
             # converged at the largest size (we are in the netns of the last full sync)
-            noop, saves = [], []
+            noop, saves, modes = [], [], []
             for _rep in range(args.reps):
                 saves.append(raw(save))
                 dt, res = sync(backend, objs)
                 assert not res['changed'] and res['restores'] == 0, res['chains']
                 noop.append(dt)
-            br['noop_%d' % n] = dict(ours=noop, raw_save=saves)
-            rows.append((backend, 'no-op resync %d svc' % n, med(noop), 'one iptables-save', med(saves)))
+                modes.append(res['sync'])
+            br['noop_%d' % n] = dict(ours=noop, raw_save=saves, sync=modes)
+            rows.append((backend, 'no-op resync %d svc (%s)' % (n, '/'.join(sorted(set(modes)))), med(noop),
+                         'one iptables-save', med(saves)))
             print(rows[-1], flush=True)
             always = []
             for _rep in range(args.reps):
@@ -205,9 +207,9 @@ def main():
         cleanup()
 
     print()
-    print('%-7s %-30s %12s  %-36s %12s %8s' % ('backend', 'measurement', 'ours (s)', 'peer', 'peer (s)', 'ratio'))
+    print('%-7s %-38s %10s  %-36s %10s %7s' % ('backend', 'measurement', 'ours (s)', 'peer', 'peer (s)', 'ratio'))
     for backend, what, ours, peer_name, peer in rows:
-        print('%-7s %-30s %12.4f  %-36s %12.4f %8.2f' % (backend, what, ours, peer_name, peer, ours / peer))
+        print('%-7s %-38s %10.4f  %-36s %10.4f %7.2f' % (backend, what, ours, peer_name, peer, ours / peer))
     results['table'] = [dict(backend=b, measurement=w, ours_s=o, peer=pn, peer_s=p, ratio=o / p)
                         for b, w, o, pn, p in rows]
     out = os.path.join(REPO, 'bench', 'results')
