@@ -428,3 +428,30 @@ def test_every_rule_shape_reads_back_identically(node):
     assert '-m statistic --mode random --probability 0.33333333349' in text
     assert '-p sctp' in text and '-p udp' in text
     node.assert_foreign_intact()
+
+
+def test_nodeport_and_loadbalancer_source_ranges(node):
+    """NodePort on the node's address reaches the backends (KUBE-NODEPORTS -> KUBE-EXT -> SVC);
+    a LoadBalancer IP whose loadBalancerSourceRanges exclude the client is dropped (KUBE-FW ->
+    KUBE-PROXY-FIREWALL), one that includes it is served."""
+    ports = [dict(name='http', port=80, targetPort=8080, protocol='TCP', nodePort=30080)]
+    np_svc = dict(kind='Service', metadata=dict(namespace='default', name='np'),
+                  spec=dict(type='NodePort', clusterIP='10.96.0.40', ports=ports))
+    lb_ports = [dict(name='http', port=80, targetPort=8080, protocol='TCP', nodePort=30081)]
+    lb_in = dict(kind='Service', metadata=dict(namespace='default', name='lbin'),
+                 spec=dict(type='LoadBalancer', clusterIP='10.96.0.41', ports=lb_ports,
+                           loadBalancerSourceRanges=['192.168.77.0/24']),
+                 status=dict(loadBalancer=dict(ingress=[dict(ip='10.96.1.1')])))
+    lb_out = dict(kind='Service', metadata=dict(namespace='default', name='lbout'),
+                  spec=dict(type='LoadBalancer', clusterIP='10.96.0.42',
+                            ports=[dict(lb_ports[0], nodePort=30082)],
+                            loadBalancerSourceRanges=['203.0.113.0/24']),
+                  status=dict(loadBalancer=dict(ingress=[dict(ip='10.96.1.2')])))
+    objs = [np_svc, slice_('np', ['10.244.0.11', '10.244.0.12']), lb_in, slice_('lbin', ['10.244.0.12']),
+            lb_out, slice_('lbout', ['10.244.0.11'])]
+    r = node.run(objects=objs)
+    assert r.changed and not r.failed, r.get('msg')
+    assert set(node.connect('192.168.77.1', 30080, 30)) == {'be1', 'be2'}
+    assert set(node.connect('10.96.1.1', 80, 5)) == {'be2'}
+    assert set(node.connect('10.96.1.2', 80, 2)) == {'timeout'}     # dropped by KUBE-PROXY-FIREWALL
+    assert not node.run(objects=objs).changed
