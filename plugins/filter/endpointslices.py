@@ -167,7 +167,7 @@ def _objects(value, field):
 # ---------------------------------------------------------------- pods
 
 class _Pod(object):
-    __slots__ = ('namespace', 'name', 'uid', 'labels', 'spec', 'status', 'node_name', 'deleting', 'field')
+    __slots__ = ('namespace', 'name', 'uid', 'labels', 'spec', 'status', 'node_name', 'deleting', 'field', 'ips')
 
 
 def _normalise_pod(p, field):
@@ -197,7 +197,14 @@ def _normalise_pod(p, field):
     for attr in ('labels', 'spec', 'status'):
         if not isinstance(getattr(pod, attr), dict):
             _fail('%s.%s' % (field, attr), 'must be a mapping')
+    _check_labels('%s.labels' % field, pod.labels)
     return pod
+
+
+def _check_labels(field, labels):
+    for k, v in labels.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            _fail('%s.%s' % (field, k), 'label keys and values are strings (quote them in YAML), got %r' % (v,))
 
 
 def _pods(value):
@@ -237,9 +244,10 @@ def _pod_ready(pod):
 
 def _should_be_endpoint(pod):
     """ShouldPodBeInEndpoints (terminating pods included, as the slice controller does)."""
+    pod.ips = _pod_ips(pod)
     if pod.status.get('phase') in ('Succeeded', 'Failed'):
         return False
-    return bool(_pod_ips(pod))
+    return bool(pod.ips)
 
 
 # ---------------------------------------------------------------- services
@@ -329,6 +337,7 @@ def _check_service(svc, field):
     sel = spec.get('selector')
     if sel is not None and not isinstance(sel, dict):
         _fail(field + '.spec.selector', 'must be a mapping of labels, got %r' % (sel,))
+    _check_labels(field + '.spec.selector', sel or {})
     if spec.get('type') == 'ExternalName':
         return
     cip = spec.get('clusterIP')
@@ -430,7 +439,13 @@ def endpointslices(services, pods, max_endpoints=MAX_ENDPOINTS, managed_by=CONTR
             _fail(field + '.metadata.name', 'Service %s is given twice (also as %s)' % (key, seen[key]))
         seen[key] = field
         svcs.append((obj, field))
-    all_pods = _pods(pods)
+    # pods that can be endpoints at all, indexed by (namespace, label key, value) for selector lookups
+    index = {}
+    for pod in _pods(pods):
+        if not _should_be_endpoint(pod):
+            continue
+        for k, v in pod.labels.items():
+            index.setdefault((pod.namespace, k, v), []).append(pod)
 
     out = []
     for svc, field in svcs:
@@ -443,12 +458,9 @@ def endpointslices(services, pods, max_endpoints=MAX_ENDPOINTS, managed_by=CONTR
         types = _address_types(svc, field)
         # desired endpoints by address type, then by port mapping (reconcileByAddressType)
         by_type = dict((t, {}) for t in types)
-        for pod in all_pods:
-            if pod.namespace != namespace:
-                continue
+        candidates = min((index.get((namespace, k, v), []) for k, v in selector.items()), key=len)
+        for pod in candidates:
             if any(pod.labels.get(k) != v for k, v in selector.items()):
-                continue
-            if not _should_be_endpoint(pod):
                 continue
             ep_ports = []
             if ports or spec.get('clusterIP') != 'None':
@@ -462,7 +474,7 @@ def endpointslices(services, pods, max_endpoints=MAX_ENDPOINTS, managed_by=CONTR
                     ep_ports.append(p)
             pkey = '|'.join('%s/%s/%d/%s' % (p['name'], p['protocol'], p['port'], p.get('appProtocol') or '')
                             for p in ep_ports)
-            ips = _pod_ips(pod)
+            ips = pod.ips
             for t in types:
                 fam = 6 if t == 'IPv6' else 4
                 addrs = [ip for ip in ips if ip.version == fam]

@@ -262,6 +262,7 @@ def test_kube_proxy_renders_the_chapter_chains_from_the_slices():
     (lambda s: s['spec'].update(selector='app=x'), 'services[0].spec.selector'),
     (lambda s: s['spec'].update(ipFamilies=['IPv5']), 'services[0].spec.ipFamilies'),
     (lambda s: s['metadata'].pop('name'), 'services[0].metadata.name'),
+    (lambda s: s['spec'].update(selector={'version': 1}), 'services[0].spec.selector.version'),
 ])
 def test_bad_services_name_the_field(mutate, field):
     s = svc()
@@ -279,6 +280,8 @@ def test_duplicate_service_and_bad_pods():
         endpointslices([svc()], [bad])
     with pytest.raises(AnsibleFilterError, match='must be a Kubernetes object'):
         endpointslices([svc()], ['core-k8s'])
+    with pytest.raises(AnsibleFilterError, match=r'pods\[0\]\.labels\.version: label keys and values are strings'):
+        endpointslices([svc()], [view('p', '10.244.0.2', labels={'version': 1})])
 
 
 def test_inputs_not_mutated():
