@@ -299,7 +299,30 @@ def observe(d):
             actual['netns_ok'] = os.stat(nspath).st_ino == ns.ns_inode(sb['pid'], 'net')
         except OSError:
             actual['netns_ok'] = False
+    # a sandbox whose module died before it was recorded (kill -9 between start and record
+    # write) still holds the pod's netns bind mount: find it there, or it would leak
+    actual['orphans'] = netns_holders(nspath) if actual['netns_exists'] and not actual['netns_ok'] else []
     return actual
+
+
+def netns_holders(path, proc_root='/proc'):
+    """[{pid, starttime}] of the processes in the network namespace bind-mounted at path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    want = (st.st_dev, st.st_ino)
+    out = []
+    for d in os.listdir(proc_root):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            pst = os.stat(os.path.join(proc_root, d, 'ns', 'net'))
+            if (pst.st_dev, pst.st_ino) == want:
+                out.append(dict(pid=int(d), starttime=pid_starttime(int(d))))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 # ---------------------------------------------------------------- plan (pure)
@@ -319,6 +342,8 @@ def plan(actual, d):
                 steps.append(('stop_container', n, {'pid': recorded[n]['pid']}))
         if sb_alive:
             steps.append(('stop_sandbox', d['name'], {'pid': actual['sandbox']['pid']}))
+        if actual.get('orphans'):
+            steps.append(('stop_orphans', actual['netns_path'], {'pids': [o['pid'] for o in actual['orphans']]}))
         if actual['netns_exists']:
             steps.append(('remove_netns', actual['netns_path'], {}))
 
@@ -753,6 +778,8 @@ class SandboxManager(object):
                 fn = functools.partial(stop_pids, [containers.get(target)], d['grace_period'])
             elif action == 'stop_sandbox':
                 fn = functools.partial(stop_pids, [sandbox], d['grace_period'])
+            elif action == 'stop_orphans':
+                fn = functools.partial(stop_pids, actual['orphans'], 0)
             elif action == 'remove_netns':
                 fn = functools.partial(remove_netns, target)
             elif action == 'remove_record':
