@@ -178,8 +178,9 @@ class PodStatusManager(object):
                 data[MANIFEST_SECTION] = summary
         if not data.get('sandbox') and not data.get('containers') and manifest is None:
             return dict(exists=False, changed=False, pod=None)
-        view = pod_view(dict(data, namespace=namespace, name=name), self.p.get('host_ip'), self.p.get('node'))
         before = rec.load_status()
+        host_ip = self.p.get('host_ip') or before.get('hostIP')  # as recorded by the last bring-up
+        view = pod_view(dict(data, namespace=namespace, name=name), host_ip, self.p.get('node'))
         self.diff = dict(before=dict(manifest=data.get(MANIFEST_SECTION) if manifest is None else
                                      rec.load().get(MANIFEST_SECTION), status=before),
                          after=dict(manifest=data.get(MANIFEST_SECTION), status=view['status']))
