@@ -59,20 +59,28 @@ sanity: setup
 	bash tests/sanity/run.sh
 
 molecule: setup
-	@if [ -d molecule/default ]; then cd $(CURDIR) && $(BIN)/molecule test -s default; fi
+	$(BIN)/molecule test -s default
+	bash tools/start-dockerd.sh
+	$(BIN)/molecule test -s kind
 
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 reliability: setup
-	$(BIN)/pytest -q -m reliability tests $(PYTEST_ARGS)
+	rm -f build/reliability.jsonl; mkdir -p build
+	BAREPOD_RELIABILITY_LOG=$(CURDIR)/build/reliability.jsonl $(BIN)/pytest -q -m reliability tests $(PYTEST_ARGS)
+	$(BIN)/python tools/reliability_report.py build/reliability.jsonl
 
 # Everything CI runs. Stops at the first failing step.
 test: setup
-	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
+	@mkdir -p build; rm -f build/reliability.jsonl
+	BAREPOD_RELIABILITY_LOG=$(CURDIR)/build/reliability.jsonl \
+	  $(BIN)/pytest tests/unit tests/integration tests/reliability $(PYTEST_ARGS)
+	@if [ -f tools/reliability_report.py ]; then $(BIN)/python tools/reliability_report.py build/reliability.jsonl; fi
 	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory sanity
+	$(MAKE) --no-print-directory molecule
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench/results
