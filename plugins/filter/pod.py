@@ -24,6 +24,9 @@ description:
     (hostPath as a bind, emptyDir with medium Memory as tmpfs).
   - C(pod_container_spec) returns the M(barepod.linux.ns_sandbox) container entry.
   - C(pod_validate) checks the manifest and returns it, failing with the offending field named.
+  - C(pod_module_args) returns, per step of the pod role, the arguments of its module task (what
+    M(barepod.linux.pod_converged) checks and the role's tasks pass), from the manifest and a dict of
+    the role's settings (the C(pod_) variables without their prefix).
 author:
   - barepod.linux developers (@barepod)
 options:
@@ -60,50 +63,116 @@ def _fail(field, msg):
     raise AnsibleFilterError('%s: %s' % (field, msg))
 
 
+# label keys and values (k8s.io/apimachinery IsQualifiedName, IsValidLabelValue) and uids
+QUALIFIED_NAME_RE = re.compile(r'^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$')
+LABEL_VALUE_RE = re.compile(r'^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')
+UID_RE = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}$')
+
+
+def _check_label_key(field, k):
+    if not isinstance(k, str):
+        _fail(field, 'label keys are strings, got %r' % (k,))
+    prefix, _sep, name = k.rpartition('/')
+    if _sep and (not prefix or len(prefix) > 253 or not SUBDOMAIN_RE.match(prefix)):
+        _fail(field, 'label key %r has an invalid prefix (a DNS-1123 subdomain)' % (k,))
+    if not name or len(name) > 63 or not QUALIFIED_NAME_RE.match(name):
+        _fail(field, 'label key %r is not a qualified name (letters, digits, "-", "_", ".", at most 63)' % (k,))
+
+
+def _check_list_of(field, value, types, what):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        _fail(field, 'must be a list of %s' % what)
+    for i, item in enumerate(value):
+        if not isinstance(item, types) or isinstance(item, bool) and types is not bool:
+            _fail('%s[%d]' % (field, i), 'must be %s, got %r' % (what, item))
+    return value
+
+
+def _check_container(f, c, vols):
+    cname = c.get('name')
+    if not isinstance(cname, str) or len(cname) > 63 or not NAME_RE.match(cname):
+        _fail(f + '.name', '%r is not a valid DNS-1123 label' % (cname,))
+    if c.get('image') is not None and not isinstance(c.get('image'), str):
+        _fail(f + '.image', 'must be a string, got %r' % (c.get('image'),))
+    for key in ('command', 'args'):
+        if c.get(key) is not None and not isinstance(c.get(key), list):
+            _fail('%s.%s' % (f, key), 'must be a list of strings')
+        _check_list_of('%s.%s' % (f, key), c.get(key), (str, int, float), 'a string')
+    for j, e in enumerate(_check_list_of(f + '.env', c.get('env'), dict, 'a mapping with name and value')):
+        if not isinstance(e.get('name'), str) or not e['name']:
+            _fail('%s.env[%d].name' % (f, j), 'must be a non-empty string, got %r' % (e.get('name'),))
+    if c.get('workingDir') is not None and not isinstance(c.get('workingDir'), str):
+        _fail(f + '.workingDir', 'must be a string, got %r' % (c.get('workingDir'),))
+    if c.get('securityContext') is not None and not isinstance(c.get('securityContext'), dict):
+        _fail(f + '.securityContext', 'must be a mapping')
+    for j, vm in enumerate(_check_list_of(f + '.volumeMounts', c.get('volumeMounts'), dict, 'a mapping')):
+        fm = '%s.volumeMounts[%d]' % (f, j)
+        if not isinstance(vm.get('name'), str) or vm['name'] not in vols:
+            _fail(fm + '.name', 'no volume named %r in spec.volumes' % (vm.get('name'),))
+        if not isinstance(vm.get('mountPath'), str) or not vm['mountPath'].startswith('/'):
+            _fail(fm + '.mountPath', 'must be an absolute path, got %r' % (vm.get('mountPath'),))
+        if vm.get('subPath') is not None and not isinstance(vm.get('subPath'), str):
+            _fail(fm + '.subPath', 'must be a string, got %r' % (vm.get('subPath'),))
+
+
 def pod_validate(manifest):
     if not isinstance(manifest, dict):
         _fail('manifest', 'must be a Pod object (a mapping), got %s' % type(manifest).__name__)
     if manifest.get('kind', 'Pod') != 'Pod':
         _fail('kind', 'must be Pod, got %r' % manifest.get('kind'))
     md = manifest.get('metadata') or {}
+    if not isinstance(md, dict):
+        _fail('metadata', 'must be a mapping')
     name = md.get('name')
     if not isinstance(name, str) or len(name) > 253 or not SUBDOMAIN_RE.match(name):
         _fail('metadata.name', '%r is not a valid DNS-1123 subdomain' % (name,))
     ns = md.get('namespace') or 'default'
     if not isinstance(ns, str) or len(ns) > 63 or not NAME_RE.match(ns):
         _fail('metadata.namespace', '%r is not a valid DNS-1123 label' % (ns,))
+    uid = md.get('uid')
+    if uid is not None and (not isinstance(uid, str) or not UID_RE.match(uid)):
+        # the uid names directories (rootfs, logs, cgroups) and the netns
+        _fail('metadata.uid', '%r is not a valid uid (letters, digits and "-", at most 63)' % (uid,))
     labels = md.get('labels') or {}
     if not isinstance(labels, dict):
         _fail('metadata.labels', 'must be a mapping')
     for k, v in labels.items():
-        if not isinstance(v, str) or len(v) > 63 or '\n' in v:
-            _fail('metadata.labels.%s' % k, 'label values are strings of at most 63 characters')
+        _check_label_key('metadata.labels', k)
+        if not isinstance(v, str) or len(v) > 63 or not LABEL_VALUE_RE.match(v):
+            _fail('metadata.labels.%s' % k, 'label values are strings of at most 63 letters, digits, "-", "_" '
+                  'and ".", got %r' % (v,))
     spec = manifest.get('spec') or {}
+    if not isinstance(spec, dict):
+        _fail('spec', 'must be a mapping')
     ctrs = spec.get('containers')
     if not isinstance(ctrs, list) or not ctrs:
         _fail('spec.containers', 'a pod needs at least one container')
+    for key in ('hostname', 'subdomain'):
+        v = spec.get(key)
+        if v is not None and (not isinstance(v, str) or len(v) > 63 or not NAME_RE.match(v)):
+            _fail('spec.' + key, '%r is not a valid DNS-1123 label' % (v,))
+    vols = {}
+    for i, v in enumerate(_check_list_of('spec.volumes', spec.get('volumes'), dict, 'a mapping')):
+        vf = 'spec.volumes[%d]' % i
+        if not isinstance(v.get('name'), str) or len(v['name']) > 63 or not NAME_RE.match(v['name']):
+            _fail(vf + '.name', '%r is not a valid DNS-1123 label' % (v.get('name'),))
+        if 'hostPath' in v and (not isinstance(v['hostPath'], dict) or not isinstance(v['hostPath'].get('path'), str)):
+            _fail(vf + '.hostPath.path', 'must be a string, got %r' % ((v['hostPath'] or {}).get('path')
+                                                                     if isinstance(v['hostPath'], dict) else v['hostPath'],))
+        if 'emptyDir' in v and v['emptyDir'] is not None and not isinstance(v['emptyDir'], dict):
+            _fail(vf + '.emptyDir', 'must be a mapping')
+        vols[v['name']] = v
     seen = set()
     for i, c in enumerate(ctrs):
         f = 'spec.containers[%d]' % i
         if not isinstance(c, dict):
             _fail(f, 'must be a mapping')
-        cname = c.get('name')
-        if not isinstance(cname, str) or len(cname) > 63 or not NAME_RE.match(cname):
-            _fail(f + '.name', '%r is not a valid DNS-1123 label' % (cname,))
-        if cname in seen:
-            _fail(f + '.name', 'duplicate container name %r' % cname)
-        seen.add(cname)
-        for key in ('command', 'args'):
-            if c.get(key) is not None and not isinstance(c.get(key), list):
-                _fail('%s.%s' % (f, key), 'must be a list of strings')
-    vols = dict((v.get('name'), v) for v in spec.get('volumes') or [] if isinstance(v, dict))
-    for i, c in enumerate(ctrs):
-        for j, vm in enumerate(c.get('volumeMounts') or []):
-            f = 'spec.containers[%d].volumeMounts[%d]' % (i, j)
-            if vm.get('name') not in vols:
-                _fail(f + '.name', 'no volume named %r in spec.volumes' % (vm.get('name'),))
-            if not str(vm.get('mountPath', '')).startswith('/'):
-                _fail(f + '.mountPath', 'must be an absolute path, got %r' % (vm.get('mountPath'),))
+        _check_container(f, c, vols)
+        if c['name'] in seen:
+            _fail(f + '.name', 'duplicate container name %r' % c['name'])
+        seen.add(c['name'])
     return manifest
 
 
@@ -202,8 +271,70 @@ def pod_container_specs(manifest, rootfs_root, uid, cgroup_results=None):
     return out
 
 
+ROLE_DEFAULTS = dict(images={}, busybox_images=['busybox'], allowed_host_paths=['/tmp'], network='barepod',
+                     subnet='10.244.0.0/24', bridge='cni0', mtu=1500, ip_masq=True, host_ip='127.0.0.1',
+                     node='localhost', cgroup_parent='kubepods', cgroup_root='/sys/fs/cgroup',
+                     state_root='/run/barepod/pods', netns_dir='/run/netns', rootfs_root='/var/lib/barepod/rootfs',
+                     log_root='/var/log/pods', cni_data_dir='/var/lib/cni/networks', grace_period=30)
+
+
+def pod_module_args(manifest, settings=None):
+    """Per step of the pod role (present), the arguments of its module task.
+
+    settings: the role's pod_* variables without the prefix (images, busybox_images, network, ...).
+    Inputs that come from earlier tasks are left out and added by the role (and by pod_converged):
+    rootfs/hosts pod_ips, network netns, the containers' cgroups.
+    """
+    s = dict(ROLE_DEFAULTS)
+    s.update(dict((k, v) for k, v in (settings or {}).items() if v is not None))
+    ident = pod_identity(manifest)
+    name, ns, uid = ident['name'], ident['namespace'], ident['uid']
+    spec = manifest.get('spec') or {}
+    ctrs = spec['containers']
+    grace = spec.get('terminationGracePeriodSeconds')
+    grace = s['grace_period'] if grace is None else grace
+    rootfs = []
+    for c in ctrs:
+        src = pod_container_source(c, s['images'], s['busybox_images'])
+        a = dict(pod_uid=uid, container=c['name'], namespace=ns, name=name, rootfs_root=s['rootfs_root'],
+                 state_root=s['state_root'], busybox=src['busybox'],
+                 mounts=pod_container_mounts(c, spec.get('volumes') or []),
+                 allowed_host_paths=list(s['allowed_host_paths']), hostname=spec.get('hostname') or name)
+        if src['image']:
+            a['image'] = src['image']
+        if spec.get('subdomain'):
+            a['subdomain'] = spec['subdomain']
+        if spec.get('hostAliases'):
+            a['host_aliases'] = spec['hostAliases']
+        rootfs.append(a)
+    sandbox = dict(name=name, namespace=ns, uid=uid, containers=[], prune_containers=False,
+                   share_process_namespace=bool(spec.get('shareProcessNamespace', False)), grace_period=grace,
+                   state_root=s['state_root'], netns_dir=s['netns_dir'], log_root=s['log_root'])
+    if spec.get('hostname'):
+        sandbox['hostname'] = spec['hostname']
+    cg = dict(pod_uid=uid, containers=ctrs, parent=s['cgroup_parent'], cgroup_root=s['cgroup_root'],
+              namespace=ns, name=name, state_root=s['state_root'])
+    containers = dict(sandbox, containers=pod_container_specs(manifest, s['rootfs_root'], uid))
+    containers.pop('prune_containers')
+    return dict(
+        identity=ident,
+        record=dict(name=name, namespace=ns, manifest=manifest, update=False, state_root=s['state_root']),
+        rootfs=rootfs,
+        sandbox=sandbox,
+        cgroup_pod=cg,
+        cgroup_containers=[dict(cg, container=c['name']) for c in ctrs],
+        network=dict(uid=uid, namespace=ns, name=name, network=s['network'], subnet=s['subnet'],
+                     bridge=s['bridge'], mtu=s['mtu'], ip_masq=s['ip_masq'], data_dir=s['cni_data_dir'],
+                     state_root=s['state_root']),
+        hosts=rootfs,
+        containers=containers,
+        status=dict(name=name, namespace=ns, host_ip=s['host_ip'], node=s['node'], state_root=s['state_root']),
+    )
+
+
 class FilterModule(object):
     def filters(self):
         return dict(pod_validate=pod_validate, pod_identity=pod_identity,
                     pod_container_source=pod_container_source, pod_container_mounts=pod_container_mounts,
-                    pod_container_spec=pod_container_spec, pod_container_specs=pod_container_specs)
+                    pod_container_spec=pod_container_spec, pod_container_specs=pod_container_specs,
+                    pod_module_args=pod_module_args)
