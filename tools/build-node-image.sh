@@ -12,11 +12,12 @@
 #   SUITE (bookworm), FORCE (0), WORKDIR (mktemp -d under /var/tmp), SOURCE_DATE_EPOCH.
 set -euo pipefail
 
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 IMAGE=${1:-${IMAGE:-barepod/node:bookworm}}
 SUITE=${SUITE:-bookworm}
 FORCE=${FORCE:-0}
 PACKAGES=python3,iproute2,iptables,util-linux,procps,busybox-static,kmod,ca-certificates
-IMAGE_VERSION=3   # bump when the recipe changes, so cached images built by an older recipe are rebuilt
+IMAGE_VERSION=4   # bump when the recipe changes, so cached images built by an older recipe are rebuilt
 
 die() { echo "build-node-image: $*" >&2; exit 1; }
 command -v docker >/dev/null || die "docker CLI not found"
@@ -129,9 +130,27 @@ INIT
 chmod 0755 "$ROOTFS/usr/local/bin/barepod-node-init"
 # iptables: the nft backend is the Debian default; keep it, as kind's nodes do when the host uses nft.
 
+# pyroute2 for barepod's modules on the node, the version the collection pins (requirements.txt), installed
+# from the package index as a pure-Python wheel into the node's python3 (Debian's python3-pyroute2 is older).
+PIP=${PIP:-}
+if [ -z "$PIP" ]; then
+  if [ -x "$REPO/.venv/bin/pip" ]; then PIP=$REPO/.venv/bin/pip; else PIP="python3 -m pip"; fi
+fi
+export PYTHONDONTWRITEBYTECODE=1   # no __pycache__ from the checks below
+pyver=$(chroot "$ROOTFS" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+pyroute2=$(sed -n 's/^\(pyroute2==[0-9.]*\).*/\1/p' "$REPO/requirements.txt" 2>/dev/null | head -n1)
+pyroute2=${NODE_PYROUTE2:-${pyroute2:-pyroute2}}
+echo "build-node-image: adding $pyroute2 for python$pyver"
+$PIP install -q --disable-pip-version-check --no-deps --no-compile --no-warn-script-location \
+  --target "$ROOTFS/usr/local/lib/python$pyver/dist-packages" "$pyroute2" >"$WORKDIR/pip.log" 2>&1 ||
+  { cat "$WORKDIR/pip.log" >&2; die "pip install $pyroute2 failed"; }
+rm -rf "$ROOTFS/usr/local/lib/python$pyver/dist-packages/bin"
+find "$ROOTFS/usr/local/lib" -xdev -name __pycache__ -type d -prune -exec rm -rf {} +
+chroot "$ROOTFS" python3 -c 'import pyroute2' || die "pyroute2 does not import in the node"
+
 # The packages in the image, for the label and for diffing two builds.
 # shellcheck disable=SC2016  # dpkg-query's own format, not shell
-chroot "$ROOTFS" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort >"$WORKDIR/packages.txt"
+{ chroot "$ROOTFS" dpkg-query -W -f '${Package}=${Version}\n'; echo "pip:$pyroute2"; } | LC_ALL=C sort >"$WORKDIR/packages.txt"
 pkgsum=$(sha256sum "$WORKDIR/packages.txt" | cut -c1-16)
 
 echo "build-node-image: importing into $IMAGE"
@@ -144,7 +163,7 @@ tar -C "$ROOTFS" --one-file-system --sort=name --numeric-owner --mtime="@$EPOCH"
     --change 'ENV container=docker' \
     --change "LABEL io.barepod.node.recipe=$IMAGE_VERSION" \
     --change "LABEL io.barepod.node.suite=$SUITE" \
-    --change "LABEL io.barepod.node.packages=$PACKAGES" \
+    --change "LABEL io.barepod.node.packages=$PACKAGES,$pyroute2" \
     --change "LABEL io.barepod.node.dpkg-sha=$pkgsum" \
     --change "LABEL io.barepod.node.epoch=$EPOCH" \
     --message "barepod node image: debootstrap $SUITE minbase + $PACKAGES" \
