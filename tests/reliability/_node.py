@@ -377,7 +377,7 @@ class PodDriver(object):
             changed.append(('cgroup ' + c['name'], r['changed']))
             ctr_cg.append(r)
         net = VethNet(module_params('veth_net', dict(
-            base, uid=pid['uid'], netns=sb['netns_path'], subnet='10.244.0.0/24',
+            base, uid=pid['uid'], netns=sb['netns_path'], subnet=v.get('pod_subnet', '10.244.0.0/24'),
             data_dir=v['pod_cni_data_dir'])), check_mode=check)
         res = net.run()
         changed.append(('network', net.changed))

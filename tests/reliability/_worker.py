@@ -62,4 +62,8 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+    try:
+        main()
+    except BarepodError as e:  # what the module would fail_json with
+        print(json.dumps(dict(failed=True, msg=str(e))))

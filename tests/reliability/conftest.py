@@ -40,14 +40,16 @@ def node(tmp_path):
         n.cleanup()
 
 
-def run_worker(node, op, manifests, timeout=900, **cfg):
-    """Run _worker.py inside the node's netns; -> its JSON result."""
-    config = dict(cfg, op=op, vars=node.vars, manifests=manifests, collections_root=collections_root())
+def run_worker(node, op, manifests, timeout=900, failpoints=None, env_extra=None, vars_=None, **cfg):
+    """Run _worker.py inside the node's netns; -> its JSON result ({failed, msg} on a BarepodError)."""
+    config = dict(cfg, op=op, vars=dict(node.vars, **(vars_ or {})), manifests=manifests,
+                  collections_root=collections_root())
     path = os.path.join(node.tmp, 'worker-%s.json' % uuid.uuid4().hex[:6])
     with open(path, 'w') as f:
         json.dump(config, f)
-    env = node.env()
+    env = node.env(failpoints)
     env['PYTHONPATH'] = collections_root()
+    env.update(env_extra or {})
     p = subprocess.run(['nsenter', '--net=/run/netns/' + node.netns, sys.executable, os.path.join(HERE, '_worker.py'),
                         path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=timeout, check=False,
                        stdin=subprocess.DEVNULL)

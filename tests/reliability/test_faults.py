@@ -41,3 +41,92 @@ def test_kill_at_step_then_converge(node, worker, reliability_log, step):
     assert after == baseline
     reliability_log('fault', 'kill -9 at %s (ansible-playbook pod_up)' % step, 'survived',
                     converged_changed=stats['changed'], leaks=0)
+
+
+# ---------------------------------------------------------------- injected failures
+# Through the module managers in one process (the pod role's steps, same parameters): fast,
+# and what a module would hand to fail_json is the BarepodError's message.
+
+@pytest.mark.parametrize('step', STEPS)
+def test_error_at_step_is_clear_undoable_and_retry_succeeds(node, worker, reliability_log, step):
+    baseline = warm_up(node, worker)
+    m = node.manifest_dict('victim')
+    r = worker(node, 'up', [m], failpoints=step + '=error')
+    assert r.get('failed') and r['msg'] == 'failpoint %s' % step, r
+    reliability_log('fault', 'error at %s' % step, 'injected', msg=r['msg'])
+    # what it built is undone by a teardown ...
+    worker(node, 'down', [m])
+    assert node.snapshot() == baseline
+    # ... or converged by a retry
+    r = worker(node, 'up', [m], failpoints=step + '=error')
+    assert r.get('failed'), r
+    worker(node, 'up', [m])
+    converged_exactly_once(node, 'victim', baseline)
+    again = worker(node, 'up', [m])['results'][0]
+    assert again['changed'] == [], again
+    worker(node, 'down', [m])
+    assert node.snapshot() == baseline
+    reliability_log('fault', 'error at %s' % step, 'survived', leaks=0)
+
+
+def test_full_ip_range(node, worker, reliability_log):
+    small = dict(pod_subnet='10.244.0.0/30')  # .1 is the gateway, .2 the only address
+    baseline = warm_up(node, worker)
+    a, b = node.manifest_dict('first'), node.manifest_dict('second')
+    assert not worker(node, 'up', [a], vars_=small).get('failed')
+    r = worker(node, 'up', [b], vars_=small)
+    assert r.get('failed'), r
+    assert 'no IP addresses available' in r['msg'] and 'subnet' in r['msg'], r['msg']
+    reliability_log('fault', 'full IP range', 'injected', msg=r['msg'])
+    # the failed pod holds no address; the first one is untouched
+    assert node.ipam_files() == ['10.244.0.2']
+    worker(node, 'down', [a, b], vars_=small)
+    assert node.snapshot() == baseline
+    assert not worker(node, 'up', [b], vars_=small).get('failed')
+    assert node.ipam_files() == ['10.244.0.2']
+    worker(node, 'down', [b], vars_=small)
+    assert node.snapshot() == baseline
+    reliability_log('fault', 'full IP range', 'survived', leaks=0)
+
+
+def test_failing_iptables_restore(node, worker, reliability_log, tmp_path):
+    """A failing command (iptables-restore exits 1): the fresh attachment is rolled back."""
+    baseline = warm_up(node, worker)
+    shim = tmp_path / 'shim'
+    shim.mkdir()
+    (shim / 'iptables-restore').write_text('#!/bin/sh\necho "iptables-restore: simulated failure" >&2\nexit 1\n')
+    (shim / 'iptables-restore').chmod(0o755)
+    m = node.manifest_dict('victim')
+    r = worker(node, 'up', [m], env_extra=dict(PATH='%s:%s' % (shim, os.environ['PATH'])))
+    assert r.get('failed') and 'simulated failure' in r['msg'], r
+    reliability_log('fault', 'failing command (iptables-restore)', 'injected', msg=r['msg'])
+    snap = node.snapshot()
+    assert snap['ipam'] == [] and snap['links'] == baseline['links'], snap  # rolled back
+    worker(node, 'up', [m])
+    converged_exactly_once(node, 'victim', baseline)
+    worker(node, 'down', [m])
+    assert node.snapshot() == baseline
+    reliability_log('fault', 'failing command (iptables-restore)', 'survived', leaks=0)
+
+
+def test_read_only_state_dir(node, worker, reliability_log):
+    """The pod role through ansible-playbook with a read-only state root: a clear failure, no traceback."""
+    import subprocess
+    baseline = warm_up(node, worker)
+    f = node.manifest('victim')
+    state = node.vars['pod_state_root']
+    subprocess.run(['mount', '--bind', state, state], check=True)
+    subprocess.run(['mount', '-o', 'remount,bind,ro', state], check=True)
+    try:
+        rc, _stats, _res, failures = node.playbook('pod_up.yml', [f])
+    finally:
+        subprocess.run(['umount', state], check=True)
+    assert rc != 0 and failures
+    msg = failures[0]['msg'] or ''
+    assert 'Read-only file system' in msg and 'Traceback' not in msg + failures[0]['module_stderr'], failures
+    reliability_log('fault', 'read-only state directory', 'injected', msg=msg)
+    node.up([f])
+    converged_exactly_once(node, 'victim', baseline)
+    node.down([f])
+    assert node.snapshot() == baseline
+    reliability_log('fault', 'read-only state directory', 'survived', leaks=0)
