@@ -30,6 +30,7 @@ import errno
 import fcntl
 import ipaddress
 import os
+import re
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
@@ -38,6 +39,7 @@ LAST_IP_PREFIX = 'last_reserved_ip.'
 LOCK_NAME = 'lock'
 DEFAULT_DATA_DIR = '/var/lib/cni/networks'
 NETWORK_NAME_MAX = 255
+NETWORK_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$')
 
 
 def parse_subnet(field, value):
@@ -68,6 +70,11 @@ def validate_network_name(field, value):
     if '/' in value or value in ('.', '..') or '\0' in value:
         raise BarepodError('network name %r must not contain "/" or be "." or ".."' % (value,),
                            field=field, value=value)
+    if not NETWORK_NAME_RE.match(value):
+        # libcni's ValidateNetworkName: the name is a directory here and goes into the
+        # masquerade rules' comments, where a quote or newline would break out
+        raise BarepodError('network name %r may hold only letters, digits, "_", "." and "-", starting '
+                           'with a letter or digit' % (value,), field=field, value=value)
     return value
 
 

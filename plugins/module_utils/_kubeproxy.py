@@ -34,6 +34,7 @@ import subprocess
 import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint, makedirs, write_if_changed
+from ansible_collections.barepod.linux.plugins.module_utils._common import DNS1123_LABEL_RE
 
 PROTOCOLS = ('TCP', 'UDP', 'SCTP')
 _PROTOCOL_SET = frozenset(PROTOCOLS)
@@ -223,6 +224,34 @@ def _str(field, value, default=None, required=False):
     return value
 
 
+_LABEL_MATCH = DNS1123_LABEL_RE.match
+
+
+def _label(field, value, what):
+    """Names that end up in rule comments: DNS-1123 labels, as the API server validates them
+    (a quote, space or newline would otherwise break out of the iptables-restore comment)."""
+    if len(value) > 63 or not _LABEL_MATCH(value):
+        raise _err('%r is not a valid %s (a DNS-1123 label: lower case letters, digits and "-", at '
+                   'most 63 characters)' % (value, what), field, value)
+    return value
+
+
+def _list(field, value):
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _err('must be a list, got %r' % (value,), field, value)
+    return value
+
+
+def _map(field, value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _err('must be a mapping, got %r' % (value,), field, value)
+    return value
+
+
 def _protocol(field, value):
     if value is None:
         return 'TCP'
@@ -279,6 +308,8 @@ def parse_service(field, obj, skipped):
     if not name:
         raise _err('is required', field + '.metadata.name', name)
     namespace = _str(field + '.metadata.namespace', meta.get('namespace'), 'default') or 'default'
+    _label(field + '.metadata.name', name, 'Service name')
+    _label(field + '.metadata.namespace', namespace, 'namespace')
     spec = obj.get('spec')
     if not isinstance(spec, dict):
         raise _err('is required (a Service needs a spec)', field + '.spec', spec)
@@ -321,19 +352,21 @@ def parse_service(field, obj, skipped):
     timeout = 0
     if affinity == 'ClientIP':
         timeout = DEFAULT_AFFINITY_TIMEOUT
-        cfg = ((spec.get('sessionAffinityConfig') or {}).get('clientIP') or {})
+        cfg = _map(field + '.spec.sessionAffinityConfig.clientIP',
+                   _map(field + '.spec.sessionAffinityConfig', spec.get('sessionAffinityConfig')).get('clientIP'))
         if cfg.get('timeoutSeconds') is not None:
             timeout = _int(field + '.spec.sessionAffinityConfig.clientIP.timeoutSeconds',
                            cfg['timeoutSeconds'], 1, MAX_AFFINITY_TIMEOUT, 'a number of seconds')
 
     external_ips = []
-    for i, e in enumerate(spec.get('externalIPs') or []):
+    for i, e in enumerate(_list(field + '.spec.externalIPs', spec.get('externalIPs'))):
         eip = _ipv4('%s.spec.externalIPs[%d]' % (field, i), e)
         if eip.version == 4:
             external_ips.append(str(eip))
     lb_vips = []
     if svc_type == 'LoadBalancer':
-        ingress = ((obj.get('status') or {}).get('loadBalancer') or {}).get('ingress') or []
+        ingress = _list(field + '.status.loadBalancer.ingress', _map(
+            field + '.status.loadBalancer', _map(field + '.status', obj.get('status')).get('loadBalancer')).get('ingress'))
         for i, ing in enumerate(ingress):
             if not isinstance(ing, dict) or not ing.get('ip'):
                 continue
@@ -343,7 +376,7 @@ def parse_service(field, obj, skipped):
             if vip.version == 4:
                 lb_vips.append(str(vip))
     source_ranges = []
-    for i, r in enumerate(spec.get('loadBalancerSourceRanges') or []):
+    for i, r in enumerate(_list(field + '.spec.loadBalancerSourceRanges', spec.get('loadBalancerSourceRanges'))):
         net = _cidr('%s.spec.loadBalancerSourceRanges[%d]' % (field, i), r)
         if net.version == 4:
             source_ranges.append(net)
@@ -363,6 +396,8 @@ def parse_service(field, obj, skipped):
             _str(pf + '.name', pname)
         if not pname and len(ports) > 1:
             raise _err('is required when a Service has more than one port', pf + '.name', pname)
+        if pname:
+            _label(pf + '.name', pname, 'port name')
         if pname in seen:
             raise _err('duplicate port name %r' % pname, pf + '.name', pname)
         seen.add(pname)
@@ -428,6 +463,8 @@ def parse_slice(field, obj, node_name):
             if a.version != 4:
                 continue
         cond = ep.get('conditions')
+        if cond is not None and not isinstance(cond, dict):
+            raise _err('must be a mapping', '%s.endpoints[%d].conditions' % (field, i), cond)
         if cond:
             r, sv = cond.get('ready'), cond.get('serving')
             ready = r is None or bool(r)
@@ -438,7 +475,7 @@ def parse_slice(field, obj, node_name):
             terminating = False
         local = node_name is not None and ep.get('nodeName') == node_name
         parsed.append((str(a), local, ready, serving, terminating))
-    for i, p in enumerate(obj.get('ports') or []):
+    for i, p in enumerate(_list(field + '.ports', obj.get('ports'))):
         pf = '%s.ports[%d]' % (field, i)
         if not isinstance(p, dict):
             raise _err('must be a mapping', pf, p)

@@ -21,7 +21,23 @@ import tempfile
 
 import pytest
 
-from conftest import COLLECTIONS_ROOT, ModuleResult
+
+
+def _top_conftest():
+    """tests/conftest.py under its own name: `conftest` may mean tests/reliability/conftest.py."""
+    import importlib.util
+    mod = sys.modules.get('barepod_tests_conftest')
+    if mod is None:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'conftest.py')
+        spec = importlib.util.spec_from_file_location('barepod_tests_conftest', path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        sys.modules['barepod_tests_conftest'] = mod
+    return mod
+
+
+_top = _top_conftest()
+COLLECTIONS_ROOT, ModuleResult, run_module = _top.COLLECTIONS_ROOT, _top.ModuleResult, _top.run_module
 
 BUSYBOX = '/bin/busybox'
 
