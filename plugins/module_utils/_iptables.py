@@ -6,6 +6,7 @@
 - Backend detection, nft vs legacy, the way kube-proxy's iptables-wrapper does it: a hint
   chain kubelet leaves in the mangle table (KUBE-IPTABLES-HINT / KUBE-KUBELET-CANARY) wins;
   otherwise the backend holding more rules (legacy when it has at least 10, and on a tie).
+  Legacy tables are only read when /proc/net/ip{,6}_tables_names list some (never created).
 - iptables-save parsing into table -> chain -> rules (one save of all tables per run).
 - Planning a partial sync: only chains whose rules differ are written; owned chains that are
   no longer wanted are flushed and deleted (-X) in the same batch; jump rules from built-in
@@ -54,30 +55,54 @@ def count_rules(text):
     return sum(1 for line in text.splitlines() if line.startswith('-'))
 
 
-def detect_backend(runner=None):
-    """-> (mode, reason): what kube-proxy's iptables-wrapper would pick on this host."""
-    runner = runner or (lambda argv: _run(argv).stdout)
-    for mode in ('nft', 'legacy'):
+def legacy_table_names(proc_net='/proc/net'):
+    """{'ip': [...], 'ip6': [...]}: the iptables-legacy (x_tables) tables that exist in this
+    network namespace, read from /proc/net/ip{,6}_tables_names. A missing file (x_tables not
+    loaded) means no table; None when /proc/net itself cannot be read (then ask the binaries)."""
+    if not os.path.isdir(proc_net):
+        return None
+    out = {}
+    for fam, fname in (('ip', 'ip_tables_names'), ('ip6', 'ip6_tables_names')):
         try:
-            out = runner(['iptables-%s-save' % mode, '-t', 'mangle'])
-        except BarepodError:
-            continue
-        for hint in HINT_CHAINS:
-            if ':' + hint in (out or ''):
-                return mode, '%s chain found in iptables-%s' % (hint, mode)
+            with open(os.path.join(proc_net, fname), 'r') as f:
+                out[fam] = f.read().split()
+        except (IOError, OSError):
+            out[fam] = []
+    return out
 
-    def total(mode):
-        n = 0
-        for fam in ('iptables', 'ip6tables'):
-            try:
-                n += count_rules(runner(['%s-%s-save' % (fam, mode)]) or '')
-            except BarepodError:
-                pass
-        return n
-    legacy = total('legacy')
+
+def detect_backend(runner=None, proc_net='/proc/net'):
+    """-> (mode, reason): what kube-proxy's iptables-wrapper would pick on this host.
+
+    Like the wrapper, iptables-legacy-save is never asked for one table (``-t mangle`` would
+    make the kernel create that table in a namespace that never had it, and iptables-nft would
+    then warn "iptables-legacy tables present"); unlike it, the legacy binaries are not run at
+    all when /proc/net/ip{,6}_tables_names say that no legacy table exists."""
+    runner = runner or (lambda argv: _run(argv).stdout)
+
+    def save(argv):
+        try:
+            return runner(argv) or ''
+        except BarepodError:
+            return ''
+    for fam in ('iptables', 'ip6tables'):
+        out = save(['%s-nft-save' % fam, '-t', 'mangle'])
+        for hint in HINT_CHAINS:
+            if '\n:%s ' % hint in '\n' + out:
+                return 'nft', '%s chain found in %s-nft' % (hint, fam)
+    names = legacy_table_names(proc_net)
+    legacy = 0
+    for fam, key in (('iptables', 'ip'), ('ip6tables', 'ip6')):
+        if names is not None and not names.get(key):
+            continue
+        out = save(['%s-legacy-save' % fam])
+        for hint in HINT_CHAINS:
+            if '\n:%s ' % hint in '\n' + out:
+                return 'legacy', '%s chain found in %s-legacy' % (hint, fam)
+        legacy += count_rules(out)
     if legacy >= LEGACY_RULES_THRESHOLD:
         return 'legacy', 'iptables-legacy holds %d rules' % legacy
-    nft = total('nft')
+    nft = sum(count_rules(save(['%s-nft-save' % fam])) for fam in ('iptables', 'ip6tables'))
     if legacy >= nft:
         return 'legacy', 'iptables-legacy holds %d rules, iptables-nft %d' % (legacy, nft)
     return 'nft', 'iptables-nft holds %d rules, iptables-legacy %d' % (nft, legacy)
@@ -86,12 +111,12 @@ def detect_backend(runner=None):
 class Backend(object):
     """The save/restore pair of one backend (or explicit binaries, e.g. test shims)."""
 
-    def __init__(self, mode='auto', save=None, restore=None, runner=None, iptables=None):
+    def __init__(self, mode='auto', save=None, restore=None, runner=None, iptables=None, proc_net='/proc/net'):
         if mode not in ('auto', 'nft', 'legacy'):
             raise BarepodError('must be auto, nft or legacy, got %r' % (mode,), field='backend', value=mode)
         self.reason = 'chosen by the backend option'
         if mode == 'auto':
-            mode, self.reason = detect_backend(runner)
+            mode, self.reason = detect_backend(runner, proc_net)
         self.mode = mode
         self.save_cmd = save or 'iptables-%s-save' % mode
         self.restore_cmd = restore or 'iptables-%s-restore' % mode

@@ -1108,7 +1108,8 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         raise _err('must be auto or always', 'resync', resync)
     if backend is None:
         backend = _iptables.Backend(params.get('backend') or 'auto', save=params.get('iptables_save'),
-                                    restore=params.get('iptables_restore'), iptables=params.get('iptables'))
+                                    restore=params.get('iptables_restore'), iptables=params.get('iptables'),
+                                    proc_net=os.path.join(proc_root, 'net'))
     result['backend'] = backend.mode
     result['backend_reason'] = backend.reason
     canary = prefix + '-PROXY-CANARY'
@@ -1137,10 +1138,11 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
 
     desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
     jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
-    keep = set()
-    if prefix == 'KUBE':
-        # shared with kubelet: kube-proxy's CleanupLeftovers leaves these too
-        keep = {('filter', 'KUBE-FIREWALL'), ('nat', 'KUBE-MARK-MASQ')}
+    # KUBE-FIREWALL and KUBE-MARK-MASQ are shared with kubelet: kube-proxy's CleanupLeftovers
+    # leaves them. We remove them only where we created them (they did not exist before our
+    # first sync, as the record and the canary token say), so a barepod-only host is left clean.
+    created = _created_shared(prefix, record, existing, token_found=record.get('token') if record else None)
+    keep = set((t, c) for t, c in shared_chains(prefix) if '%s/%s' % (t, c) not in created)
     # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
     # iptables-save's
     def fingerprints():
@@ -1153,9 +1155,10 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
     token = record.get('token') if record else None
     if plan:
         if state == 'present' and not token:
-            token = uuid.uuid4().hex
-            payload = _iptables.add_canary(payload, 'mangle', canary, 'barepod kube_svc_rules ' + token)
-            token = 'barepod kube_svc_rules ' + token
+            token = 'barepod kube_svc_rules %s' % uuid.uuid4().hex
+            if created:
+                token += ' created=' + ','.join(created)
+            payload = _iptables.add_canary(payload, 'mangle', canary, token)
         elif state == 'absent' and canary_present:
             payload = _iptables.remove_canary(payload, 'mangle', canary)
     result['chains'] = plan.summary()
@@ -1173,7 +1176,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         backend.restore(payload)
         if state == 'present':
             _write_record(record_path, dict(
-                version=1, backend=backend.mode, prefix=prefix, token=token,
+                version=1, backend=backend.mode, prefix=prefix, token=token, created=created,
                 tables=hashes or fingerprints(),
                 jumps=_jumps_by_chain(jumps)))
         else:
@@ -1183,6 +1186,27 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
 
 
 DEFAULT_STATE_DIR = '/run/barepod/kube_svc_rules'
+
+
+def shared_chains(prefix):
+    """The chains kubelet shares with kube-proxy (only under kube-proxy's own prefix)."""
+    return [('filter', 'KUBE-FIREWALL'), ('nat', 'KUBE-MARK-MASQ')] if prefix == 'KUBE' else []
+
+
+def _created_shared(prefix, record, existing, token_found=None):
+    """['table/chain'] of the shared chains this module created: from the record, else from
+    the canary's token (which carries them from the first sync on), else - on a first sync -
+    those that do not exist yet (this sync creates them)."""
+    shared = shared_chains(prefix)
+    if not shared:
+        return []
+    names = ['%s/%s' % tc for tc in shared]
+    if record is not None and isinstance(record.get('created'), list):
+        return [c for c in record['created'] if c in names]
+    if token_found:
+        _head, sep, tail = token_found.partition(' created=')
+        return [c for c in tail.split(',') if c in names] if sep else []
+    return ['%s/%s' % (t, c) for t, c in shared if c not in (existing.get(t).chains if existing.get(t) else ())]
 
 
 def _record_path(state_dir, proc_root, mode, prefix):

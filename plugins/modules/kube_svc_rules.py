@@ -27,7 +27,10 @@ description:
     holding only the chains whose content differs from C(iptables-save); chains of Services that
     disappeared are flushed and deleted in the same batch; chains the module does not own are never
     touched; when nothing differs nothing is written and no C(iptables-restore) runs.
-  - The backend (iptables-nft or iptables-legacy) is detected like kube-proxy's iptables-wrapper does.
+  - The backend (iptables-nft or iptables-legacy) is detected like kube-proxy's iptables-wrapper does
+    (kubelet's hint chains first, then the backend holding more rules). Legacy tables are read only when
+    C(/proc/net/ip_tables_names) lists some, and never one by one, so the detection never creates
+    iptables-legacy tables in a namespace that had none.
   - O(apply=false) only renders (no root, no iptables), returning the C(iptables-restore) input kube-proxy
     would write for the objects.
 options:
@@ -49,8 +52,10 @@ options:
     description:
       - C(present) makes the rules match the objects.
       - C(absent) removes every chain the module owns (for its O(chain_prefix)) and the jumps to them.
-        With the default prefix C(KUBE-FIREWALL) and C(KUBE-MARK-MASQ) are left in place, as kube-proxy's
-        own cleanup does, because kubelet shares them.
+        With the default prefix C(KUBE-FIREWALL) and C(KUBE-MARK-MASQ) are shared with kubelet - where they
+        existed before the module's first sync they are left in place, as kube-proxy's own cleanup does;
+        where the module created them (recorded in the sync record and in the canary chain's token)
+        they are removed too, so a host without kubelet is left with nothing.
     type: str
     choices: [present, absent]
     default: present

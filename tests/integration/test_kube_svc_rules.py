@@ -354,16 +354,70 @@ def test_bad_input_fails_clearly_and_applies_nothing(mutate, field, tmp_path):
 
 
 def test_absent_removes_everything_owned(node):
+    """On a barepod-only host the module created KUBE-FIREWALL and KUBE-MARK-MASQ itself (the
+    record and the canary token say so): absent removes them too and leaves no KUBE chain."""
     node.run(objects=objects())
     r = node.run(state='absent', diff=True)
     assert r.changed and r['chains']['removed']
+    assert 'filter/KUBE-FIREWALL' in r['chains']['removed'] and 'nat/KUBE-MARK-MASQ' in r['chains']['removed']
     text = node.save()
     left = [ln for ln in text.splitlines() if 'KUBE' in ln and 'SOMETHING' not in ln]
-    # kube-proxy's own cleanup leaves KUBE-FIREWALL and KUBE-MARK-MASQ (kubelet shares them)
-    assert all('KUBE-FIREWALL' in ln or 'KUBE-MARK-MASQ' in ln for ln in left), left
+    assert not left, left
     assert 'PROXY-CANARY' not in text and not os.listdir(os.path.join(node.tmp, 'state'))
     node.assert_foreign_intact()
     assert not node.run(state='absent').changed
+    # the record lost (e.g. another state_dir): the canary's token still says what was created
+    node.run(objects=objects(), state_dir=os.path.join(node.tmp, 'state-a'))
+    r = node.run(state='absent', state_dir=os.path.join(node.tmp, 'state-b'))
+    assert r.changed and r['sync'] == 'iptables-save'
+    assert not [ln for ln in node.save().splitlines() if 'KUBE' in ln and 'SOMETHING' not in ln]
+    node.assert_foreign_intact()
+
+
+def test_absent_leaves_kubelet_chains_that_were_there_before(node):
+    """Where KUBE-FIREWALL and KUBE-MARK-MASQ existed before the first sync (kubelet's), absent
+    leaves them, as kube-proxy's own cleanup does; everything else owned goes."""
+    node.restore(textwrap.dedent('''\
+        *filter
+        :KUBE-FIREWALL - [0:0]
+        -A KUBE-FIREWALL -m comment --comment "kubelet: drop marked" -m mark --mark 0x8000/0x8000 -j DROP
+        -A INPUT -j KUBE-FIREWALL
+        COMMIT
+        *nat
+        :KUBE-MARK-MASQ - [0:0]
+        -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+        COMMIT
+        '''))
+    r = node.run(objects=objects())
+    assert r.changed and 'nat/KUBE-MARK-MASQ' not in r['chains']['added']
+    assert set(node.connect(SVC_IP, 80, 10)) == {'be1', 'be2'}
+    r = node.run(state='absent')
+    assert r.changed
+    assert 'filter/KUBE-FIREWALL' not in r['chains']['removed'] and 'nat/KUBE-MARK-MASQ' not in r['chains']['removed']
+    text = node.save()
+    assert ':KUBE-FIREWALL ' in text and ':KUBE-MARK-MASQ ' in text
+    assert '-A INPUT -j KUBE-FIREWALL' in text
+    left = set(ln.split()[0][1:] for ln in text.splitlines() if ln.startswith(':KUBE'))
+    assert left == {'KUBE-FIREWALL', 'KUBE-MARK-MASQ', 'KUBE-SOMETHING-ELSE'}, left
+    node.assert_foreign_intact()
+    assert not node.run(state='absent').changed
+
+
+def test_no_legacy_tables_appear_in_an_nft_namespace(tmp_path):
+    """backend auto on a namespace with only nft rules: the detection must not instantiate
+    legacy tables (iptables-nft would then warn "iptables-legacy tables present")."""
+    n = Node('nft', str(tmp_path))
+    sh('ip', 'netns', 'add', n.node)
+    try:
+        for i in range(3):
+            in_ns(n.node, 'iptables-nft', '-A', 'INPUT', '-s', '192.0.2.%d' % i, '-j', 'ACCEPT')
+        r = run_module('kube_svc_rules', dict(objects=objects(), return_payload=False,
+                                              state_dir=str(tmp_path / 'state')), netns=n.node)
+        assert r['backend'] == 'nft', r.get('backend_reason') or r.get('msg')
+        assert in_ns(n.node, 'cat', '/proc/net/ip_tables_names').strip() == ''
+        assert 'legacy tables present' not in in_ns(n.node, 'iptables-nft-save')
+    finally:
+        subprocess.run(['ip', 'netns', 'del', n.node], check=False)
 
 
 def test_prefix_coexists_with_kube_chains(node):

@@ -100,24 +100,58 @@ def fake_runner(outputs):
     return run
 
 
-def test_detect_backend_hint_chain_wins():
+def proc_net(tmp_path, ip='', ip6=''):
+    d = tmp_path / 'net'
+    d.mkdir(exist_ok=True)
+    (d / 'ip_tables_names').write_text(ip)
+    (d / 'ip6_tables_names').write_text(ip6)
+    return str(d)
+
+
+def test_detect_backend_hint_chain_wins(tmp_path):
     runner = fake_runner({'iptables-nft-save -t mangle': '*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n',
-                          'iptables-legacy-save -t mangle': '',
                           'iptables-legacy-save': FOREIGN * 3})
-    assert ipt.detect_backend(runner)[0] == 'nft'
+    assert ipt.detect_backend(runner, proc_net(tmp_path, 'filter\nnat\n'))[0] == 'nft'
+    runner = fake_runner({'iptables-nft-save -t mangle': '', 'ip6tables-nft-save -t mangle': '',
+                          'iptables-legacy-save': '*mangle\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n',
+                          'iptables-nft-save': FOREIGN * 3})
+    mode, reason = ipt.detect_backend(runner, proc_net(tmp_path, 'mangle\n'))
+    assert mode == 'legacy' and 'KUBE-KUBELET-CANARY' in reason
 
 
-def test_detect_backend_by_rule_count():
-    runner = fake_runner({'iptables-nft-save -t mangle': '', 'iptables-legacy-save -t mangle': '',
-                          'iptables-legacy-save': '', 'iptables-nft-save': FOREIGN,
-                          'ip6tables-nft-save': '', 'ip6tables-legacy-save': ''})
-    mode, reason = ipt.detect_backend(runner)
+def test_detect_backend_by_rule_count(tmp_path):
+    runner = fake_runner({'iptables-nft-save -t mangle': '', 'iptables-legacy-save': '',
+                          'iptables-nft-save': FOREIGN, 'ip6tables-nft-save': '', 'ip6tables-legacy-save': ''})
+    mode, reason = ipt.detect_backend(runner, proc_net(tmp_path, 'filter'))
     assert mode == 'nft' and '5' in reason
-    runner = fake_runner({'iptables-nft-save -t mangle': '', 'iptables-legacy-save -t mangle': '',
+    runner = fake_runner({'iptables-nft-save -t mangle': '',
                           'iptables-legacy-save': FOREIGN * 2, 'iptables-nft-save': FOREIGN * 5})
-    assert ipt.detect_backend(runner)[0] == 'legacy'  # legacy >= 10 rules: legacy, as iptables-wrapper
+    # legacy >= 10 rules: legacy, as iptables-wrapper
+    assert ipt.detect_backend(runner, proc_net(tmp_path, 'filter\nnat'))[0] == 'legacy'
     runner = fake_runner({})
-    assert ipt.detect_backend(runner)[0] == 'legacy'  # nothing anywhere: a tie goes to legacy
+    assert ipt.detect_backend(runner, proc_net(tmp_path))[0] == 'legacy'  # nothing anywhere: a tie goes to legacy
+
+
+def test_detect_backend_never_creates_legacy_tables(tmp_path):
+    """iptables-legacy-save is never run with -t (it would create the table), and not at all
+    when /proc/net/ip{,6}_tables_names list no legacy table."""
+    calls = []
+
+    def runner(argv):
+        calls.append(' '.join(argv))
+        return FOREIGN if argv == ['iptables-nft-save'] else ''
+    mode, reason = ipt.detect_backend(runner, proc_net(tmp_path))
+    assert mode == 'nft' and not [c for c in calls if 'legacy' in c], calls
+    calls[:] = []
+    ipt.detect_backend(runner, proc_net(tmp_path, 'filter\n'))
+    assert 'iptables-legacy-save' in calls and 'ip6tables-legacy-save' not in calls
+    assert not [c for c in calls if 'legacy' in c and '-t' in c], calls
+    calls[:] = []
+    ipt.detect_backend(runner, str(tmp_path / 'no-proc-net'))  # unreadable: ask the binaries
+    assert 'iptables-legacy-save' in calls and 'ip6tables-legacy-save' in calls
+    assert ipt.legacy_table_names(str(tmp_path / 'no-proc-net')) is None
+    (tmp_path / 'empty').mkdir()
+    assert ipt.legacy_table_names(str(tmp_path / 'empty')) == {'ip': [], 'ip6': []}
 
 
 def test_first_sync_adds_everything_and_keeps_foreign():
