@@ -104,12 +104,19 @@ def cluster(docker, tmp_path):
         sh('docker', 'network', 'rm', NETWORK, check=False)
 
 
-def test_bad_cluster_name_fails_before_anything_is_made(docker):
+def test_bad_input_fails_before_anything_is_made(docker):
     res = playbook('-e', 'kind_cluster_name=Bad_Name', check=False)
     assert res['_rc'] != 0
     msg = json.dumps(res)
     assert 'kind_cluster_name=' in msg and 'Bad_Name' in msg and 'DNS label' in msg
     assert containers('Bad_Name') == []
+
+    name = 'bpk' + uuid.uuid4().hex[:8]
+    res = playbook('-e', 'kind_cluster_name=%s' % name, '-e', 'kind_cluster_image=barepod/node:absent-tag',
+                   '-e', 'kind_cluster_build_image=false', check=False)
+    assert res['_rc'] != 0
+    assert 'barepod/node:absent-tag does not exist and kind_cluster_build_image is false' in json.dumps(res)
+    assert containers(name) == []
 
 
 def test_create_reach_and_delete_a_three_node_cluster(cluster):
