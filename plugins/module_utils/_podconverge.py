@@ -244,9 +244,9 @@ def check_steps(steps, iptables=None):
     """Check every step in the role's order; stop at the first that would change.
 
     steps: step name -> the role's arguments (a dict, or a list of dicts for the per-container
-    steps rootfs, cgroup_containers and hosts). Returns dict(converged, run, results, changes):
+    steps rootfs, cgroup_containers and hosts). Returns dict(converged, run, checked, changes):
     run is the list of steps the role must run for real (the first changing one and all after it),
-    results the check-mode results of the steps checked (a list for per-container steps).
+    checked the check-mode results of the steps checked (a list for per-container steps).
     """
     missing = [s for s in STEPS if s not in steps]
     if missing:
@@ -274,4 +274,4 @@ def check_steps(steps, iptables=None):
             reason = [a for r in rs for a in (r.get('actions') or [])][:20]
             break
     run = list(STEPS[STEPS.index(first):]) if first else []
-    return dict(converged=first is None, run=run, results=known, changes=reason or [])
+    return dict(converged=first is None, run=run, checked=known, changes=reason or [])

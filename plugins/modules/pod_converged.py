@@ -18,7 +18,7 @@ description:
     feeding each step the outputs of the earlier ones (netns path, container cgroup paths, pod IP).
   - Stops at the first step that would change. That step and every later one are returned in C(run);
     the role runs them as the real module tasks. The steps before it are converged; their check-mode
-    results are returned in C(results), and the role uses them in place of the skipped tasks' results.
+    results are returned in C(checked), and the role uses them in place of the skipped tasks' results.
   - Never changes anything (it always runs the modules' check mode), so it reports C(changed=false)
     and works the same in check mode. A converged pod then costs one module call instead of nine.
 author:
@@ -64,7 +64,7 @@ run:
   elements: str
   returned: always
   sample: [containers, status]
-results:
+checked:
   description:
     - Check-mode result of each step checked (the converged ones and the first changing one), as the module
       would return it (a list for C(rootfs), C(cgroup_containers) and C(hosts)).
