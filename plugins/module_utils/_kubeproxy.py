@@ -709,15 +709,18 @@ def _jump_specs(prefix, localhost_fw):
     return out
 
 
-def render(objects, settings):
+def render(objects, settings, track=None):
     """Services + EndpointSlices -> Ruleset, exactly as kube-proxy's syncProxyRules."""
     svc_ports, endpoints, skipped = load(objects, settings.node_name)
-    rs = _render(svc_ports, endpoints, settings)
+    rs = _render(svc_ports, endpoints, settings, track=track)
     rs.skipped = skipped
     return rs
 
 
-def _render(svc_ports, endpoints_map, st):
+def _render(svc_ports, endpoints_map, st, large=None, track=None):
+    """large: force kube-proxy's large-cluster mode (a partial render of some Services must use
+    the mode of the whole set). track: a dict filled with what each Service (namespace/name)
+    contributes - [aggregate rules, own nat chains, endpoints, ports, filter rules, nat rules]."""
     p = st.chain_prefix
     cn = chain_names(p)
     rs = Ruleset(p)
@@ -751,8 +754,11 @@ def _render(svc_ports, endpoints_map, st):
     total = 0
     for sp in svc_ports:
         total += len(endpoints_map.get((sp.name_string, sp.protocol), ()))
-    large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+    if large is None:
+        large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
     rs.large_cluster_mode = large
+    aggregates = ((f_services, f_ext, f_nodeports, f_pfw), (n_services, n_nodeports))
+    nat_chains = rs.chains['nat']
     rs.services = len(svc_ports)
     rs.endpoints = total
 
@@ -763,6 +769,8 @@ def _render(svc_ports, endpoints_map, st):
         port = str(sp.port)
         all_eps = endpoints_map.get((name, sp.protocol), [])
         cluster_eps, local_eps, reachable, has_eps = categorize_endpoints(all_eps, sp)
+        if track is not None:
+            lengths = [[len(c) for c in cs] for cs in aggregates]
         svc_chain = '%s-SVC-%s' % (p, sp.hash)
         svl_chain = '%s-SVL-%s' % (p, sp.hash)
         ext_chain = '%s-EXT-%s' % (p, sp.hash)
@@ -942,6 +950,10 @@ def _render(svc_ports, endpoints_map, st):
             chain[-2] = (chain[-2][0].lstrip(), chain[-2][1].lstrip())
             chain[-1] = (chain[-1][0].lstrip(), chain[-1][1].lstrip())
 
+        if track is not None:
+            _track(track, sp, aggregates, lengths, nat_chains, all_eps, reachable,
+                   (svc_chain, svl_chain, ext_chain, fw_chain))
+
     # Tail-call to the nodeports chain: after all other service portal rules.
     c = 'kubernetes service nodeports; NOTE: this must be the last rule in this chain'
     if st.nodeport_match_all():
@@ -981,6 +993,38 @@ def _render(svc_ports, endpoints_map, st):
     return rs
 
 
+def _track(track, sp, aggregates, lengths, nat_chains, all_eps, reachable, own):
+    key = '%s/%s' % (sp.namespace, sp.name)
+    t = track.get(key)
+    if t is None:
+        t = track[key] = [[], [], 0, 0, 0, 0]
+    contrib = t[0]
+    n_filter = 0
+    for ti, cs in enumerate(aggregates):
+        for ci, c in enumerate(cs):
+            n0 = lengths[ti][ci]
+            if len(c) > n0:
+                contrib.append('%d.%d' % (ti, ci))
+                contrib.extend(r for _k, r in c[n0:])
+                if ti == 0:
+                    n_filter += len(c) - n0
+                else:
+                    t[5] += len(c) - n0
+    chains = t[1]
+    for c in own:
+        if c in nat_chains and c not in chains:
+            chains.append(c)
+            t[5] += len(nat_chains[c])
+    for e in reachable:
+        c = '%s-SEP-%s' % (own[0].split('-SVC-')[0], e.chain_hash)
+        if c not in chains:
+            chains.append(c)
+            t[5] += len(nat_chains[c])
+    t[2] += len(all_eps)
+    t[3] += 1
+    t[4] += n_filter
+
+
 def _service_to_endpoints(rs, sp, chain_name, endpoints, large):
     chain = rs.chain('nat', chain_name)
     name = sp.name_string
@@ -1011,23 +1055,46 @@ def _service_to_endpoints(rs, sp, chain_name, endpoints, large):
 
 # --------------------------------------------------------------------------- the manager
 
-def read_object_files(paths, yaml_mod):
+def read_source_texts(paths):
+    """[(path, text)] of the src files (read, not parsed: an unchanged input is never parsed)."""
     out = []
     for i, path in enumerate(paths or []):
-        field = 'src[%d]' % i
         try:
             with open(path, 'r') as f:
-                text = f.read()
+                out.append((path, f.read()))
         except (IOError, OSError) as e:
-            raise _err('cannot read %s: %s' % (path, e.strerror or e), field, path)
+            raise _err('cannot read %s: %s' % (path, e.strerror or e), 'src[%d]' % i, path)
+    return out
+
+
+def parse_source_texts(texts, yaml_mod):
+    """YAML (one or many documents; JSON is YAML too) -> objects, with libyaml when available."""
+    out = []
+    for i, (path, text) in enumerate(texts):
+        field = 'src[%d]' % i
+        stripped = text.lstrip()
+        if stripped[:1] in ('{', '['):
+            try:
+                doc = json.loads(text)
+            except ValueError:
+                doc = None
+            else:
+                docs = doc if isinstance(doc, list) else [doc]
+                out.extend(d for d in docs if d is not None)
+                continue
+        if yaml_mod is None:
+            raise _err('reading YAML needs PyYAML', field, path)
+        loader = getattr(yaml_mod, 'CSafeLoader', None) or yaml_mod.SafeLoader
         try:
-            docs = list(yaml_mod.safe_load_all(text))
+            docs = list(yaml_mod.load_all(text, Loader=loader))
         except yaml_mod.YAMLError as e:
             raise _err('%s is not valid YAML: %s' % (path, e), field, path)
-        for d in docs:
-            if d is not None:
-                out.append(d)
+        out.extend(d for d in docs if d is not None)
     return out
+
+
+def read_object_files(paths, yaml_mod):
+    return parse_source_texts(read_source_texts(paths), yaml_mod)
 
 
 def _read_sysctl(proc_root, name):
@@ -1050,6 +1117,58 @@ def _local_ipv4_addresses():
     return out
 
 
+# Bump whenever the rendered rules change for the same input: records of another rendering are
+# then not trusted (a full render and plan follows).
+RENDER_VERSION = 2
+_sha1 = hashlib.sha1
+
+
+def object_digests(objects):
+    """A digest of each object (its repr: the same JSON/YAML input gives the same repr)."""
+    return [_sha1(repr(o).encode('utf-8')).digest() for o in objects]
+
+
+def group_by_service(objects, digests):
+    """{service key: fingerprint of the Service and its EndpointSlices}, {key: [objects]}, or
+    (None, None) when the input is anything but plain Services and EndpointSlices each naming a
+    given Service once (Lists, Endpoints, errors...): then only the full render handles it."""
+    fps, members = {}, {}
+    slices = []
+    for i, o in enumerate(objects):
+        d = digests[i]
+        if not isinstance(o, dict):
+            return None, None
+        kind = o.get('kind')
+        meta = o.get('metadata')
+        if not isinstance(meta, dict):
+            return None, None
+        ns = meta.get('namespace') or 'default'
+        if kind == 'Service':
+            name = meta.get('name')
+            if not isinstance(name, str) or not isinstance(ns, str):
+                return None, None
+            key = ns + '/' + name
+            if key in fps:
+                return None, None
+            fps[key] = [d]
+            members[key] = [o]
+        elif kind == 'EndpointSlice':
+            labels = meta.get('labels')
+            svc = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+            if not isinstance(svc, str) or not isinstance(ns, str):
+                return None, None
+            slices.append((ns + '/' + svc, o, d))
+        else:
+            return None, None
+    for key, o, d in slices:
+        fp = fps.get(key)
+        if fp is None:
+            return None, None
+        fp.append(d)
+        members[key].append(o)
+    return dict((k, _sha1(b''.join(v)).hexdigest()[:24]) for k, v in fps.items()), members
+
+
 def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None, backend=None):
     """The kube_svc_rules module: render, observe, plan the partial sync, apply once."""
     # Tens of thousands of short-lived rule strings and objects: the cyclic collector would
@@ -1063,24 +1182,14 @@ def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None,
             gc.enable()
 
 
-def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
-    from ansible_collections.barepod.linux.plugins.module_utils import _iptables
-
-    state = params.get('state') or 'present'
-    if state not in ('present', 'absent'):
-        raise _err('must be present or absent', 'state', state)
-    objects = list(params.get('objects') or [])
-    if params.get('src'):
-        objects += read_object_files(params['src'], yaml_mod)
-    proc_root = params.get('proc_root') or '/proc'
-    apply_ = params.get('apply', True)
+def _settings(params, apply_, proc_root):
     liberal = params.get('conntrack_tcp_be_liberal')
     if liberal is None:
         liberal = apply_ and _read_sysctl(proc_root, 'net/netfilter/nf_conntrack_tcp_be_liberal') not in (None, '0')
     nodeport_ips = params.get('nodeport_ips')
     if params.get('nodeport_addresses') and not nodeport_ips and apply_:
         nodeport_ips = _local_ipv4_addresses()
-    settings = Settings(
+    return Settings(
         node_name=params.get('node_name'), node_ip=params.get('node_ip'),
         cluster_cidr=params.get('cluster_cidr'), masquerade_bit=params.get('masquerade_bit', 14),
         masquerade_all=params.get('masquerade_all', False),
@@ -1088,45 +1197,118 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         localhost_nodeports=params.get('localhost_nodeports', True),
         random_fully=params.get('random_fully', True), conntrack_tcp_be_liberal=liberal,
         nfacct=params.get('nfacct', False), chain_prefix=params.get('chain_prefix') or 'KUBE')
-    prefix = settings.chain_prefix
-    if state == 'present':
-        rs = render(objects, settings)
-    else:
-        rs = Ruleset(prefix)
-        rs.skipped = []
-    result = dict(changed=False, services=rs.services, endpoints=rs.endpoints,
-                  large_cluster_mode=rs.large_cluster_mode, skipped=rs.skipped,
-                  rules=rs.rule_count(), chain_prefix=prefix)
-    if params.get('return_payload', True):
-        result['payload'] = rs.payload() if state == 'present' else ''
-    if not apply_:
-        result['chains'] = dict(desired=['%s/%s' % (t, c) for t in TABLES for c in rs.ordered_chains(t)])
-        return result
 
+
+def settings_fingerprint(st):
+    return _sha1(repr((RENDER_VERSION, st.chain_prefix, st.node_name, str(st.node_ip), str(st.cluster_cidr),
+                       st.masquerade_bit, st.masquerade_all, [str(n) for n in st.nodeport_addresses],
+                       [str(a) for a in st.nodeport_ips], st.localhost_nodeports, st.random_fully,
+                       st.conntrack_tcp_be_liberal, st.nfacct)).encode('utf-8')).hexdigest()[:24]
+
+
+def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
+    from ansible_collections.barepod.linux.plugins.module_utils import _iptables
+
+    state = params.get('state') or 'present'
+    if state not in ('present', 'absent'):
+        raise _err('must be present or absent', 'state', state)
     resync = params.get('resync') or 'auto'
     if resync not in ('auto', 'always'):
         raise _err('must be auto or always', 'resync', resync)
+    inline = params.get('objects') or []
+    texts = read_source_texts(params.get('src')) if state == 'present' else []
+    proc_root = params.get('proc_root') or '/proc'
+    apply_ = params.get('apply', True)
+    return_payload = params.get('return_payload', True)
+    settings = _settings(params, apply_, proc_root)
+    prefix = settings.chain_prefix
+
+    if not apply_:
+        rs = render(list(inline) + parse_source_texts(texts, yaml_mod), settings)
+        result = _facts(rs, prefix)
+        if return_payload:
+            result['payload'] = rs.payload()
+        result['chains'] = dict(desired=['%s/%s' % (t, c) for t in TABLES for c in rs.ordered_chains(t)])
+        return result
+
     if backend is None:
         backend = _iptables.Backend(params.get('backend') or 'auto', save=params.get('iptables_save'),
                                     restore=params.get('iptables_restore'), iptables=params.get('iptables'),
                                     proc_net=os.path.join(proc_root, 'net'))
-    result['backend'] = backend.mode
-    result['backend_reason'] = backend.reason
     canary = prefix + '-PROXY-CANARY'
-    record_path = _record_path(params.get('state_dir') or DEFAULT_STATE_DIR, proc_root, backend.mode, prefix)
+    paths = _record_paths(params.get('state_dir') or DEFAULT_STATE_DIR, proc_root, backend.mode, prefix)
 
     # What is there: kube-proxy keeps it in memory and trusts it while its canary chain
-    # survives; we keep it in a record file, trusted the same way (resync=auto). Otherwise,
-    # and always for --diff, iptables-save is the truth.
-    existing = None
-    record = _load_record(record_path) if (resync == 'auto' and not want_diff) else None
-    canary_present = False
-    if record is not None:
+    # survives; we keep it in a record (a small head and a body with every chain's fingerprint
+    # and what each Service contributed), trusted the same way (resync=auto). Otherwise, and
+    # always for --diff, iptables-save is the truth.
+    head = _load_json(paths[0]) if (resync == 'auto' and not want_diff) else None
+    trusted = False
+    if head is not None:
         token = _iptables.canary_token(backend.list_chain('mangle', canary), canary)
-        if token is not None and token == record.get('token'):
+        trusted = token is not None and token == head.get('token')
+        if not trusted:
+            head = None
+
+    # Fast paths (Services and EndpointSlices unchanged, or only some Services changed): from
+    # the record, without rendering everything, without iptables-save.
+    input_fp = digests = None
+    settings_fp = settings_fingerprint(settings)
+    if state == 'present':
+        digests = object_digests(inline)
+        h = _sha1(b''.join(digests))
+        for _path, text in texts:
+            h.update(_sha1(text.encode('utf-8')).digest())
+        h.update(settings_fp.encode('ascii'))
+        input_fp = h.hexdigest()[:24]
+        if trusted and not return_payload and head.get('input_fp') == input_fp:
+            result = dict(head['facts'], changed=False, chain_prefix=prefix, backend=backend.mode,
+                          backend_reason=backend.reason, sync='recorded', render='none', restore_payload='',
+                          chains=_iptables.SyncPlan().summary(), restores=0)
+            return result
+    objects = list(inline)
+    if texts:
+        more = parse_source_texts(texts, yaml_mod)
+        objects += more
+        digests = digests + object_digests(more)
+    body = None
+    groups = members = None
+    if state == 'present':
+        groups, members = group_by_service(objects, digests)
+        if trusted and not return_payload and groups is not None and head.get('settings_fp') == settings_fp:
+            body = _load_json(paths[1])
+            if body is None or body.get('id') != head.get('body_id'):
+                body = None
+            else:
+                res = _partial(params, check_mode, settings, backend, paths, head, body, groups, members,
+                               input_fp, _iptables)
+                if res is not None:
+                    return res
+
+    if state == 'present':
+        track = {}
+        rs = render(objects, settings, track=track)
+    else:
+        rs = Ruleset(prefix)
+        rs.skipped = []
+        track = None
+    result = _facts(rs, prefix)
+    result['render'] = 'full' if state == 'present' else 'none'
+    if return_payload:
+        result['payload'] = rs.payload() if state == 'present' else ''
+    result['backend'] = backend.mode
+    result['backend_reason'] = backend.reason
+
+    existing = None
+    record = None
+    if trusted:
+        if body is None:
+            body = _load_json(paths[1])
+        if body is not None and body.get('id') == head.get('body_id'):
+            record = dict(head, tables=body.get('tables'))
             existing = _iptables.tables_from_record(record)
-            canary_present = True
     result['sync'] = 'recorded' if existing is not None else 'iptables-save'
+    canary_present = existing is not None
     if existing is None:
         text = backend.save()
         existing = _iptables.parse_save(text, tables=TABLES)
@@ -1143,6 +1325,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
     # first sync, as the record and the canary token say), so a barepod-only host is left clean.
     created = _created_shared(prefix, record, existing, token_found=record.get('token') if record else None)
     keep = set((t, c) for t, c in shared_chains(prefix) if '%s/%s' % (t, c) not in created)
+
     # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
     # iptables-save's
     def fingerprints():
@@ -1167,20 +1350,124 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
     if want_diff:
         before, after = _iptables.diff_text(plan)
         result['diff'] = dict(before=before, after=after)
+    write_record = state == 'present' and not check_mode and resync == 'auto' and not want_diff and (
+        plan or not trusted or head.get('input_fp') != input_fp)
     if plan and not check_mode:
         # The record goes first: should the restore fail half-way (iptables-legacy commits table
         # by table) or the run die, the next run compares with iptables-save instead of
         # trusting a record that no longer describes the kernel.
-        _remove_record(record_path)
+        _remove_record(paths)
         failpoint('rules-before-restore')
         backend.restore(payload)
-        if state == 'present':
-            _write_record(record_path, dict(
-                version=1, backend=backend.mode, prefix=prefix, token=token, created=created,
-                tables=hashes or fingerprints(),
-                jumps=_jumps_by_chain(jumps)))
-        else:
-            _remove_record(record_path)
+        if state == 'absent':
+            _remove_record(paths)
+    if write_record and token:
+        services = None
+        if groups is not None:
+            services = {}
+            for key, fp in groups.items():
+                t = track.get(key)
+                if t is None:   # headless, ExternalName, IPv6: no rules
+                    services[key] = [fp, '', 0, [], 0, 0, 0, 1]
+                else:
+                    services[key] = [fp, _contrib_fp(t[0]), t[2], t[1], t[3], t[4], t[5], 0]
+        _write_record(paths, dict(
+            version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
+            jumps=_jumps_by_chain(jumps), settings_fp=settings_fp, input_fp=input_fp,
+            facts=dict((k, result[k]) for k in FACT_KEYS)),
+            dict(tables=hashes or fingerprints(), services=services))
+    result['restores'] = backend.restores
+    return result
+
+
+FACT_KEYS = ('services', 'endpoints', 'large_cluster_mode', 'skipped', 'rules')
+RECORD_VERSION = 2
+
+
+def _facts(rs, prefix):
+    return dict(changed=False, services=rs.services, endpoints=rs.endpoints,
+                large_cluster_mode=rs.large_cluster_mode, skipped=rs.skipped,
+                rules=rs.rule_count(), chain_prefix=prefix)
+
+
+def _contrib_fp(contrib):
+    return _sha1('\n'.join(contrib).encode('utf-8')).hexdigest()[:24]
+
+
+def _partial(params, check_mode, settings, backend, paths, head, body, groups, members, input_fp, _iptables):
+    """Only some Services changed (kube-proxy's partial sync, from the record): render those
+    alone, and when what they put into the shared chains (KUBE-SERVICES, KUBE-NODEPORTS, the
+    filter chains) is unchanged, plan and write only their own chains. None: do a full sync."""
+    old = body.get('services')
+    if not isinstance(old, dict) or len(old) != len(groups):
+        return None
+    changed = []
+    for key, fp in groups.items():
+        entry = old.get(key)
+        if entry is None:
+            return None            # a Service added (or renamed): the shared chains change
+        if entry[0] != fp:
+            if entry[7]:
+                return None        # it had no rules (headless...): let the full render decide
+            changed.append(key)
+    sub = []
+    for key in changed:
+        sub.extend(members[key])
+    svc_ports, endpoints, skipped = load(sub, settings.node_name)   # validates the changed input
+    if skipped:
+        return None
+    facts = dict(head['facts'])
+    total = facts['endpoints'] - sum(old[k][2] for k in changed) + sum(
+        len(endpoints.get((sp.name_string, sp.protocol), ())) for sp in svc_ports)
+    large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+    if large != facts['large_cluster_mode']:
+        return None
+    track = {}
+    rs = _render(svc_ports, endpoints, settings, large=large, track=track)
+    for key in changed:
+        t = track.get(key)
+        if t is None or _contrib_fp(t[0]) != old[key][1]:
+            return None            # its cluster IP, ports, node ports... changed: full sync
+    nat = _iptables.Table('nat')
+    tables = body['tables']
+    for key in changed:
+        for c in old[key][3]:
+            nat.chains[c] = '-'
+            nat.rules[c] = tables['nat'].get(c, '')
+    want = {}
+    for key in changed:
+        for c in track[key][1]:
+            want[c] = rs.saved_rules('nat', c)
+    want = dict((c, want[c]) for c in sorted(want))
+    hashes = {'nat': dict((c, _iptables.chain_hash(r)) for c, r in want.items())}
+    prefix = settings.chain_prefix
+    plan = _iptables.plan_sync({'nat': nat}, {'nat': want}, [], owns=lambda t, c: owns_chain(prefix, t, c),
+                               tables=('nat',), hashes=hashes,
+                               write=lambda t, c: [k for k, _s in rs.chains[t][c]])
+    for key in changed:
+        e = old[key]
+        t = track[key]
+        facts['services'] += t[3] - e[4]
+        facts['rules'] = dict(facts['rules'], filter=facts['rules']['filter'] + t[4] - e[5],
+                              nat=facts['rules']['nat'] + t[5] - e[6])
+    facts['endpoints'] = total
+    result = dict(facts, changed=bool(plan), chain_prefix=prefix, backend=backend.mode,
+                  backend_reason=backend.reason, sync='recorded', render='partial (%d of %d Services)'
+                  % (len(changed), len(groups)), restore_payload=plan.payload, chains=plan.summary())
+    if not check_mode:
+        if plan:
+            _remove_record(paths)
+            failpoint('rules-before-restore')
+            backend.restore(plan.payload)
+        nat_hashes = tables['nat']
+        for key in changed:
+            for c in old[key][3]:
+                nat_hashes.pop(c, None)
+            old[key] = [groups[key], old[key][1], track[key][2], track[key][1], track[key][3], track[key][4],
+                        track[key][5], 0]
+        nat_hashes.update(hashes['nat'])
+        head = dict(head, input_fp=input_fp, facts=dict((k, facts[k]) for k in FACT_KEYS))
+        _write_record(paths, head, dict(tables=tables, services=old))
     result['restores'] = backend.restores
     return result
 
@@ -1209,30 +1496,41 @@ def _created_shared(prefix, record, existing, token_found=None):
     return ['%s/%s' % (t, c) for t, c in shared if c not in (existing.get(t).chains if existing.get(t) else ())]
 
 
-def _record_path(state_dir, proc_root, mode, prefix):
+def _record_paths(state_dir, proc_root, mode, prefix):
+    """(head, body) of the sync record of this network namespace, backend and prefix."""
     st = os.stat(os.path.join(proc_root, 'self', 'ns', 'net'))
-    return os.path.join(state_dir, 'netns-%d-%d-%s-%s.json' % (st.st_dev, st.st_ino, mode, prefix))
+    base = os.path.join(state_dir, 'netns-%d-%d-%s-%s' % (st.st_dev, st.st_ino, mode, prefix))
+    return base + '.json', base + '.body.json'
 
 
-def _load_record(path):
+def _load_json(path):
     try:
         with open(path, 'r') as f:
             rec = json.load(f)
     except (IOError, OSError, ValueError):
         return None
-    return rec if isinstance(rec, dict) and rec.get('version') == 1 else None
+    if not isinstance(rec, dict):
+        return None
+    if path.endswith('.body.json'):
+        return rec
+    return rec if rec.get('version') == RECORD_VERSION else None
 
 
-def _write_record(path, rec):
-    makedirs(os.path.dirname(path), 0o700)
-    write_if_changed(path, json.dumps(rec, sort_keys=True, separators=(',', ':')), 0o600)
+def _write_record(paths, head, body):
+    """The body first, the head (naming the body) last: a head is only ever found beside its body."""
+    makedirs(os.path.dirname(paths[0]), 0o700)
+    head = dict(head, body_id=uuid.uuid4().hex)
+    body = dict(body, id=head['body_id'])
+    write_if_changed(paths[1], json.dumps(body, separators=(',', ':')), 0o600)
+    write_if_changed(paths[0], json.dumps(head, sort_keys=True, separators=(',', ':')), 0o600)
 
 
-def _remove_record(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def _remove_record(paths):
+    for path in paths:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _jumps_by_chain(jumps):

@@ -297,6 +297,62 @@ def test_partial_sync_writes_only_changed_chains(node):
     assert set(node.connect(SVC_IP, 80, 10)) == {'be2'}
 
 
+def test_services_changed_alone_are_rendered_alone(node, tmp_path):
+    """resync=auto, return_payload=false: unchanged input renders nothing; a Service whose
+    endpoints changed is rendered alone and only its chains are written; a change to what a
+    Service puts into the shared chains (or a Service added) falls back to the full render.
+    After each step iptables-save equals a from-scratch render (resync=always changes nothing)."""
+    shim, count = counting_shim(tmp_path, node.restore_cmd)
+
+    def converged(objs):
+        r = node.run(objects=objs, resync='always', diff=True)
+        assert not r.changed, r['diff']
+
+    node.run(objects=objects())
+    r = node.run(objects=objects(), iptables_restore=shim)
+    assert not r.changed and r['render'] == 'none' and r['sync'] == 'recorded' and not count.exists()
+    assert r['services'] == 3 and r['endpoints'] == 4 and r['rules']['nat'] > 0
+    full = node.run(objects=objects(), resync='always')
+    assert (full['services'], full['endpoints'], full['rules']) == (r['services'], r['endpoints'], r['rules'])
+    # one endpoint of web goes: web alone is rendered, only its chains written
+    objs = objects(web=['10.244.0.12'])
+    r = node.run(objects=objs, iptables_restore=shim)
+    assert r.changed and r['render'].startswith('partial (1 of 3'), r['render']
+    assert count.read_text().count('run') == 1 and r['restores'] == 1
+    ch = r['chains']
+    assert ch['removed'] and all(c.startswith(('nat/KUBE-SVC-', 'nat/KUBE-SEP-'))
+                                 for c in ch['added'] + ch['changed'] + ch['removed']), ch
+    assert r['endpoints'] == 3 and 'KUBE-SERVICES' not in r['restore_payload']
+    assert set(node.connect(SVC_IP, 80, 10)) == {'be2'}
+    converged(objs)
+    assert not node.run(objects=objs).changed
+    # and back, with affinity Service's endpoints reordered (same rules)
+    objs = objects()
+    objs[3]['endpoints'].reverse()
+    r = node.run(objects=objs)
+    assert r.changed and r['render'].startswith('partial (2 of 3')
+    converged(objs)
+    assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}
+    # the empty Service gets an endpoint: its REJECT in filter/KUBE-SERVICES goes -> full render
+    objs = objects(extra=[slice_('empty', ['10.244.0.11'])])
+    r = node.run(objects=objs)
+    assert r.changed and r['render'] == 'full' and 'filter/KUBE-SERVICES' in r['chains']['changed']
+    converged(objs)
+    assert set(node.connect(EMPTY_IP, 80, 3)) == {'be1'}
+    # a bad change to one Service is still refused before anything is applied
+    bad = objects(extra=[slice_('empty', ['10.244.0.11'])])
+    bad[1]['ports'][0]['port'] = 70000
+    before = node.rules()
+    r = node.run(objects=bad)
+    assert r.failed and 'ports[0].port' in r['msg'] and node.rules() == before
+    # a Service added: full render
+    objs.append(service('more', '10.96.0.13'))
+    r = node.run(objects=objs)
+    assert r.changed and r['render'] == 'full'
+    converged(objs)
+    node.assert_foreign_intact()
+
+
 def test_check_mode_and_diff_change_nothing(node):
     before = node.rules()
     r = node.run(objects=objects(), check=True, diff=True)

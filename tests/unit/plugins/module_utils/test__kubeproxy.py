@@ -1,6 +1,7 @@
 """Rendering of kube-proxy's iptables rules: golden dumps from kube-proxy's proxier_test.go,
 then behaviour (traffic policies, endpoint conditions, affinity, protocols) and bad input."""
 import copy
+import json
 import os
 
 import pytest
@@ -391,3 +392,57 @@ def test_chapter_kube_dns_example_reproduces_the_books_rules():
     assert svc[1] == ('-m comment --comment "kube-system/kube-dns:dns-tcp -> 10.244.0.2:53" -m statistic '
                       '--mode random --probability 0.50000000000 -j KUBE-SEP-IT2ZTR26TO4XFPTO')
     assert 'KUBE-SVC-TCOU7JCQXEZGVUNU' in rs.chains['nat']  # kube-dns:dns over UDP
+
+
+def test_src_json_and_yaml_give_the_same_objects(tmp_path):
+    objs = list(yaml.safe_load_all(fixture('repeated.yaml')))
+    j = tmp_path / 'objs.json'
+    j.write_text(json.dumps(dict(kind='List', items=objs)))
+    y = tmp_path / 'objs.yaml'
+    y.write_text(fixture('repeated.yaml'))
+    a = kp.sync_service_rules(dict(src=[str(j)], apply=False), yaml_mod=yaml)
+    b = kp.sync_service_rules(dict(src=[str(y)], apply=False), yaml_mod=yaml)
+    assert a['payload'] == b['payload'] and a['services'] == 2
+
+
+def test_group_by_service_fingerprints_each_service_with_its_slices():
+    objs = list(yaml.safe_load_all(fixture('repeated.yaml')))
+    fps, members = kp.group_by_service(objs, kp.object_digests(objs))
+    assert sorted(fps) == sorted(members) and len(fps) == 2
+    for group in members.values():
+        assert group[0]['kind'] == 'Service'
+        assert all(o['kind'] == 'EndpointSlice' for o in group[1:])
+    changed = copy.deepcopy(objs)
+    sl = next(o for o in changed if o['kind'] == 'EndpointSlice')
+    sl['endpoints'][0]['addresses'] = ['10.180.0.99']
+    fps2, _m = kp.group_by_service(changed, kp.object_digests(changed))
+    key = '%s/%s' % (sl['metadata']['namespace'], sl['metadata']['labels'][kp.SERVICE_NAME_LABEL])
+    assert [k for k in fps if fps[k] != fps2[k]] == [key]
+    # anything but plain Services and EndpointSlices of given Services: only the full render
+    for extra in (dict(kind='List', items=[]), dict(kind='Endpoints', metadata=dict(name='x')), 'x',
+                  dict(kind='EndpointSlice', metadata=dict(name='s', labels={kp.SERVICE_NAME_LABEL: 'none'}))):
+        more = objs + [extra]
+        assert kp.group_by_service(more, kp.object_digests(more)) == (None, None)
+    assert kp.group_by_service(objs + objs[:1], kp.object_digests(objs + objs[:1])) == (None, None)
+
+
+def test_tracked_contributions_add_up_to_the_full_render():
+    """What _render tracks per Service (rules it adds to the shared chains and its own chains)
+    adds up to the whole rule set, and a Service rendered alone tracks the same."""
+    objs = yaml.safe_load_all(fixture('overall.yaml'))
+    objs = list(objs)
+    track = {}
+    rs = kp.render(objs, fake_proxier_settings(), track=track)
+    counts = rs.rule_count()
+    fixed = kp.render([], fake_proxier_settings()).rule_count()
+    assert sum(t[4] for t in track.values()) == counts['filter'] - fixed['filter']
+    assert sum(t[5] for t in track.values()) == counts['nat'] - fixed['nat']
+    own = set(c for t in track.values() for c in t[1])
+    assert own == set(c for c in rs.chains['nat'] if kp.is_service_chain('KUBE', c))
+    assert sum(t[3] for t in track.values()) == rs.services
+    fps, members = kp.group_by_service(objs, kp.object_digests(objs))
+    for key, group in members.items():
+        alone = {}
+        kp.render(group, fake_proxier_settings(), track=alone)
+        if key in track:
+            assert alone[key][:2] == track[key][:2], key
