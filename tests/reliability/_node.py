@@ -197,16 +197,21 @@ class Node(object):
         return sorted(line.split(':')[1].strip().split('@')[0] for line in p.stdout.decode().splitlines())
 
     def chains(self):
+        """table/chain of both backends (legacy ones prefixed legacy:)."""
         out = []
-        for table in ('filter', 'nat', 'mangle'):
-            p = subprocess.run(['ip', 'netns', 'exec', self.netns, 'iptables-save', '-t', table],
-                               stdout=subprocess.PIPE, check=True)
-            out += ['%s/%s' % (table, line[1:].split()[0]) for line in p.stdout.decode().splitlines()
-                    if line.startswith(':')]
+        for prefix, save in (('', 'iptables-nft-save'), ('legacy:', 'iptables-legacy-save')):
+            p = subprocess.run(['ip', 'netns', 'exec', self.netns, save], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, check=True)
+            table = None
+            for line in p.stdout.decode().splitlines():
+                if line.startswith('*'):
+                    table = line[1:]
+                elif line.startswith(':'):
+                    out.append('%s%s/%s' % (prefix, table, line[1:].split()[0]))
         return sorted(out)
 
     def rules(self, table='nat'):
-        p = subprocess.run(['ip', 'netns', 'exec', self.netns, 'iptables-save', '-t', table],
+        p = subprocess.run(['ip', 'netns', 'exec', self.netns, 'iptables-nft-save', '-t', table],
                            stdout=subprocess.PIPE, check=True)
         return [line for line in p.stdout.decode().splitlines() if line.startswith('-A')]
 
@@ -450,3 +455,29 @@ def converged_exactly_once(node, name, baseline):
     assert snap['netns'] == ['barepod-' + uid.replace('-', '')[:8]], snap['netns']
     assert snap['records'] == ['default_' + name], snap['records']
     return rec, snap
+
+
+def run_module_in(node, name, args, check=False, diff=False, failpoints=None, timeout=120):
+    """plugins/modules/<name>.py in a fresh interpreter inside the node's netns, as Ansible runs it.
+    -> its JSON result plus _rc (a SIGKILLed module prints nothing: {'_rc': -9})."""
+    payload = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
+    path = os.path.join(node.tmp, 'args-%s.json' % uuid.uuid4().hex[:6])
+    with open(path, 'w') as f:
+        json.dump({'ANSIBLE_MODULE_ARGS': payload}, f)
+    env = node.env(failpoints)
+    env['PYTHONPATH'] = collections_root()
+    try:
+        p = subprocess.run(['nsenter', '--net=/run/netns/' + node.netns, sys.executable, '-m',
+                            'ansible_collections.barepod.linux.plugins.modules.' + name, path],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                           timeout=timeout, cwd='/', check=False)
+    finally:
+        os.unlink(path)
+    out = p.stdout.decode(errors='replace')
+    try:
+        res = json.loads(out[out.index('{'):])
+    except ValueError:
+        res = {}
+    res['_rc'] = p.returncode
+    res['_stderr'] = p.stderr.decode(errors='replace')
+    return res

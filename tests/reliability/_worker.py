@@ -30,7 +30,7 @@ def main():
     op = CFG['op']
     out = dict(op=op)
     if op == 'up':
-        out['results'] = [drv.up(m) for m in CFG['manifests']]
+        out['results'] = [drv.up(m, check=CFG.get('check', False)) for m in CFG['manifests']]
     elif op == 'down':
         out['results'] = [drv.down(m, gc=CFG.get('gc', False)) for m in CFG['manifests']]
     elif op == 'soak':
