@@ -130,3 +130,42 @@ def test_read_only_state_dir(node, worker, reliability_log):
     node.down([f])
     assert node.snapshot() == baseline
     reliability_log('fault', 'read-only state directory', 'survived', leaks=0)
+
+
+# ---------------------------------------------------------------- mid-rule-sync
+RULE_STEPS = ['rules-before-restore', 'rules-between-tables']
+
+
+@pytest.mark.parametrize('mode', ['kill', 'error'])
+@pytest.mark.parametrize('step', RULE_STEPS)
+def test_rule_sync_interrupted_then_converges(node, reliability_log, step, mode):
+    """kube_svc_rules dies (or fails) before its iptables-restore, or after the first table of the
+    batch was committed: the next run (default resync=auto) ends with exactly the rules a clean
+    sync writes, and the run after that changes nothing."""
+    from test_drift import kube_dns, svc_args
+    from _node import Node, run_module_in
+    with_eps, without = kube_dns(), kube_dns(endpoints=False)  # the change touches filter and nat
+    r = run_module_in(node, 'kube_svc_rules', svc_args(node, with_eps))
+    assert r['_rc'] == 0 and r['changed'], r
+    r = run_module_in(node, 'kube_svc_rules', svc_args(node, without), failpoints='%s=%s' % (step, mode))
+    if mode == 'kill':
+        assert r['_rc'] == -9, r
+    else:
+        assert r.get('failed') and r['msg'] == 'failpoint %s' % step, r
+    reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'injected')
+    r = run_module_in(node, 'kube_svc_rules', svc_args(node, without))
+    assert r['_rc'] == 0 and not r.get('failed'), r
+    got = dict((t, node.rules(t)) for t in ('filter', 'nat'))
+    # the reference: the same objects synced once into a fresh node
+    ref = Node(os.path.join(node.tmp, 'ref'))
+    try:
+        r = run_module_in(ref, 'kube_svc_rules', svc_args(ref, without))
+        assert r['_rc'] == 0, r
+        want = dict((t, ref.rules(t)) for t in ('filter', 'nat'))
+    finally:
+        ref.cleanup()
+    assert got == want
+    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, without))['changed']
+    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, without, resync='always'))['changed']
+    run_module_in(node, 'kube_svc_rules', svc_args(node, [], state='absent'))
+    reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'survived')
