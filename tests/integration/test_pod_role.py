@@ -22,7 +22,7 @@ ANSIBLE_PLAYBOOK = os.path.join(REPO, '.venv', 'bin', 'ansible-playbook')
 CGROUP_ROOT = '/sys/fs/cgroup'
 
 
-def playbook(node, name, extra_vars, check=False):
+def playbook(node, name, extra_vars, check=False, diff=False):
     env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_STDOUT_CALLBACK='json',
                ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_NOCOLOR='1')
     varsfile = os.path.join(extra_vars['pod_state_root'] + '.vars.json')
@@ -32,6 +32,8 @@ def playbook(node, name, extra_vars, check=False):
            '-e', '@' + varsfile]
     if check:
         cmd.append('--check')
+    if diff:
+        cmd.append('--diff')
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=300, check=False)
     out = p.stdout.decode()
     try:
@@ -52,6 +54,17 @@ def task_result(res, task_name):
             if t['task']['name'].endswith(task_name):
                 return t['hosts']['localhost']
     raise KeyError(task_name)
+
+
+def module_tasks_run(res):
+    """The barepod modules the run executed (not skipped), in order; loop tasks count once."""
+    out = []
+    for play in res['plays']:
+        for t in play['tasks']:
+            h = t['hosts'].get('localhost', {})
+            if h.get('action', '').startswith('barepod.linux.') and not h.get('skipped'):
+                out.append(h['action'])
+    return out
 
 
 class Node(object):
@@ -79,10 +92,10 @@ class Node(object):
             yaml.safe_dump(m, f)
         return path
 
-    def run(self, name, files, check=False, **extra):
+    def run(self, name, files, check=False, diff=False, **extra):
         v = dict(self.vars, barepod_pod_files=files)
         v.update(extra)
-        return playbook(self.netns, name, v, check=check)
+        return playbook(self.netns, name, v, check=check, diff=diff)
 
     def records(self):
         out = []
@@ -178,6 +191,57 @@ def test_pod_up_idempotent_observable_and_down_leaves_nothing(node):
     # the status is in the pod record
     with open(os.path.join(node.vars['pod_state_root'], 'default_core-k8s', 'status.json')) as fh:
         assert json.load(fh)['podIP'] == status['podIP']
+
+    # the fast path: a converged pod costs one module call (pod_converged); every module task is skipped
+    _, res = node.run('pod_up.yml', [f])
+    assert task_result(res, 'Which steps would change (every module\'s check mode, in one process)')['run'] == []
+    assert module_tasks_run(res) == ['barepod.linux.pod_converged']
+    assert task_result(res, 'Publish the status as a fact')['ansible_facts']['pod_status']['podIP'] == status['podIP']
+
+    # drift in a late step: the container dies. Only the containers and status tasks run, for real:
+    # check mode (with --diff) reports the restart, the real converge restarts the container
+    os.kill(pid, signal.SIGKILL)
+    stats, res = node.run('pod_up.yml', [f], check=True, diff=True)
+    assert stats['changed'] > 0
+    assert task_result(res, 'Which steps would change (every module\'s check mode, in one process)')['run'] == [
+        'containers', 'status']
+    ctr = task_result(res, 'Containers, joined into the sandbox')
+    assert ctr['changed'] and ctr.get('diff'), ctr
+    assert module_tasks_run(res) == ['barepod.linux.pod_converged', 'barepod.linux.ns_sandbox',
+                                     'barepod.linux.pod_status']
+    stats, res = node.run('pod_up.yml', [f])
+    assert stats['changed'] > 0
+    assert module_tasks_run(res) == ['barepod.linux.pod_converged', 'barepod.linux.ns_sandbox',
+                                     'barepod.linux.pod_status']
+    [rec] = node.records()
+    new_pid = rec['containers']['any-old-name-will-do']['pid']
+    assert new_pid != pid and os.path.exists('/proc/%d' % new_pid)
+    assert rec['containers']['any-old-name-will-do']['restart_count'] == 1
+    with open(os.path.join(rec['cgroups']['containers']['any-old-name-will-do']['paths']['memory'],
+                           'cgroup.procs')) as fh:
+        assert str(new_pid) in fh.read().split()
+    pid = new_pid
+
+    # drift in a middle step: the pod's memory limit changed behind our back. The pod cgroup task and
+    # every task after it run; the steps before it (record, rootfs, sandbox) stay skipped, the
+    # limit is restored, and the running container is left alone
+    limit = os.path.join(cg['paths']['memory'], 'memory.limit_in_bytes')
+    with open(limit, 'w') as fh:
+        fh.write(str(300 * 1024 * 1024))
+    stats, res = node.run('pod_up.yml', [f])
+    assert task_result(res, 'Which steps would change (every module\'s check mode, in one process)')['run'][0] == (
+        'cgroup_pod')
+    ran = module_tasks_run(res)
+    assert ran[:2] == ['barepod.linux.pod_converged', 'barepod.linux.cgroup_limit'], ran
+    assert 'barepod.linux.chroot_rootfs' not in ran
+    assert task_result(res, 'Pod cgroup (QoS class and pod-level limits as kubelet computes them)')['changed']
+    assert not task_result(res, 'Containers, joined into the sandbox')['changed']
+    with open(limit) as fh:
+        assert int(fh.read()) == 200 * 1024 * 1024
+    [rec] = node.records()
+    assert rec['containers']['any-old-name-will-do']['pid'] == pid
+    stats, _ = node.run('pod_up.yml', [f])
+    assert stats['changed'] == 0, stats
 
     veth = rec['network']['host_ifname']
     stats, _ = node.run('pod_down.yml', [f])
