@@ -30,6 +30,7 @@ import argparse
 import ctypes
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,7 +53,8 @@ def collections_root():
     return root
 
 
-sys.path.insert(0, collections_root())
+COLLECTIONS = collections_root()
+sys.path.insert(0, COLLECTIONS)
 
 from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp  # noqa: E402
 
@@ -108,21 +110,57 @@ PARAMS = dict(cluster_cidr='10.128.0.0/9', node_name='bench-node', conntrack_tcp
               return_payload=False, state_dir=STATE_DIR)
 
 
-def sync(backend, objs, **kw):
+def children_cpu():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+CPU = {}   # id(wall list) -> cpu list: CPU seconds (ours + children) beside each wall time
+
+
+def timed(wall, fn):
+    """Run fn(), append its wall time to `wall` and its CPU time (this process + children,
+    far less sensitive to the load of other processes) to CPU[id(wall)]; return fn's result."""
+    c0, k0, t0 = time.process_time(), children_cpu(), time.perf_counter()
+    res = fn()
+    wall.append(time.perf_counter() - t0)
+    CPU.setdefault(id(wall), []).append(time.process_time() - c0 + children_cpu() - k0)
+    return res
+
+
+def sync(backend, objs, wall, **kw):
     params = dict(PARAMS, objects=objs, backend=backend, **kw)
-    t = time.perf_counter()
-    res = kp.sync_service_rules(params)
-    return time.perf_counter() - t, res
+    return timed(wall, lambda: kp.sync_service_rules(params))
 
 
-def raw(argv, stdin=None):
-    t = time.perf_counter()
-    p = subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       universal_newlines=True, check=False)
-    dt = time.perf_counter() - t
+def raw(argv, wall, stdin=None):
+    p = timed(wall, lambda: subprocess.run(argv, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                           universal_newlines=True, check=False))
     if p.returncode != 0:
         raise RuntimeError('%s: %s' % (' '.join(argv), p.stderr[:500]))
-    return dt
+
+
+def write_src(objs):
+    path = os.path.join(STATE_DIR, 'objects.json')
+    with open(path, 'w') as f:
+        json.dump(objs, f)
+    return path
+
+
+def module_process(backend, objs, wall, **kw):
+    """The whole module as Ansible runs it: a fresh interpreter, imports, argument parsing."""
+    args = dict(PARAMS, objects=objs, backend=backend, **kw)
+    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:
+        json.dump({'ANSIBLE_MODULE_ARGS': args}, f)
+    env = dict(os.environ, PYTHONPATH=COLLECTIONS)
+    try:
+        p = timed(wall, lambda: subprocess.run(
+            [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.kube_svc_rules', f.name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd='/', check=False))
+    finally:
+        os.unlink(f.name)
+    out = p.stdout.decode(errors='replace')
+    return json.loads(out[out.find('{'):])
 
 
 def med(xs):
@@ -144,11 +182,18 @@ def main():
     backends = args.backends.split(',')
     rows = []
     results = dict(sizes=sizes, endpoints_per_service=2, backends={}, started=time.strftime('%FT%TZ', time.gmtime()))
+
+    def row(backend, what, ours, peer_name, peer, extra=None):
+        rows.append((backend, what, med(ours), med(CPU.get(id(ours))), peer_name, med(peer),
+                     med(CPU.get(id(peer))) if peer is not None else None))
+        results['backends'][backend][what] = dict(ours=ours, ours_cpu=CPU.get(id(ours)), peer=peer_name,
+                                                  peer_wall=peer, peer_cpu=CPU.get(id(peer)), **(extra or {}))
+        print(rows[-1], flush=True)
     try:
         for backend in backends:
             restore = ['iptables-%s-restore' % backend, '-w', '5', '--noflush', '--counters']
             save = ['iptables-%s-save' % backend]
-            br = results['backends'][backend] = {}
+            results['backends'][backend] = {}
             for n in sizes:
                 objs = make_objects(n)
                 payload = kp.render(objs, kp.Settings(cluster_cidr=PARAMS['cluster_cidr'],
@@ -157,61 +202,73 @@ def main():
                 ours, peer = [], []
                 for _rep in range(reps):
                     fresh_netns()
-                    peer.append(raw(restore, payload))
+                    raw(restore, peer, payload)
                     fresh_netns()
-                    dt, res = sync(backend, objs)
+                    res = sync(backend, objs, ours)
                     assert res['changed'] and res['restores'] == 1
-                    ours.append(dt)
-                br['full_%d' % n] = dict(ours=ours, raw_restore=peer)
-                rows.append((backend, 'full sync %d svc' % n, med(ours), 'raw iptables-restore', med(peer)))
-                print(rows[-1], flush=True)
+                row(backend, 'full sync %d svc' % n, ours, 'raw iptables-restore', peer)
             n = sizes[-1]
             objs = make_objects(n)
             # converged at the largest size (we are in the netns of the last full sync)
             noop, saves, modes = [], [], []
             for _rep in range(args.reps):
-                saves.append(raw(save))
-                dt, res = sync(backend, objs)
+                raw(save, saves)
+                res = sync(backend, objs, noop)
                 assert not res['changed'] and res['restores'] == 0, res['chains']
-                noop.append(dt)
-                modes.append(res['sync'])
-            br['noop_%d' % n] = dict(ours=noop, raw_save=saves, sync=modes)
-            rows.append((backend, 'no-op resync %d svc (%s)' % (n, '/'.join(sorted(set(modes)))), med(noop),
-                         'one iptables-save', med(saves)))
-            print(rows[-1], flush=True)
+                modes.append('%s/%s' % (res['sync'], res.get('render')))
+            row(backend, 'no-op resync %d svc' % n, noop, 'one iptables-save', saves, dict(sync=modes))
+            proc = []
+            for _rep in range(args.reps):
+                res = module_process(backend, objs, proc)
+                assert not res.get('failed') and not res['changed'] and res['restores'] == 0, res
+            row(backend, 'no-op %d svc, module process' % n, proc, 'one iptables-save', saves)
+            src = write_src(objs)
+            proc = []
+            for _rep in range(args.reps):
+                res = module_process(backend, [], proc, src=[src])
+                assert not res.get('failed') and not res['changed'] and res['restores'] == 0, res
+            row(backend, 'no-op %d svc, module process, src file' % n, proc, 'one iptables-save', saves)
             always = []
             for _rep in range(args.reps):
-                dt, res = sync(backend, objs, resync='always')
+                res = sync(backend, objs, always, resync='always')
                 assert not res['changed'] and res['sync'] == 'iptables-save'
-                always.append(dt)
-            br['noop_always_%d' % n] = dict(ours=always, raw_save=saves)
-            rows.append((backend, 'no-op, resync=always %d svc' % n, med(always), 'one iptables-save', med(saves)))
-            print(rows[-1], flush=True)
-            change, peer = [], []
+            row(backend, 'no-op, resync=always %d svc' % n, always, 'one iptables-save', saves)
+            change, peer, proc, proc_src, modes = [], [], [], [], []
             for r in range(args.reps):
                 moved = make_objects(n, moved=n // 2 + r)
-                dt, res = sync(backend, moved)
+                res = sync(backend, moved, change)
                 assert res['changed'] and res['restores'] == 1
-                change.append(dt)
+                modes.append(res.get('render'))
                 # the same partial payload, raw: first put the old state back, then time it
                 back_params = dict(PARAMS, objects=objs, backend=backend)
                 kp.sync_service_rules(back_params)
-                peer.append(raw(restore, res['restore_payload']))
+                raw(restore, peer, res['restore_payload'])
                 kp.sync_service_rules(back_params)
-            br['one_change_%d' % n] = dict(ours=change, raw_restore_partial=peer,
-                                           chains=res['chains'])
-            rows.append((backend, 'one-service change %d svc' % n, med(change),
-                         'raw restore of same partial payload', med(peer)))
-            print(rows[-1], flush=True)
+                res2 = module_process(backend, moved, proc)
+                assert res2['changed'] and res2['restores'] == 1, res2
+                kp.sync_service_rules(back_params)
+                res2 = module_process(backend, [], proc_src, src=[write_src(moved)])
+                assert res2['changed'] and res2['restores'] == 1, res2
+                kp.sync_service_rules(back_params)
+            row(backend, 'one-service change %d svc' % n, change, 'raw restore of same partial payload', peer,
+                dict(chains=res['chains'], render=modes))
+            row(backend, 'one-service change %d svc, module process' % n, proc,
+                'raw restore of same partial payload', peer)
+            row(backend, 'one-service change %d svc, module, src file' % n, proc_src,
+                'raw restore of same partial payload', peer)
     finally:
         cleanup()
 
     print()
-    print('%-7s %-38s %10s  %-36s %10s %7s' % ('backend', 'measurement', 'ours (s)', 'peer', 'peer (s)', 'ratio'))
-    for backend, what, ours, peer_name, peer in rows:
-        print('%-7s %-38s %10.4f  %-36s %10.4f %7.2f' % (backend, what, ours, peer_name, peer, ours / peer))
-    results['table'] = [dict(backend=b, measurement=w, ours_s=o, peer=pn, peer_s=p, ratio=o / p)
-                        for b, w, o, pn, p in rows]
+    print('wall = median elapsed seconds; cpu = median CPU seconds of the process and its children')
+    print('%-7s %-44s %8s %8s  %-36s %8s %8s %7s %7s' % ('backend', 'measurement', 'ours', 'ours cpu', 'peer',
+                                                       'peer', 'peer cpu', 'ratio', 'cpu rt'))
+    for backend, what, ours, ocpu, peer_name, peer, pcpu in rows:
+        print('%-7s %-44s %8.4f %8.4f  %-36s %8.4f %8.4f %7.2f %7.2f' % (
+            backend, what, ours, ocpu, peer_name, peer, pcpu, ours / peer, ocpu / pcpu if pcpu else float('nan')))
+    results['table'] = [dict(backend=b, measurement=w, ours_s=o, ours_cpu_s=oc, peer=pn, peer_s=p, peer_cpu_s=pc,
+                             ratio=o / p, cpu_ratio=(oc / pc if pc else None))
+                        for b, w, o, oc, pn, p, pc in rows]
     out = os.path.join(REPO, 'bench', 'results')
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, 'svc_rules-%s.json' % time.strftime('%Y%m%dT%H%M%S'))

@@ -232,7 +232,8 @@ class SyncPlan(object):
                     jumps_added=self.jumps_added, jumps_removed=self.jumps_removed)
 
 
-def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'), write=None, hashes=None):
+def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'), write=None, hashes=None,
+              sides=True):
     """Plan the partial sync.
 
     existing: {table: Table} from parse_save.
@@ -244,6 +245,8 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
     write:    optionally write(table, chain) -> [rule], the same rules spelled as they are to
               be written (e.g. kube-proxy's own spelling); default: the compared form.
     hashes:   optionally {table: {chain: chain_hash(rules)}} of `desired`, when already known.
+    sides:    keep the before/after rules of every touched chain (for diff_text); False saves
+              that work when no diff is wanted.
     """
     plan = SyncPlan()
     for table in tables:
@@ -261,8 +264,9 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
                 plan.changed.append('%s/%s' % (table, chain))
                 if isinstance(cur, str):
                     cur = None  # known only by its fingerprint (recorded sync)
-            plan.before['%s/%s' % (table, chain)] = cur or []
-            plan.after['%s/%s' % (table, chain)] = rules
+            if sides:
+                plan.before['%s/%s' % (table, chain)] = cur or []
+                plan.after['%s/%s' % (table, chain)] = rules
             chain_lines.append(':%s - [0:0]' % chain)
             out_rules = write(table, chain) if write is not None else rules
             for r in out_rules:

@@ -1332,7 +1332,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         return dict((t, dict((c, _iptables.chain_hash(r)) for c, r in desired[t].items())) for t in TABLES)
     hashes = fingerprints() if result['sync'] == 'recorded' else None
     plan = _iptables.plan_sync(existing, desired, jumps, owns=lambda t, c: owns_chain(prefix, t, c),
-                               keep=keep, tables=TABLES, hashes=hashes,
+                               keep=keep, tables=TABLES, hashes=hashes, sides=want_diff,
                                write=lambda t, c: [k for k, _s in rs.chains[t][c]])
     payload = plan.payload
     token = record.get('token') if record else None

@@ -40,6 +40,8 @@ options:
       - Services of type ExternalName and headless Services (C(clusterIP=None)) are skipped, as kube-proxy
         does. A Service without C(spec.clusterIP) is an error.
       - v1 Endpoints objects are ignored (kube-proxy reads EndpointSlices).
+      - Service names, namespaces and port names must be DNS-1123 labels, as the API server requires
+        (they end up in rule comments).
     type: list
     elements: dict
     default: []
@@ -170,6 +172,11 @@ notes:
     large-cluster mode does.
   - Supports check mode (reports the chains that would be added, changed and removed) and diff
     (rule-level, in iptables-save form).
+  - At thousands of Services use O(src) (YAML or JSON files, read with libyaml and not parsed at all
+    when unchanged) rather than O(objects) (Ansible copies and validates every inline object), and
+    O(return_payload=false) - only then are unchanged input and Services changed alone handled
+    from the sync record without rendering everything. More than 100 inline objects are not echoed back
+    in C(invocation).
 requirements:
   - iptables (nft and/or legacy) with iptables-save and iptables-restore, root, unless O(apply=false).
   - PyYAML for O(src).
@@ -269,6 +276,9 @@ from ansible_collections.barepod.linux.plugins.module_utils._common import Barep
 from ansible_collections.barepod.linux.plugins.module_utils._kubeproxy import sync_service_rules
 
 
+ECHO_OBJECTS_MAX = 100
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -305,6 +315,11 @@ def main():
                                  yaml_mod=yaml)
     except BarepodError as e:
         module.fail_json(msg=e.msg)
+    objects = module.params['objects'] or []
+    if len(objects) > ECHO_OBJECTS_MAX:
+        # Ansible echoes every argument back (and deep-copies it twice on the way): at
+        # thousands of objects that is most of the module's run time, so they are counted instead.
+        res['invocation'] = dict(module_args=dict(module.params, objects='(%d objects, not echoed)' % len(objects)))
     module.exit_json(**res)
 
 
