@@ -273,5 +273,11 @@ def check_steps(steps, iptables=None):
             rs = res if isinstance(res, list) else [res]
             reason = [a for r in rs for a in (r.get('actions') or [])][:20]
             break
+    if first == 'record':
+        # a new (or changed) Pod: the record step would write before the rootfs step validates
+        # its input. Check the rootfs arguments now (protected hostPaths, images, mount
+        # targets), so a refused manifest fails before any change, leaving no pod record.
+        for a in with_inputs('rootfs', steps['rootfs'], known):
+            run_module_logic(STEP_MODULES['rootfs'], a, True, iptables)
     run = list(STEPS[STEPS.index(first):]) if first else []
     return dict(converged=first is None, run=run, checked=known, changes=reason or [])

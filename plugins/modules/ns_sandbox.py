@@ -83,7 +83,10 @@ options:
         type: list
         elements: dict
       working_dir:
-        description: Working directory inside the container (created if missing).
+        description:
+          - Working directory inside the container (created if missing).
+          - Paths under C(/proc) are refused, and the container fails to start when the directory
+            resolves outside its root (a symlink to C(/proc/self/fd/N), CVE-2024-21626).
         type: str
         aliases: [workingDir]
       security_context:

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from _hostile import run_module
 
 from ansible_collections.barepod.linux.plugins.filter import pod as podf
-from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy, _rootfs, _sandbox
+from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy, _rootfs, _sandbox, _state
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._kubeproxy import split_rule, sync_service_rules
 
@@ -50,6 +50,7 @@ HOST_PATHS = ['/', '/etc', '/etc/', '/proc', '/proc/1/root', '/sys', '/dev', '/v
 FIELD_MSG = re.compile(r'^(manifest|kind|metadata|spec)[^:\s]*: ')
 NAME_OK = re.compile(r'^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')
 UID_OK = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}$')
+SAFE_PATH = re.compile(r'^(/[A-Za-z0-9][A-Za-z0-9._-]*)+$')  # no metacharacters, spaces, unicode or ..
 
 PROPS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 PROPS_IO = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
@@ -196,10 +197,14 @@ def test_pod_manifest_through_the_filters(m, tally):
     tally(True)
     # what reaches paths (rootfs, logs, record dir, netns name) is a validated name
     assert NAME_OK.match(ident['name']) and NAME_OK.match(ident['namespace']) and UID_OK.match(ident['uid'])
+    paths = [os.path.join(_state.DEFAULT_STATE_ROOT, _state.pod_key(ident['namespace'], ident['name'])),
+             _state.netns_path(ident['uid'])]
     for s in specs:
         assert re.match(r'^[a-z0-9-]+$', s['name'])
-        assert os.path.normpath(s['rootfs']) == s['rootfs']
-        assert s['rootfs'] == '/var/lib/barepod/rootfs/%s/%s' % (ident['uid'], s['name'])
+        assert s['rootfs'] == _state.rootfs_dir(ident['uid'], s['name'])
+        paths += [s['rootfs'], _state.log_dir(ident['namespace'], ident['name'], ident['uid'], s['name'])]
+    for p in paths:
+        assert SAFE_PATH.match(p) and os.path.normpath(p) == p, p
 
 
 def _tree(d):

@@ -321,3 +321,38 @@ def test_protected_host_paths_refused_through_the_pod_role_path(work, source, re
     reliability_log('escape', 'hostPath %s (pod role path, default allow list)' % source, 'blocked')
     assert 'mounts[0].source' in str(e.value)
     assert os.listdir(work) == [] and mounts_under(work) == []
+
+
+def _messages(obj):
+    if isinstance(obj, dict):
+        out = [obj['msg']] if isinstance(obj.get('msg'), str) else []
+        for v in obj.values():
+            out += _messages(v)
+        return out
+    if isinstance(obj, list):
+        return [m for v in obj for m in _messages(v)]
+    return []
+
+
+def test_protected_host_path_refused_by_the_pod_role_before_any_change(node, reliability_log):
+    source = '/etc'
+    """ansible-playbook pod_up.yml with a manifest whose hostPath is protected: the play fails
+    naming the field, and the node is exactly as before (no record, rootfs, cgroup, netns)."""
+    import yaml
+    m = node.manifest_dict(name='hostile-hostpath')
+    m['spec']['volumes'][0]['hostPath']['path'] = source
+    path = os.path.join(node.tmp, 'hostile.yaml')
+    with open(path, 'w') as f:
+        yaml.safe_dump(m, f)
+    before = node.snapshot()
+    rc, _stats, res, _failures = node.playbook('pod_up.yml', [path])
+    after = node.snapshot()
+    failures = [m for m in _messages(res) if 'hostPath' in m]
+    if rc != 0:
+        node.files.append(path)  # let the fixture's teardown run pod_down on it if anything is left
+    changed = dict((k, (before[k], after[k])) for k in before if before[k] != after[k])
+    ok = rc != 0 and any('mounts[0].source' in str(f) for f in failures) and not changed
+    reliability_log('escape', 'hostPath %s through ansible-playbook pod_up.yml' % source, 'blocked' if ok else 'FAILED',
+                    partial_state=sorted(changed))
+    assert rc != 0 and any('mounts[0].source' in str(f) for f in failures), failures
+    assert not changed, changed
