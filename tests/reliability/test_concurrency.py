@@ -2,9 +2,6 @@
 syncs. Distinct addresses, no lost pod record or record section, every pod converged; the
 iptables-restore batches of parallel runs do not lose each other's chains."""
 import concurrent.futures
-import os
-
-import pytest
 
 from _node import run_module_in
 from test_drift import kube_dns, svc_args
