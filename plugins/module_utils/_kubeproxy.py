@@ -408,11 +408,11 @@ def parse_service(field, obj, skipped):
         sp.protocol = protocol if protocol in _PROTOCOL_SET else _protocol(pf + '.protocol', protocol)
         sp.proto = _LOWER[sp.protocol]
         port = p.get('port')
-        sp.port = port if (type(port) is int and 0 < port < 65536) else _int(pf + '.port', port, 1, 65535, 'a port')
+        sp.port = port if (port.__class__ is int and 0 < port < 65536) else _int(pf + '.port', port, 1, 65535, 'a port')
         np_ = p.get('nodePort')
         if not np_:
             sp.node_port = 0
-        elif type(np_) is int and 0 < np_ < 65536:
+        elif np_.__class__ is int and 0 < np_ < 65536:
             sp.node_port = np_
         else:
             sp.node_port = _int(pf + '.nodePort', np_, 1, 65535, 'a port')
@@ -482,7 +482,7 @@ def parse_slice(field, obj, node_name):
         port = p.get('port')
         if not port:
             continue
-        if not (type(port) is int and 0 < port < 65536):
+        if not (port.__class__ is int and 0 < port < 65536):
             port = _int(pf + '.port', port, 1, 65535, 'a port')
         pname = p.get('name') or ''
         if not isinstance(pname, str):

@@ -153,6 +153,9 @@ options:
         table still carries the record's token. A flushed or recreated ruleset (or no record) falls back to
         comparing with C(iptables-save). Fast at thousands of Services; edits made by hand to single rules
         in between are not noticed (as with kube-proxy between its full syncs).
+      - With O(return_payload=false) the record also says what each Service rendered to, so unchanged
+        input renders nothing and Services changed alone are rendered (and their chains written) alone
+        (see RV(render)).
       - C(always) - compare every chain with C(iptables-save) on every run (repairs any edit).
       - With --diff the comparison is always with C(iptables-save).
     type: str
@@ -255,6 +258,13 @@ restores:
   type: int
 sync:
   description: How the current state was learned, C(recorded) (trusted record, see O(resync)) or C(iptables-save).
+  returned: when apply
+  type: str
+render:
+  description:
+    - What was rendered - C(full), C(none) (input unchanged since the recorded sync), or
+      C(partial (k of n Services)) (only the Services that changed, their chains alone planned and written).
+    - The two fast forms need O(resync=auto) and O(return_payload=false).
   returned: when apply
   type: str
 '''
