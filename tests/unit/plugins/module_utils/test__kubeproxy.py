@@ -446,3 +446,81 @@ def test_tracked_contributions_add_up_to_the_full_render():
         kp.render(group, fake_proxier_settings(), track=alone)
         if key in track:
             assert alone[key][:2] == track[key][:2], key
+
+
+class FakeBackend(object):
+    """iptables as far as the record paths need it: the canary token of the last restore."""
+
+    mode, reason = 'nft', 'fake'
+
+    def __init__(self):
+        self.restores = 0
+        self.payloads = []
+        self.token = None
+
+    def list_chain(self, table, chain):
+        return '-A %s -m comment --comment "%s"\n' % (chain, self.token) if self.token else ''
+
+    def save(self, table=None):
+        return ''
+
+    def restore(self, payload):
+        self.restores += 1
+        self.payloads.append(payload)
+        found = None
+        if 'PROXY-CANARY -m comment --comment "' in payload:
+            found = payload.split('PROXY-CANARY -m comment --comment "', 1)[1].split('"', 1)[0]
+        self.token = found or self.token
+
+
+class NoYaml(object):
+    class YAMLError(Exception):
+        pass
+
+    SafeLoader = None
+
+    @staticmethod
+    def load_all(*_a, **_k):
+        raise AssertionError('an unchanged src file must not be parsed')
+
+
+def test_unchanged_src_is_not_parsed_and_one_service_is_rendered_alone(tmp_path):
+    def objs(moved=False):
+        out = []
+        for i in range(5):
+            out.append(svc('ns', 's%d' % i, '172.30.0.%d' % (i + 1), [dict(name='p', port=80)]))
+            ips = ['10.180.0.%d' % (2 * i), '10.180.0.%d' % (2 * i + 1)]
+            if moved and i == 3:
+                ips[1] = '10.180.1.1'
+            out.append(dict(kind='EndpointSlice', addressType='IPv4',
+                            metadata=dict(namespace='ns', name='s%d-x' % i,
+                                          labels={kp.SERVICE_NAME_LABEL: 's%d' % i}),
+                            endpoints=[dict(addresses=[a]) for a in ips], ports=[dict(name='p', port=8080)]))
+        return out
+    src = tmp_path / 'objs.yaml'
+    src.write_text(yaml.safe_dump_all(objs()))
+    fake = FakeBackend()
+    params = dict(src=[str(src)], return_payload=False, state_dir=str(tmp_path / 'state'),
+                  conntrack_tcp_be_liberal=False, cluster_cidr='10.0.0.0/8')
+    r = kp.sync_service_rules(params, yaml_mod=yaml, backend=fake)
+    assert r['changed'] and r['render'] == 'full' and fake.restores == 1 and fake.token
+    r = kp.sync_service_rules(params, yaml_mod=NoYaml, backend=fake)
+    assert not r['changed'] and r['render'] == 'none' and fake.restores == 1
+    assert (r['services'], r['endpoints']) == (5, 10)
+    src.write_text(yaml.safe_dump_all(objs(moved=True)))
+    r = kp.sync_service_rules(params, yaml_mod=yaml, backend=fake)
+    assert r['changed'] and r['render'] == 'partial (1 of 5 Services)' and fake.restores == 2
+    ch = r['chains']
+    assert len(ch['changed']) == 1 and len(ch['added']) == 1 and len(ch['removed']) == 1
+    assert fake.payloads[-1].startswith('*nat\n') and '10.180.1.1' in fake.payloads[-1]
+    assert 'KUBE-SERVICES' not in fake.payloads[-1] and fake.payloads[-1].count('COMMIT') == 1
+    # check mode on the next change plans the same way and writes nothing
+    src.write_text(yaml.safe_dump_all(objs()))
+    r = kp.sync_service_rules(params, check_mode=True, yaml_mod=yaml, backend=fake)
+    assert r['changed'] and r['render'].startswith('partial') and fake.restores == 2
+    # what the record now says equals a from-scratch render of the moved objects
+    # (the same objects with their keys in another order: re-rendered, nothing changes)
+    r = kp.sync_service_rules(dict(params, src=[], objects=objs(moved=True)), backend=fake)
+    assert not r['changed'] and r['render'] == 'partial (5 of 5 Services)' and fake.restores == 2
+    full = kp.render(objs(moved=True), kp.Settings(cluster_cidr='10.0.0.0/8'))
+    assert (r['services'], r['endpoints'], r['rules']) == (full.services, full.endpoints, full.rule_count())
