@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import COLLECTIONS_ROOT
+from _node import collections_root
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     BarepodError, failpoint, failpoint_partial)
 
@@ -30,7 +30,7 @@ def test_error_mode_names_the_failpoint(monkeypatch):
 def test_kill_mode_sends_sigkill():
     code = ('from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint\n'
             'failpoint("x")\nprint("survived")\n')
-    env = dict(os.environ, BAREPOD_FAILPOINTS='x=kill', PYTHONPATH=COLLECTIONS_ROOT)
+    env = dict(os.environ, BAREPOD_FAILPOINTS='x=kill', PYTHONPATH=collections_root())
     p = subprocess.run([sys.executable, '-c', code], env=env, stdout=subprocess.PIPE, check=False)
     assert p.returncode == -signal.SIGKILL and b'survived' not in p.stdout
 
