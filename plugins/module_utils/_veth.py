@@ -325,7 +325,8 @@ class VethNet(object):
             for a in stale + other:
                 self.actions.add('release', '%s/%s' % (store.dir, a), fn=self._releaser(store, a), ip=str(a))
             try:
-                failpoint('ipam-after-reserve')
+                if new and not self.check_mode:
+                    failpoint('ipam-after-reserve')  # the address file was just written
                 self._plan_links(ipr, pipr, ns, node, pod, ip, rng)
                 want_masq = None
                 exists, have = have_masq
