@@ -254,11 +254,8 @@ class Node(object):
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self):
-        try:
-            if self.files:
-                self.playbook('pod_down.yml', self.files, timeout=180)
-        except Exception:  # noqa: BLE001 - fall through to the by-pid cleanup
-            pass
+        """Everything by pid and path (no playbook: links, chains and addresses go with the node
+        netns and the tmp dirs)."""
         self.kill_all()
         for mp in sorted(self.mounts(), key=len, reverse=True):
             subprocess.run(['umount', '-l', mp], check=False, stderr=subprocess.DEVNULL)
