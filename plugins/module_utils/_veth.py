@@ -65,8 +65,9 @@ def masq_comment(network, container_id):
 
 
 def _save_quote(s):
-    # how iptables-save prints a --comment argument
-    return '"%s"' % s.replace('\\', '\\\\').replace('"', '\\"')
+    # how iptables-save prints a --comment argument (libxtables xtables_save_string: a backslash
+    # before each of " \ and ', which iptables-restore reads back as the character itself)
+    return '"%s"' % s.replace('\\', '\\\\').replace('"', '\\"').replace("'", "\\'")
 
 
 def masq_rules(network, container_id, ip, subnet):

@@ -547,3 +547,41 @@ def test_no_subprocess_guard_is_active(no_subprocess):
     with pytest.raises(AssertionError):
         os.system('true')
     assert no_subprocess == [['true'], 'true']
+
+
+# ------------------------------------------------------------------ CNI masquerade comments, for real
+
+HOSTILE_IDS = ['a"b', 'a\\b', 'a\\"b', '$(id)', '`id`', 'a b', "a'b", 'ü-名前', '-j ACCEPT', 'x' * 200, 'a;b|c&d']
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root (iptables in a throwaway netns)')
+@pytest.mark.parametrize('container_id', HOSTILE_IDS)
+def test_masquerade_comment_round_trips_through_iptables(container_id, netns, reliability_log, monkeypatch):
+    """veth_net's rules carry the container id in a comment, as the CNI bridge plugin writes it.
+    Whatever the id holds, iptables-restore (in a throwaway netns) must store exactly the quoted
+    comment, and veth_net must find its own rules again in iptables-save (or refuse the id)."""
+    import ipaddress
+    from ansible_collections.barepod.linux.plugins.module_utils import _veth
+    monkeypatch.undo()  # this test runs iptables on purpose, inside its own netns
+    try:
+        _veth.Spec(dict(uid='u1', container_id=container_id, state='absent'))
+    except BarepodError as e:
+        assert e.field == 'container_id'
+        reliability_log('input', 'veth_net container_id %r' % container_id, 'rejected')
+        return
+    ns = netns()
+    chain, want = _veth.masq_rules('barepod', container_id, ipaddress.ip_address('10.244.0.7'),
+                                   ipaddress.ip_network('10.244.0.0/24'))
+    batch = _veth.masq_batch(want, [], chain, False)
+    p = subprocess.run(['ip', 'netns', 'exec', ns, 'iptables-restore', '-w', '--noflush'], input=batch.encode(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    assert p.returncode == 0, (batch, p.stderr)
+    saved = subprocess.run(['ip', 'netns', 'exec', ns, 'iptables-save', '-t', 'nat'], stdout=subprocess.PIPE,
+                           check=True).stdout.decode()
+    exists, lines = _veth.owned_nat(saved, 'barepod', container_id)
+    ok = exists and sorted(lines) == sorted(want) and not any(
+        ln.startswith('-A ') and ln not in want for ln in saved.splitlines())
+    reliability_log('input', 'veth_net container_id %r in the masquerade comment' % container_id,
+                    'converged' if ok else 'FAILED')
+    assert exists and sorted(lines) == sorted(want), (saved, want)
+    assert [ln for ln in saved.splitlines() if ln.startswith('-A ') and ln not in want] == [], saved

@@ -348,9 +348,9 @@ def test_protected_host_path_refused_by_the_pod_role_before_any_change(node, rel
     rc, _stats, res, _failures = node.playbook('pod_up.yml', [path])
     after = node.snapshot()
     failures = [m for m in _messages(res) if 'hostPath' in m]
-    if rc != 0:
-        node.files.append(path)  # let the fixture's teardown run pod_down on it if anything is left
     changed = dict((k, (before[k], after[k])) for k in before if before[k] != after[k])
+    if rc == 0 or changed:
+        node.files.append(path)  # the fixture's teardown runs pod_down on what was left
     ok = rc != 0 and any('mounts[0].source' in str(f) for f in failures) and not changed
     reliability_log('escape', 'hostPath %s through ansible-playbook pod_up.yml' % source, 'blocked' if ok else 'FAILED',
                     partial_state=sorted(changed))
