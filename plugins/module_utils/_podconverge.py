@@ -281,3 +281,14 @@ def check_steps(steps, iptables=None):
             run_module_logic(STEP_MODULES['rootfs'], a, True, iptables)
     run = list(STEPS[STEPS.index(first):]) if first else []
     return dict(converged=first is None, run=run, checked=known, changes=reason or [])
+
+
+def check_many(pods, iptables=None):
+    """check_steps for each pod (one process for all of them); errors name the pod's index."""
+    out = []
+    for i, steps in enumerate(pods):
+        try:
+            out.append(check_steps(steps, iptables))
+        except BarepodError as e:
+            raise BarepodError('pods[%d]: %s' % (i, e.msg), field='pods', value=i)
+    return out

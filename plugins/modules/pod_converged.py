@@ -32,8 +32,15 @@ options:
         C(cgroup_containers) (cgroup_limit, the latter a list), C(network) (veth_net).
       - C(rootfs) gets C(pod_ips) from the recorded status, C(hosts) from the network step's IP, C(network)
         its C(netns) from the sandbox step, C(containers) their C(cgroups) from the container cgroup steps.
+      - One of I(steps) and I(pods) is required.
     type: dict
-    required: true
+  pods:
+    description:
+      - Many pods at once, each as its I(steps); the result is in C(pods), one entry per pod, in order.
+      - A playbook converging many pods checks them all in one module call and runs the pod role only
+        for the pods with something to do (see the role's C(check_many) entry point).
+    type: list
+    elements: dict
 notes:
   - Other keys of I(steps) (such as C(identity)) are ignored.
 requirements:
@@ -54,42 +61,52 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+pods:
+  description: With I(pods), one result per pod (C(converged), C(run), C(checked), C(changes)), in order.
+  type: list
+  elements: dict
+  returned: when pods is given
 converged:
   description: Every step is converged (C(run) is empty).
   type: bool
-  returned: always
+  returned: when steps is given
 run:
   description: The steps that must run as real module tasks, in order (the first changing step and all after it).
   type: list
   elements: str
-  returned: always
+  returned: when steps is given
   sample: [containers, status]
 checked:
   description:
     - Check-mode result of each step checked (the converged ones and the first changing one), as the module
       would return it (a list for C(rootfs), C(cgroup_containers) and C(hosts)).
   type: dict
-  returned: always
+  returned: when steps is given
 changes:
   description: The planned actions of the first changing step (at most 20).
   type: list
   elements: dict
-  returned: always
+  returned: when steps is given
 '''
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils import _netlink
-from ansible_collections.barepod.linux.plugins.module_utils._podconverge import check_steps
+from ansible_collections.barepod.linux.plugins.module_utils._podconverge import check_many, check_steps
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(steps=dict(type='dict', required=True)), supports_check_mode=True)
+    module = AnsibleModule(argument_spec=dict(steps=dict(type='dict'), pods=dict(type='list', elements='dict')),
+                           mutually_exclusive=[('steps', 'pods')], required_one_of=[('steps', 'pods')],
+                           supports_check_mode=True)
     if not _netlink.HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
     try:
-        res = check_steps(module.params['steps'])
+        if module.params['pods'] is not None:
+            res = dict(pods=check_many(module.params['pods']))
+        else:
+            res = check_steps(module.params['steps'])
     except BarepodError as e:
         module.fail_json(msg=e.msg)
     except (IOError, OSError) as e:

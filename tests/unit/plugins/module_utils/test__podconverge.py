@@ -258,3 +258,14 @@ def test_module_fails_cleanly_on_bad_steps():
     assert res['failed'] and 'steps' in res['msg'] and 'Traceback' not in str(res)
     res = run_module('pod_converged', dict(steps=dict(fake_steps(), record=dict(name='x', bogus=1))))
     assert res['failed'] and 'pod_status' in res['msg'] and 'bogus' in res['msg']
+
+
+def test_many_pods_one_result_each_and_errors_name_the_pod(monkeypatch):
+    monkeypatch.setattr(pc, 'run_module_logic', FakeModules(changing=['containers']))
+    res = pc.check_many([fake_steps(), fake_steps(ip='10.244.0.9')])
+    assert [r['run'] for r in res] == [['containers', 'status'], ['hosts', 'containers', 'status']]
+    with pytest.raises(BarepodError) as e:
+        pc.check_many([fake_steps(), dict(record={})])
+    assert 'pods[1]' in e.value.msg
+    out = run_module('pod_converged', dict(steps=fake_steps(), pods=[fake_steps()]))
+    assert out['failed'] and 'mutually exclusive' in out['msg']
