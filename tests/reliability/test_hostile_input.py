@@ -503,7 +503,17 @@ MODULE_ARGS = {
     'pod_status': dict(name=HOSTILE_ANY, namespace=HOSTILE_ANY, host_ip=HOSTILE_ANY, node=HOSTILE_ANY),
     'cgroup_limit': dict(pod_uid=HOSTILE_ANY, container=HOSTILE_ANY, parent=HOSTILE_ANY, qos_class=HOSTILE_ANY,
                          containers=st.lists(st.fixed_dictionaries(dict(name=HOSTILE_ANY, resources=HOSTILE_ANY)), max_size=2)),
+    # network modules: check mode inside a throwaway netns (root only)
+    'veth_net': dict(uid=mostly(st.just('0f1e2d3c-aaaa-bbbb-cccc-000000000001'), HOSTILE_ANY),
+                     container_id=HOSTILE_ANY, network=mostly(st.just('barepod'), HOSTILE_ANY),
+                     subnet=mostly(st.just('10.244.0.0/24'), HOSTILE_ANY), bridge=HOSTILE_ANY, ifname=HOSTILE_ANY,
+                     host_ifname=HOSTILE_ANY, ip=HOSTILE_ANY, range_start=HOSTILE_ANY, gateway=HOSTILE_ANY,
+                     mtu=HOSTILE_ANY, namespace=HOSTILE_ANY, name=HOSTILE_ANY),
+    'node_routes': dict(nodes=st.lists(st.fixed_dictionaries(dict(name=HOSTILE_ANY, pod_cidr=mostly(
+        st.sampled_from(['10.244.1.0/24', '10.244.2.0/24']), HOSTILE_ANY), node_ip=mostly(
+        st.sampled_from(['192.0.2.11', '192.0.2.12']), HOSTILE_ANY))), max_size=2), node_name=HOSTILE_ANY),
 }
+NETNS_MODULES = ('veth_net', 'node_routes')
 FIXED = {
     'ns_sandbox': lambda d: dict(state_root=d + '/state', netns_dir=d + '/netns', log_root=d + '/logs',
                                  pause_dir=d + '/pause'),
@@ -511,23 +521,30 @@ FIXED = {
     'kube_svc_rules': lambda d: dict(apply=False, state_dir=d + '/svc'),
     'pod_status': lambda d: dict(state_root=d + '/state'),
     'cgroup_limit': lambda d: dict(state_root=d + '/state', parent='bp-hostile-%s' % uuid.uuid4().hex[:8]),
+    'veth_net': lambda d: dict(state_root=d + '/state', data_dir=d + '/cni', netns=d + '/no-such-netns'),
+    'node_routes': lambda d: dict(),
 }
 
 
 @pytest.mark.parametrize('module', sorted(MODULE_ARGS))
-def test_module_arguments_as_ansible_runs_them(module, tally, no_subprocess, monkeypatch):
+def test_module_arguments_as_ansible_runs_them(module, tally, no_subprocess, monkeypatch, netns):
     """Forked like Ansible, in check mode (kube_svc_rules: apply=false): a JSON result, no
     traceback, a failure names a field, and nothing is written under the throwaway roots."""
     monkeypatch.undo()  # run_module itself forks
+    node = None
+    if module in NETNS_MODULES:
+        if os.geteuid() != 0:
+            pytest.skip('needs root (check mode inside a throwaway netns)')
+        node = netns()
 
-    @PROPS_FORK
+    @settings(PROPS_FORK, max_examples=8 if module in NETNS_MODULES else PROPS_FORK.max_examples)
     @given(args=st.fixed_dictionaries({}, optional=MODULE_ARGS[module]))
     def one(args):
         d = tempfile.mkdtemp(prefix='bphostile-mod-')
         try:
             a = dict((k, v) for k, v in args.items())
             a.update(FIXED[module](d))
-            r = run_module(module, a, check=True, timeout=60)
+            r = run_module(module, a, check=True, timeout=60, netns=node)
             assert 'Traceback' not in r['_stderr'] and 'exception' not in r and 'module_stderr' not in r, r
             if r.failed:
                 assert r.get('msg'), r
