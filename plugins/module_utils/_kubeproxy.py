@@ -31,9 +31,10 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import uuid
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint, makedirs, write_if_changed
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint, makedirs
 from ansible_collections.barepod.linux.plugins.module_utils._common import DNS1123_LABEL_RE
 
 PROTOCOLS = ('TCP', 'UDP', 'SCTP')
@@ -205,7 +206,7 @@ def _cidr(field, value):
 
 def _int(field, value, lo, hi, what='a number'):
     if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
             value = int(value.strip())
         else:
             raise _err('must be %s between %d and %d, got %r' % (what, lo, hi, value), field, value)
@@ -1517,12 +1518,31 @@ def _load_json(path):
 
 
 def _write_record(paths, head, body):
-    """The body first, the head (naming the body) last: a head is only ever found beside its body."""
+    """The body first, the head (naming the body) last: a head is only ever found beside its body.
+
+    Each file is replaced atomically (rename) but not fsynced: the record describes iptables
+    rules, which do not survive a crash either, and a torn or stale record is never trusted
+    (the canary token and the body id must match), so durability would buy nothing but time."""
     makedirs(os.path.dirname(paths[0]), 0o700)
     head = dict(head, body_id=uuid.uuid4().hex)
     body = dict(body, id=head['body_id'])
-    write_if_changed(paths[1], json.dumps(body, separators=(',', ':')), 0o600)
-    write_if_changed(paths[0], json.dumps(head, sort_keys=True, separators=(',', ':')), 0o600)
+    _replace(paths[1], json.dumps(body, separators=(',', ':'), check_circular=False))
+    _replace(paths[0], json.dumps(head, sort_keys=True, separators=(',', ':')))
+
+
+def _replace(path, text):
+    fd, tmp = tempfile.mkstemp(prefix='.barepod-', dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _remove_record(paths):
