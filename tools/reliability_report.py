@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # -*- coding: utf-8 -*-
 # Copyright: barepod.linux developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -106,6 +106,7 @@ def summarise(lines):
 def table(headers, rows, markdown=False):
     cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
     def fmt_row(r):
         padded = [c.ljust(widths[n]) for n, c in enumerate(r)]
         return ('| ' + ' | '.join(padded) + ' |') if markdown else '  '.join(padded).rstrip()

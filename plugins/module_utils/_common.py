@@ -225,7 +225,7 @@ def failpoint(name):
     if not spec:
         return
     for item in spec.split(','):
-        key, _, mode = item.strip().partition('=')
+        key, mode = (item.strip().split('=', 1) + [''])[:2]
         if key != name:
             continue
         if mode == 'kill':

@@ -223,7 +223,7 @@ class Node(object):
         out = []
         for ctrl in CONTROLLERS:
             base = os.path.join(CGROUP_ROOT, ctrl, self.cg_parent)
-            for d, _, _ in os.walk(base):
+            for d, _dirs, _files in os.walk(base):
                 out.append(os.path.relpath(d, CGROUP_ROOT))
         return sorted(out)
 
@@ -262,7 +262,7 @@ class Node(object):
         for ctrl in os.listdir(CGROUP_ROOT):
             base = os.path.join(CGROUP_ROOT, ctrl, self.cg_parent)
             if os.path.isdir(base) and not os.path.islink(base):
-                for d, _, _ in sorted(os.walk(base), key=lambda x: len(x[0]), reverse=True):
+                for d, _dirs, _files in sorted(os.walk(base), key=lambda x: len(x[0]), reverse=True):
                     try:
                         os.rmdir(d)
                     except OSError:
@@ -271,7 +271,7 @@ class Node(object):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def kill_all(self):
-        for _ in range(3):
+        for _attempt in range(3):
             procs = self.processes()
             if not procs:
                 return

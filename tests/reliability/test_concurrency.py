@@ -23,7 +23,7 @@ def check_pods(node, names, baseline):
     assert sorted(snap['ipam']) == sorted(ips), snap['ipam']
     veths = sorted(set(snap['links']) - set(baseline['links']))
     assert veths == sorted(r['network']['host_ifname'] for r in recs.values())
-    chains = [c for c in set(snap['chains']) - set(baseline['chains'])]
+    chains = list(set(snap['chains']) - set(baseline['chains']))
     assert len(chains) == N and all(c.startswith('nat/CNI-') for c in chains), chains
     kinds = [p.split(':')[0] for p in snap['processes']]
     assert kinds.count('pause') == N and kinds.count('container') == N, snap['processes']

@@ -48,7 +48,7 @@ def test_pod_drift_reported_and_repaired(node, worker, reliability_log, what):
     reliability_log('fault', 'drift: %s' % what.replace('_', ' '), 'detected', reported=r['changed'])
     r = worker(node, 'up', [m])['results'][0]
     assert step in r['changed'], r
-    rec2, _ = converged_exactly_once(node, 'victim', baseline)
+    rec2 = converged_exactly_once(node, 'victim', baseline)[0]
     if what == 'cgroup_limit':
         with open(os.path.join(rec2['cgroups']['paths']['memory'], 'memory.limit_in_bytes')) as f:
             assert int(f.read()) == 200 * 1024 * 1024

@@ -32,9 +32,9 @@ def test_kill_at_step_then_converge(node, worker, reliability_log, step):
     assert rc != 0 and failures, 'the failpoint %s did not fire' % step
     reliability_log('fault', 'kill -9 at %s (ansible-playbook pod_up)' % step, 'injected',
                     task=failures[0]['task'])
-    stats, _ = node.up([f])
+    stats = node.up([f])[0]
     rec, _snap = converged_exactly_once(node, 'victim', baseline)
-    stats2, _ = node.up([f])
+    stats2 = node.up([f])[0]
     assert stats2['changed'] == 0, stats2
     node.down([f])
     after = node.snapshot()

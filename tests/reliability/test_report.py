@@ -22,7 +22,8 @@ LINES = [
 ]
 
 
-def run(tmp_path, *args, lines=LINES):
+def run(tmp_path, *args, lines=None):
+    lines = LINES if lines is None else lines
     log = tmp_path / 'rel.jsonl'
     log.write_text(''.join(json.dumps(d) + '\n' for d in lines) + 'garbage\n')
     return subprocess.run([sys.executable, TOOL, str(log)] + list(args), stdout=subprocess.PIPE,

@@ -53,7 +53,7 @@ def reboot(node):
     for name in os.listdir(node.vars['pod_netns_dir']):
         os.unlink(os.path.join(node.vars['pod_netns_dir'], name))
     for c in sorted(node.pod_cgroups(), key=len, reverse=True):
-        for d, _, _ in sorted(os.walk(os.path.join('/sys/fs/cgroup', c)), key=lambda x: len(x[0]), reverse=True):
+        for d, _dirs, _files in sorted(os.walk(os.path.join('/sys/fs/cgroup', c)), key=lambda x: len(x[0]), reverse=True):
             os.rmdir(d)
     for name in os.listdir(node.vars['pod_state_root']):
         shutil.rmtree(os.path.join(node.vars['pod_state_root'], name))
@@ -92,7 +92,7 @@ def test_teardown_after_reboot_with_gc(node, worker, reliability_log):
     assert snap['processes'] == [] and snap['records'] == [] and len(snap['ipam']) == 2
     reliability_log('fault', 'simulated reboot (run state gone, IPAM kept)', 'injected', ipam=snap['ipam'])
     f = node.manifest('known')
-    stats, _ = node.down([f], pod_ipam_gc=True)
+    stats = node.down([f], pod_ipam_gc=True)[0]
     assert stats['failures'] == 0
     left = node.snapshot()
     # the forgotten pod's address and chain were garbage collected; only its rootfs/log dirs
@@ -101,6 +101,6 @@ def test_teardown_after_reboot_with_gc(node, worker, reliability_log):
     assert dict(left, rootfs=[], logs=[]) == dict(baseline, rootfs=[], logs=[])
     worker(node, 'down', [forgotten])
     assert node.snapshot() == baseline
-    stats, _ = node.down([f], pod_ipam_gc=True)
+    stats = node.down([f], pod_ipam_gc=True)[0]
     assert stats['changed'] == 0, stats
     reliability_log('fault', 'teardown after a simulated reboot (GC of addresses and chains)', 'survived', leaks=0)
