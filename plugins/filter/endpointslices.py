@@ -155,7 +155,8 @@ def _objects(value, field):
         if isinstance(v, (list, tuple)):
             stack[0:0] = [(x, '%s[%d]' % (f, i)) for i, x in enumerate(v)]
         elif isinstance(v, dict):
-            if v.get('kind') == 'List' or (v.get('kind', '').endswith('List') and 'items' in v):
+            kind = v.get('kind')
+            if kind == 'List' or (isinstance(kind, str) and kind.endswith('List') and 'items' in v):
                 stack[0:0] = [(x, '%s.items[%d]' % (f, i)) for i, x in enumerate(v.get('items') or [])]
             else:
                 out.append((v, f))
@@ -175,13 +176,15 @@ def _normalise_pod(p, field):
     pod.field = field
     if 'metadata' in p or p.get('kind') == 'Pod':
         md = p.get('metadata') or {}
+        if not isinstance(md, dict):
+            _fail(field + '.metadata', 'must be a mapping')
         pod.namespace = md.get('namespace') or 'default'
         pod.name = md.get('name')
         pod.uid = md.get('uid')
         pod.labels = md.get('labels') or {}
         pod.spec = p.get('spec') or {}
         pod.status = p.get('status') or {}
-        pod.node_name = pod.spec.get('nodeName')
+        node = None
         pod.deleting = md.get('deletionTimestamp') is not None
     else:  # barepod.linux.pod_status view
         pod.namespace = p.get('namespace') or 'default'
@@ -190,13 +193,16 @@ def _normalise_pod(p, field):
         pod.labels = p.get('labels') or {}
         pod.spec = p.get('spec') or {}
         pod.status = p.get('status') or {}
-        pod.node_name = p.get('node') or pod.spec.get('nodeName')
+        node = p.get('node')
         pod.deleting = p.get('deletionTimestamp') is not None
     if not isinstance(pod.name, str) or not pod.name:
         _fail(field + '.name', 'a pod needs a name, got %r' % (pod.name,))
+    if not isinstance(pod.namespace, str):
+        _fail(field + '.namespace', 'must be a string, got %r' % (pod.namespace,))
     for attr in ('labels', 'spec', 'status'):
         if not isinstance(getattr(pod, attr), dict):
             _fail('%s.%s' % (field, attr), 'must be a mapping')
+    pod.node_name = node or pod.spec.get('nodeName')
     _check_labels('%s.labels' % field, pod.labels)
     return pod
 
@@ -222,7 +228,10 @@ def _pods(value):
 
 
 def _pod_ips(pod):
-    ips = [x.get('ip') if isinstance(x, dict) else x for x in pod.status.get('podIPs') or []]
+    pod_ips = pod.status.get('podIPs') or []
+    if not isinstance(pod_ips, list):
+        _fail(pod.field + '.status.podIPs', 'must be a list')
+    ips = [x.get('ip') if isinstance(x, dict) else x for x in pod_ips]
     if not ips and pod.status.get('podIP'):
         ips = [pod.status['podIP']]
     out = []
@@ -236,7 +245,10 @@ def _pod_ips(pod):
 
 def _pod_ready(pod):
     """endpointutil.IsPodReady: the pod's Ready condition is True."""
-    for c in pod.status.get('conditions') or []:
+    conds = pod.status.get('conditions') or []
+    if not isinstance(conds, list):
+        _fail(pod.field + '.status.conditions', 'must be a list')
+    for c in conds:
         if isinstance(c, dict) and c.get('type') == 'Ready':
             return c.get('status') == 'True'
     return False
@@ -268,7 +280,7 @@ def _service_ports(svc, field):
         if not isinstance(sp, dict):
             _fail(pf, 'must be a mapping')
         port = sp.get('port')
-        if isinstance(port, str) and port.isdigit():
+        if isinstance(port, str) and port.isdigit() and port.isascii():
             port = int(port)
         port = _int_port(pf + '.port', port)
         proto = sp.get('protocol') or 'TCP'
@@ -277,7 +289,7 @@ def _service_ports(svc, field):
         target = sp.get('targetPort')
         if target is None or target == 0 or target == '':
             target = port
-        if isinstance(target, str) and target.isdigit():
+        if isinstance(target, str) and target.isdigit() and target.isascii():
             target = int(target)  # a port name has at least one letter, so this is a number
         if isinstance(target, int) and not isinstance(target, bool):
             _int_port(pf + '.targetPort', target)
@@ -328,9 +340,15 @@ def _address_types(svc, field):
 
 def _check_service(svc, field):
     md = svc.get('metadata') or {}
+    if not isinstance(md, dict):
+        _fail(field + '.metadata', 'must be a mapping')
     name = md.get('name')
     if not isinstance(name, str) or not name:
         _fail(field + '.metadata.name', 'a Service needs a name, got %r' % (name,))
+    if md.get('namespace') is not None and not isinstance(md['namespace'], str):
+        _fail(field + '.metadata.namespace', 'must be a string, got %r' % (md['namespace'],))
+    if md.get('labels') is not None and not isinstance(md['labels'], dict):
+        _fail(field + '.metadata.labels', 'must be a mapping')
     spec = svc.get('spec')
     if not isinstance(spec, dict):
         _fail(field + '.spec', 'Service %s needs a spec' % name)

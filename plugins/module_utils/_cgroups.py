@@ -589,7 +589,7 @@ def build_config(p):
         v = str(p['pids_max']).strip()
         if v == 'max':
             cfg['pids_max'] = UNLIMITED
-        elif v.isdigit() and int(v) > 0:
+        elif v.isdigit() and v.isascii() and int(v) > 0:
             cfg['pids_max'] = int(v)
         else:
             raise BarepodError('must be a positive integer or "max"', field='pids_max', value=p['pids_max'])

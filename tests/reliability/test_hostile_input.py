@@ -52,7 +52,7 @@ NAME_OK = re.compile(r'^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')
 UID_OK = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}$')
 SAFE_PATH = re.compile(r'^(/[A-Za-z0-9][A-Za-z0-9._-]*)+$')  # no metacharacters, spaces, unicode or ..
 
-PROPS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+PROPS = settings(max_examples=int(os.environ.get("BAREPOD_HOSTILE_EXAMPLES", "200")), deadline=None, suppress_health_check=list(HealthCheck))
 PROPS_IO = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 PROPS_FORK = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -87,7 +87,8 @@ def tally(reliability_log, request):
         reliability_log('input', item, 'converged', count=t.converged, tried=t.rejected + t.converged)
 
 
-ALLOWED_COMMANDS = (['--list-full'],)  # busybox --list-full (chroot_rootfs, busybox=true): fixed words
+# fixed words only: busybox --list-full (chroot_rootfs, busybox=true), ldconfig -p (ctypes.util.find_library)
+ALLOWED_COMMANDS = (['--list-full'], ['-p'])
 
 
 @pytest.fixture(autouse=True)
@@ -368,6 +369,50 @@ def test_services_and_slices_render_or_fail_cleanly(data, tally, no_subprocess):
     tally(True)
     check_payload(res['payload'])
     assert all(list(c[1:]) in ALLOWED_COMMANDS for c in no_subprocess)
+
+
+POD_VIEW = st.fixed_dictionaries(dict(
+    name=mostly(st.sampled_from(['web-1', 'web-2']), HOSTILE_ANY),
+    namespace=mostly(st.just('default'), HOSTILE_ANY),
+    labels=mostly(st.just({'app': 'web'}), st.one_of(HOSTILE_ANY, st.dictionaries(HOSTILE_STR, HOSTILE_ANY, max_size=2))),
+    status=mostly(st.fixed_dictionaries(dict(
+        phase=mostly(st.just('Running'), HOSTILE_ANY),
+        podIP=mostly(st.sampled_from(['10.244.0.5', '10.244.0.6']), HOSTILE_ANY),
+        conditions=mostly(st.just([{'type': 'Ready', 'status': 'True'}]), HOSTILE_ANY)),
+        optional=dict(podIPs=HOSTILE_ANY, containerStatuses=HOSTILE_ANY)), HOSTILE_ANY),
+    spec=mostly(st.just(dict(containers=[dict(name='c', ports=[dict(name='http', containerPort=8080)])])), HOSTILE_ANY),
+    node=mostly(st.just('node-a'), HOSTILE_ANY)), optional=dict(kind=HOSTILE_ANY))
+
+
+@PROPS
+@given(data=st.data())
+def test_endpointslices_filter_then_render(data, tally, no_subprocess):
+    """The service role's path: Services + pod views -> the endpointslices filter (only
+    AnsibleFilterError may come out) -> kube_svc_rules' render (BarepodError or a clean payload)."""
+    from ansible_collections.barepod.linux.plugins.filter.endpointslices import endpointslices
+    services_ = []
+    for _ in range(data.draw(st.integers(1, 2))):
+        svc = data.draw(services())
+        if isinstance(svc['spec'], dict) and data.draw(st.integers(0, 3)):
+            svc['spec']['selector'] = {'app': 'web'}
+        services_.append(svc)
+    pods = data.draw(st.lists(POD_VIEW, max_size=3))
+    if data.draw(st.integers(0, 5)) == 0:
+        pods = data.draw(HOSTILE_ANY)
+    try:
+        slices_ = endpointslices(services_, pods)
+    except AnsibleFilterError as e:
+        assert re.match(r'^(services|pods|max_endpoints)\b.*?: ', str(e)), str(e)
+        tally(False)
+        return
+    try:
+        res = sync_service_rules(dict(objects=services_ + slices_, apply=False, return_payload=True, node_name='node-a'))
+    except BarepodError as e:
+        assert _clear_error(e), str(e)
+        tally(False)
+        return
+    tally(True)
+    check_payload(res['payload'])
 
 
 @pytest.mark.parametrize('where,value', [
