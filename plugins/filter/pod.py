@@ -153,6 +153,10 @@ def pod_validate(manifest):
         v = spec.get(key)
         if v is not None and (not isinstance(v, str) or len(v) > 63 or not NAME_RE.match(v)):
             _fail('spec.' + key, '%r is not a valid DNS-1123 label' % (v,))
+    for i, a in enumerate(_check_list_of('spec.hostAliases', spec.get('hostAliases'), dict, 'a mapping')):
+        if not isinstance(a.get('ip'), str):
+            _fail('spec.hostAliases[%d].ip' % i, 'must be a string, got %r' % (a.get('ip'),))
+        _check_list_of('spec.hostAliases[%d].hostnames' % i, a.get('hostnames'), str, 'a string')
     vols = {}
     for i, v in enumerate(_check_list_of('spec.volumes', spec.get('volumes'), dict, 'a mapping')):
         vf = 'spec.volumes[%d]' % i

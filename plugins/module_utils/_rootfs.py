@@ -494,6 +494,9 @@ class RootfsManager(object):
             raise BarepodError('%r is not a valid hostname (DNS-1123, at most 63)' % (hostname,),
                                field='hostname', value=hostname)
         ips = self.p.get('pod_ips') or []
+        for fld in ('pod_ips', 'host_aliases'):
+            if self.p.get(fld) is not None and not isinstance(self.p.get(fld), list):
+                raise BarepodError('must be a list, got %r' % (self.p.get(fld),), field=fld, value=self.p.get(fld))
         for ip in ips:
             if not _is_ip(str(ip)):
                 raise BarepodError('%r is not an IP address' % (ip,), field='pod_ips', value=ip)
@@ -502,6 +505,9 @@ class RootfsManager(object):
             if not isinstance(a, dict) or not _is_ip(str(a.get('ip'))) or not a.get('hostnames'):
                 raise BarepodError('each host alias needs ip and hostnames, got %r' % (a,),
                                    field='host_aliases[%d]' % i, value=a)
+            if not isinstance(a['hostnames'], list):
+                raise BarepodError('hostnames must be a list, got %r' % (a['hostnames'],),
+                                   field='host_aliases[%d].hostnames' % i, value=a['hostnames'])
             for h in a['hostnames']:
                 _check_word('host_aliases[%d].hostnames' % i, h)
         if self.p.get('subdomain') is not None:

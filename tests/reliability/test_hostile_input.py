@@ -53,7 +53,7 @@ UID_OK = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}$')
 SAFE_PATH = re.compile(r'^(/[A-Za-z0-9][A-Za-z0-9._-]*)+$')  # no metacharacters, spaces, unicode or ..
 
 PROPS = settings(max_examples=int(os.environ.get("BAREPOD_HOSTILE_EXAMPLES", "200")), deadline=None, suppress_health_check=list(HealthCheck))
-PROPS_IO = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+PROPS_IO = settings(max_examples=int(os.environ.get("BAREPOD_HOSTILE_EXAMPLES_IO", "60")), deadline=None, suppress_health_check=list(HealthCheck))
 PROPS_FORK = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 
 
