@@ -134,7 +134,7 @@ def wide_row(namespace, name, status, node, now=None):
 def format_table(rows):
     cols = [('NAME', 'name'), ('READY', 'ready'), ('STATUS', 'status'), ('RESTARTS', 'restarts'),
             ('AGE', 'age'), ('IP', 'ip'), ('NODE', 'node')]
-    cells = [[h for h, _ in cols]] + [[str(r.get(k, '')) for _, k in cols] for r in rows]
+    cells = [[head for head, _key in cols]] + [[str(r.get(key, '')) for _head, key in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     return ['   '.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
 
