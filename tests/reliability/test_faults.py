@@ -169,3 +169,48 @@ def test_rule_sync_interrupted_then_converges(node, reliability_log, step, mode)
     assert not run_module_in(node, 'kube_svc_rules', svc_args(node, without, resync='always'))['changed']
     run_module_in(node, 'kube_svc_rules', svc_args(node, [], state='absent'))
     reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'survived')
+
+
+@pytest.mark.parametrize('when', ['sandbox recorded', 'network recorded'])
+def test_kill_ansible_playbook_then_converge(node, worker, reliability_log, when):
+    """SIGKILL to the ansible-playbook process (the controller) in the middle of a bring-up; the
+    module it was running may finish on its own. Converging again ends with one of everything."""
+    import json
+    import signal
+    import subprocess
+    import time
+    from _node import ANSIBLE_PLAYBOOK, REPO
+    baseline = warm_up(node, worker)
+    f = node.manifest('victim')
+    varsfile = os.path.join(node.tmp, 'kill-vars.json')
+    with open(varsfile, 'w') as fh:
+        json.dump(dict(node.vars, barepod_pod_files=[f]), fh)
+    section = when.split()[0]
+    p = subprocess.Popen(['nsenter', '--net=/run/netns/' + node.netns, ANSIBLE_PLAYBOOK,
+                          os.path.join(REPO, 'playbooks', 'pod_up.yml'), '-e', '@' + varsfile],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=node.env())
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and p.poll() is None:
+            if any(r.get(section) for r in node.records()):
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, 'the playbook ended before %s' % when
+        os.kill(p.pid, signal.SIGKILL)   # nsenter execs ansible-playbook: this is its pid
+    finally:
+        p.wait()
+    reliability_log('fault', 'kill -9 ansible-playbook after %s' % when, 'injected')
+    # let a module that was running finish by itself (only the controller died)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and 'other' in node.processes().values():
+        time.sleep(0.2)
+    # controller leftovers (forked workers of the dead ansible-playbook), not pod state
+    for pid, kind in node.processes().items():
+        if kind == 'other':
+            os.kill(pid, signal.SIGKILL)
+    node.up([f])
+    converged_exactly_once(node, 'victim', baseline)
+    assert node.up([f])[0]['changed'] == 0
+    node.down([f])
+    assert node.snapshot() == baseline
+    reliability_log('fault', 'kill -9 ansible-playbook after %s' % when, 'survived', leaks=0)
