@@ -54,7 +54,7 @@ SAFE_PATH = re.compile(r'^(/[A-Za-z0-9][A-Za-z0-9._-]*)+$')  # no metacharacters
 
 PROPS = settings(max_examples=int(os.environ.get("BAREPOD_HOSTILE_EXAMPLES", "200")), deadline=None, suppress_health_check=list(HealthCheck))
 PROPS_IO = settings(max_examples=int(os.environ.get("BAREPOD_HOSTILE_EXAMPLES_IO", "60")), deadline=None, suppress_health_check=list(HealthCheck))
-PROPS_FORK = settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+PROPS_FORK = settings(max_examples=int(os.environ.get("BAREPOD_HOSTILE_EXAMPLES_FORK", "15")), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 class Tally(object):
