@@ -8,8 +8,8 @@
 
 Everything of ours runs inside a throwaway "node" network namespace this process moves into
 (bridge, veths, iptables rules live there; the root netns is never touched), with every state
-root in a temporary directory and the cgroups under a uniquely named parent, as
-tests/integration/test_pod_role.py does. The pod is examples/demo-pod.yaml (busybox, sleep, a
+root in a temporary directory under /var/lib/barepod/bench (the hostPath dir in /tmp) and the
+cgroups under a unique parent, as tests/integration/test_pod_role.py does. The pod is examples/demo-pod.yaml (busybox, sleep, a
 hostPath dir of the bench's own at /data, 100Mi request / 200Mi limit), renamed per run.
 
 Measured, in the same run:
@@ -55,6 +55,7 @@ CLONE_NEWNET = 0x40000000
 BUSYBOX = '/bin/busybox'
 DOCKER_IMAGE = 'barepod/bench-busybox:latest'
 NOOP_TARGET_S = 10.0
+BENCH_ROOT = '/var/lib/barepod/bench'
 
 
 def collections_root():
@@ -98,11 +99,14 @@ class Node(object):
 
     def __init__(self):
         self.tag = uuid.uuid4().hex[:8]
-        self.tmp = tempfile.mkdtemp(prefix='bpbench-pod-')
+        # under /var/lib/barepod, beside the default rootfs root (/var/lib/barepod/rootfs) and
+        # docker's /var/lib/docker: directory creation under /tmp is several times slower on some
+        # hosts (measured here: 270 symlinks 0.35 s in /tmp, 0.03 s in /var/lib)
+        os.makedirs(BENCH_ROOT, exist_ok=True)
+        self.tmp = tempfile.mkdtemp(prefix='bpbench-pod-', dir=BENCH_ROOT)
         self.netns = 'bpbench-node-' + self.tag
         self.cg_parent = 'barepod-bench-' + self.tag
-        self.hostdir = os.path.join(self.tmp, 'hostdata')
-        os.makedirs(self.hostdir)
+        self.hostdir = tempfile.mkdtemp(prefix='bpbench-host-')  # hostPath: /var/lib is a protected path
         with open(os.path.join(self.hostdir, 'from-host.txt'), 'w') as f:
             f.write('hello from the host\n')
         subprocess.run(['ip', 'netns', 'add', self.netns], check=True)
@@ -232,6 +236,7 @@ class Node(object):
                         pass
         subprocess.run(['ip', 'netns', 'del', self.netns], check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.hostdir, ignore_errors=True)
 
 
 # -- docker
