@@ -166,9 +166,13 @@ class Spec(object):
 
     def __init__(self, params):
         self.state = _opt(params, 'state', 'present')
-        self.uid = validate_uid('uid', params.get('uid'))
-        self.container_id = _opt(params, 'container_id', self.uid)
-        if not self.container_id.strip() or '\n' in self.container_id or '\r' in self.container_id:
+        # no uid with state=present: only the node side (bridge with the gateway, ip_forward), for a
+        # node that has no pod yet
+        self.bridge_only = self.state == 'present' and params.get('uid') is None
+        self.uid = validate_uid('uid', params.get('uid')) if not self.bridge_only else None
+        self.container_id = _opt(params, 'container_id', self.uid) if not self.bridge_only else ''
+        if not self.bridge_only and (not self.container_id.strip() or '\n' in self.container_id
+                                     or '\r' in self.container_id):
             raise BarepodError('must be a non-empty single line', field='container_id', value=self.container_id)
         self.namespace = params.get('namespace')
         self.name = params.get('name')
@@ -179,7 +183,8 @@ class Spec(object):
         self.data_dir = _opt(params, 'data_dir', DEFAULT_CNI_DATA_DIR)
         self.bridge = validate_ifname('bridge', _opt(params, 'bridge', DEFAULT_BRIDGE))
         self.ifname = validate_ifname('ifname', _opt(params, 'ifname', DEFAULT_IFNAME))
-        self.host_ifname = validate_ifname('host_ifname', _opt(params, 'host_ifname', host_ifname_for(self.uid)))
+        self.host_ifname = (validate_ifname('host_ifname', _opt(params, 'host_ifname', host_ifname_for(self.uid)))
+                            if not self.bridge_only else None)
         mtu = _opt(params, 'mtu', DEFAULT_MTU)
         if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
             raise BarepodError('MTU %r is outside 68..65535' % (mtu,), field='mtu', value=mtu)
@@ -209,6 +214,9 @@ class Spec(object):
                     raise BarepodError('%s is not in range %r of %s' % (self.requested, self.range, self.subnet),
                                        field='ip', value=params['ip'])
         self.record = PodRecord(self.namespace, self.name, self.state_root) if self.namespace else None
+        if self.bridge_only and (self.record is not None or self.netns or params.get('ip')):
+            raise BarepodError('is required to attach a pod (namespace/name, netns or ip given); without it '
+                               'only the node bridge is converged', field='uid', value=None)
 
     def resolve_netns(self):
         if self.netns:
@@ -281,7 +289,9 @@ class VethNet(object):
 
     def run(self):
         nl.require_pyroute2()
-        if self.spec.state == 'present':
+        if self.spec.bridge_only:
+            self.bridge_present()
+        elif self.spec.state == 'present':
             self.present()
         else:
             self.absent()
@@ -362,6 +372,35 @@ class VethNet(object):
             pipr.close()
             ipr.close()
 
+    def bridge_present(self):
+        """Only the node side: the bridge with the gateway address of the pod CIDR, up, ip_forward."""
+        spec = self.spec
+        rng = spec.range
+        gw_cidr = '%s/%d' % (rng.gateway, spec.subnet.prefixlen)
+        ipr = nl.open_ipr()
+        try:
+            b = nl.get_link(ipr, spec.bridge)
+            if b is not None:
+                b['addresses'] = nl.addresses(ipr, b['index'], family=2)
+            node = dict(bridge=b, host=None, ip_forward=nl.get_sysctl('net.ipv4.ip_forward', self.proc_root))
+
+            def idx(handle, name):
+                link = nl.get_link(handle, name)
+                if link is None:
+                    raise BarepodError('interface %s vanished while being configured' % name)
+                return link['index']
+
+            self.before = dict(bridge=bool(b), bridge_addresses=sorted((b or {}).get('addresses') or []),
+                               ip_forward=node['ip_forward'])
+            self._plan_bridge(ipr, node, gw_cidr, idx, lambda fn: fn)
+            self.actions.run()
+            self.after = dict(bridge=True, bridge_addresses=sorted(set(self.before['bridge_addresses']) | {gw_cidr}),
+                              ip_forward='1' if spec.ip_forward else node['ip_forward'])
+            self.result.update(gateway=str(rng.gateway), subnet=str(spec.subnet), bridge=spec.bridge,
+                               actions=self.actions.planned)
+        finally:
+            ipr.close()
+
     def _rollback(self, ipr, alloc):
         """Undo a fresh attachment that failed half-way: no veth, rules or address left behind.
         Best effort: the original error is what the user needs to see."""
@@ -405,7 +444,6 @@ class VethNet(object):
 
     def _plan_links(self, ipr, pipr, ns, node, pod, ip, rng):
         spec = self.spec
-        add = self.actions.add
         gw_cidr = '%s/%d' % (rng.gateway, spec.subnet.prefixlen)
         pod_cidr = '%s/%d' % (ip, spec.subnet.prefixlen)
 
@@ -435,6 +473,14 @@ class VethNet(object):
                     known.clear()
             return run
 
+        self._plan_bridge(ipr, node, gw_cidr, idx, forget)
+
+        # the veth pair: host side here, eth0 in the pod
+        self._plan_veth(ipr, pipr, ns, node, pod, ip, pod_cidr, rng, idx, forget)
+
+    def _plan_bridge(self, ipr, node, gw_cidr, idx, forget):
+        spec = self.spec
+        add = self.actions.add
         # bridge (cni0) with the gateway address, up, MTU
         b = node['bridge']
         if b is None:
@@ -451,7 +497,10 @@ class VethNet(object):
             add('sysctl', 'net.ipv4.ip_forward', value='1',
                 fn=lambda: nl.set_sysctl('net.ipv4.ip_forward', 1, self.proc_root))
 
-        # the veth pair: host side here, eth0 in the pod
+    def _plan_veth(self, ipr, pipr, ns, node, pod, ip, pod_cidr, rng, idx, forget):
+        spec = self.spec
+        add = self.actions.add
+        b = node['bridge']
         h = node['host']
         e = pod['eth']
         if h is not None and h['kind'] != 'veth':

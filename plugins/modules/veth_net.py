@@ -38,8 +38,10 @@ options:
     description:
       - The pod uid. The host-side veth name and the default network namespace path
         (C(/run/netns/barepod-<first 8 of uid>)) are derived from it.
+      - Required with O(state=absent). Omitted with O(state=present), only the node side is converged
+        (the bridge with the gateway address of O(subnet), up, and C(net.ipv4.ip_forward)), for a node
+        that has no pod yet; then O(namespace), O(name), O(netns) and O(ip) must not be given.
     type: str
-    required: true
   container_id:
     description:
       - The id written into the IPAM files and the masquerade comment (CNI_CONTAINERID).
@@ -132,6 +134,10 @@ requirements:
 '''
 
 EXAMPLES = r'''
+- name: A node without pods yet - the bridge with the gateway of its pod CIDR, and ip_forward
+  barepod.linux.veth_net:
+    subnet: 10.244.1.0/24
+
 - name: Attach the pod to cni0 with an address from 10.244.0.0/24
   barepod.linux.veth_net:
     uid: 6f1c3a52-9a43-4f0e-8d2b-0b7cf3b0f2a1
@@ -240,7 +246,7 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             state=dict(type='str', choices=['present', 'absent'], default='present'),
-            uid=dict(type='str', required=True),
+            uid=dict(type='str'),
             container_id=dict(type='str'),
             namespace=dict(type='str'),
             name=dict(type='str'),
@@ -262,7 +268,7 @@ def main():
             data_dir=dict(type='path', default='/var/lib/cni/networks'),
             gc=dict(type='bool', default=False),
         ),
-        required_if=[('state', 'present', ['subnet'])],
+        required_if=[('state', 'present', ['subnet']), ('state', 'absent', ['uid'])],
         required_together=[('namespace', 'name')],
         supports_check_mode=True,
     )

@@ -358,3 +358,28 @@ def test_failure_half_way_rolls_back_a_fresh_attachment(env, tmp_path):
     assert [n for n in os.listdir(os.path.join(env.data_dir, 'barepod')) if n[0].isdigit()] == []
     # and the same request succeeds once iptables works again
     assert env.run(env.args(u, env.pod()))['ip'] == '10.244.0.3'
+
+
+def test_bridge_only_mode_for_a_node_without_pods(netns):
+    """No uid: only the node side (bridge + gateway address + ip_forward), idempotent, check mode clean."""
+    node = netns('bpbr')
+    args = dict(subnet='10.244.7.0/24', bridge='bp-br0')
+    chk = run_module('veth_net', args, check=True, netns=node)
+    assert chk.changed and not chk.failed, chk
+    out = subprocess.run(['ip', '-n', node, '-o', 'link'], stdout=subprocess.PIPE, check=True).stdout.decode()
+    assert 'bp-br0' not in out
+    r = run_module('veth_net', args, netns=node)
+    assert r.changed and not r.failed, r
+    assert r['gateway'] == '10.244.7.1'
+    addr = subprocess.run(['ip', '-n', node, '-o', '-4', 'addr', 'show', 'bp-br0'], stdout=subprocess.PIPE,
+                          check=True).stdout.decode()
+    assert '10.244.7.1/24' in addr
+    fwd = subprocess.run(['ip', 'netns', 'exec', node, 'cat', '/proc/sys/net/ipv4/ip_forward'],
+                         stdout=subprocess.PIPE, check=True).stdout.decode().strip()
+    assert fwd == '1'
+    again = run_module('veth_net', args, netns=node)
+    assert not again.changed and not again.failed, again
+    bad = run_module('veth_net', dict(args, namespace='default', name='p'), netns=node)
+    assert bad.failed and 'uid' in bad['msg']
+    bad = run_module('veth_net', dict(state='absent'), netns=node)
+    assert bad.failed and 'uid' in bad['msg']
