@@ -103,12 +103,26 @@ def parse_mountinfo(text):
     return out
 
 
+_MOUNTS_UNDER_MEMO = {}
+
+
 def mounts_under(root, mountinfo_path='/proc/self/mountinfo'):
-    """Mounts whose mount point is strictly below `root` (realpath), in mount order."""
+    """Mounts whose mount point is strictly below `root` (realpath), in mount order.
+
+    mountinfo is read afresh on every call; only its parsing is reused while the text is unchanged
+    (a busybox rootfs syncs ~270 files, each checking the mounts under the rootfs).
+    """
     with open(mountinfo_path, 'r') as f:
         text = f.read()
     root = os.path.realpath(root)
-    return [m for m in parse_mountinfo(text) if m['mountpoint'] != root and is_within(root, m['mountpoint'])]
+    key = (root, mountinfo_path)
+    memo = _MOUNTS_UNDER_MEMO.get(key)
+    if memo is not None and memo[0] == text:
+        return [dict(m) for m in memo[1]]
+    out = [m for m in parse_mountinfo(text) if m['mountpoint'] != root and is_within(root, m['mountpoint'])]
+    _MOUNTS_UNDER_MEMO.clear()  # one entry: the rootfs being converged
+    _MOUNTS_UNDER_MEMO[key] = (text, [dict(m) for m in out])
+    return out
 
 
 def unmount_order(mounts):

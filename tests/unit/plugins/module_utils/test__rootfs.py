@@ -387,3 +387,20 @@ def test_default_path_from_pod_uid_and_container(tmp_path):
         run(params(None, pod_uid='u1'))
     with pytest.raises(BarepodError, match='container'):
         run(params(None, pod_uid='u1', container='Bad/..'))
+
+
+def test_mounts_under_reads_mountinfo_every_time(tmp_path):
+    """The parse of an unchanged mountinfo is reused; a changed one is parsed again."""
+    from ansible_collections.barepod.linux.plugins.module_utils._rootfs import mounts_under
+    mi = tmp_path / 'mountinfo'
+    line = '%d 1 0:5%d / %s rw - tmpfs tmpfs rw\n'
+    mi.write_text(line % (30, 1, '/r/a'))
+    assert [m['mountpoint'] for m in mounts_under('/r', str(mi))] == ['/r/a']
+    first = mounts_under('/r', str(mi))
+    first[0]['mountpoint'] = 'mutated by a caller'
+    assert [m['mountpoint'] for m in mounts_under('/r', str(mi))] == ['/r/a']
+    mi.write_text(line % (30, 1, '/r/a') + line % (31, 2, '/r/b'))
+    assert [m['mountpoint'] for m in mounts_under('/r', str(mi))] == ['/r/a', '/r/b']
+    assert [m['mountpoint'] for m in mounts_under('/other', str(mi))] == []
+    mi.write_text('')
+    assert mounts_under('/r', str(mi)) == []
