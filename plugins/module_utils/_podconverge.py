@@ -149,7 +149,7 @@ ARGUMENT_SPECS = {
      'state': {'choices': ['present', 'absent'], 'default': 'present', 'type': 'str'},
      'state_root': {'default': '/run/barepod/pods', 'type': 'path'},
      'subnet': {'type': 'str'},
-     'uid': {'required': True, 'type': 'str'}},
+     'uid': {'type': 'str'}},
     'pod_status': {'force': {'default': False, 'type': 'bool'},
      'host_ip': {'type': 'str'},
      'manifest': {'type': 'dict'},
