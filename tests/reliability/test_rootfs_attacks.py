@@ -84,17 +84,18 @@ def all_mountpoints():
         return set(m['mountpoint'] for m in parse_mountinfo(f.read()))
 
 
-# other tests (other engineers' runs, CI shards) mount pods in their own tmp dirs meanwhile:
-# a mount counts as "outside" when it is under this test's work dir but not under the root, or
-# anywhere outside the places tests keep their throwaway pods
-OTHERS = ('/tmp/', '/run/netns/', '/var/tmp/')
+# Other tests and tools on this host (CI shards, benchmarks, molecule, docker) mount pods of their
+# own meanwhile, so "outside" is not "any new mount": it is a new mount under this test's work
+# dir but not under the root (the sentinel and victim directories live there), on /etc, or on one
+# of the host paths an escaped mount target would name (`etc -> /`, `up -> ../../..`).
+ESCAPED_TARGETS = ('/data', '/x', '/m', '/sub', '/hosts', '/resolv.conf', '/hostname', '/dev/shm')
 
 
 def outside_mounts(new, work, root):
     def within(a, b):
         return b == a or b.startswith(a.rstrip('/') + '/')
-    return sorted(m for m in new if (within(work, m) and not within(root, m))
-                  or (not within(work, m) and not m.startswith(OTHERS)))
+    return sorted(m for m in new if (within(work, m) and not within(root, m)) or within('/etc', m)
+                  or m in ESCAPED_TARGETS)
 
 
 def host_etc_state():
