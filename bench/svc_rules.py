@@ -19,6 +19,11 @@ cluster mode kicks in above 1000 endpoints, as it would). Measured, per backend:
   - one-service change at the largest size (one endpoint moves): the logic vs a raw
     iptables-restore of the same partial payload.
 
+Each figure comes as wall time and as CPU time of the process and its children (steadier on a
+loaded machine); the no-op and one-service rows are repeated with the whole module run as
+Ansible runs it (a fresh interpreter; objects inline and from a src file), and the module's
+own work on a one-service change is broken down step by step.
+
 Prints a table of medians and ratios and writes JSON to bench/results/svc_rules-<time>.json.
 Targets (issue 5): no-op <= ~1.5x one iptables-save; one-service change on nft < 0.2 s;
 full sync within 1.3x of the raw restore.
@@ -167,6 +172,38 @@ def med(xs):
     return statistics.median(xs) if xs else None
 
 
+def breakdown(n, reps, backend):
+    """The pieces of the module's own work on a one-service change, timed one by one."""
+    objs = json.loads(json.dumps(make_objects(n, moved=n // 2)))   # as Ansible hands them over
+    st = kp.Settings(cluster_cidr=PARAMS['cluster_cidr'], node_name='bench-node')
+    bodies = [os.path.join(STATE_DIR, f) for f in os.listdir(STATE_DIR) if f.endswith('.body.json')]
+    with open(max(bodies, key=os.path.getsize)) as f:
+        body_text = f.read()
+    body = json.loads(body_text)
+    digests = kp.object_digests(objs)
+    _fps, members = kp.group_by_service(objs, digests)
+    one = members['bench/svc-%05d' % (n // 2)]
+    steps = [
+        ('fingerprint every object (sha1 of its repr)', lambda: kp.object_digests(objs)),
+        ('group objects by Service, fingerprint each Service', lambda: kp.group_by_service(objs, digests)),
+        ('validate and render the one changed Service',
+         lambda: kp._render(*kp.load(one, 'bench-node')[:2], st, large=True, track={})),
+        ('read the record body (%d bytes of JSON)' % len(body_text), lambda: json.loads(body_text)),
+        ('write the record body', lambda: json.dumps(body, separators=(',', ':'), check_circular=False)),
+        ('iptables -S of the canary chain (fork+exec)', lambda: subprocess.run(
+            ['iptables-%s' % backend, '-t', 'mangle', '-S', 'KUBE-PROXY-CANARY'], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, check=False)),
+    ]
+    out = []
+    for what, fn in steps:
+        xs = []
+        timed(xs, fn)
+        for _rep in range(max(2, reps)):
+            timed(xs, fn)
+        out.append((what, med(CPU[id(xs)])))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     ap.add_argument('--quick', action='store_true', help='sizes 100,1000 and 1 repetition of the big ones')
@@ -256,9 +293,15 @@ def main():
                 'raw restore of same partial payload', peer)
             row(backend, 'one-service change %d svc, module, src file' % n, proc_src,
                 'raw restore of same partial payload', peer)
+        results['one_change_breakdown'] = breakdown(sizes[-1], args.reps, backends[-1])
     finally:
         cleanup()
 
+    print()
+    print('where a one-service change at %d services goes (in-process, median CPU seconds, %s):'
+          % (sizes[-1], backends[-1]))
+    for what, cpu in results['one_change_breakdown']:
+        print('  %-58s %8.4f' % (what, cpu))
     print()
     print('wall = median elapsed seconds; cpu = median CPU seconds of the process and its children')
     print('%-7s %-44s %8s %8s  %-36s %8s %8s %7s %7s' % ('backend', 'measurement', 'ours', 'ours cpu', 'peer',
