@@ -92,9 +92,11 @@ ALLOWED_COMMANDS = (['--list-full'], ['-p'])
 
 
 @pytest.fixture(autouse=True)
-def no_subprocess(monkeypatch):
+def no_subprocess(monkeypatch, request):
     """No render/validation path may start a process with anything but fixed words."""
     calls = []
+    if 'node' in request.fixturenames or 'netns' in request.fixturenames:
+        return calls  # these tests run ansible-playbook / ip netns on purpose
     real_popen = subprocess.Popen
 
     def check(argv):
@@ -647,3 +649,36 @@ def test_masquerade_comment_round_trips_through_iptables(container_id, netns, re
                     'converged' if ok else 'FAILED')
     assert exists and sorted(lines) == sorted(want), (saved, want)
     assert [ln for ln in saved.splitlines() if ln.startswith('-A ') and ln not in want] == [], saved
+
+
+# ------------------------------------------------------------------ the pod role, end to end
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root (ansible-playbook in a throwaway node netns)')
+def test_hostile_names_through_the_pod_role_fail_before_any_change(node, reliability_log, monkeypatch):
+    """ansible-playbook pod_up.yml with a pod name, label and container name holding shell
+    metacharacters, a newline and unicode: the play fails at the manifest check, naming the
+    field, and the node is exactly as before."""
+    import yaml
+    monkeypatch.undo()  # ansible-playbook is started on purpose
+    cases = [('metadata.name', ('metadata', 'name'), 'web;touch /tmp/barepod-pwned'),
+             ('metadata.labels', ('metadata', 'labels'), {'app': 'web\n$(id)'}),
+             ('spec.containers[0].name', ('spec', 'containers', 0, 'name'), 'ctr`id`ü')]
+    files = []
+    for what, path, value in cases:
+        m = node.manifest_dict(name='hostile-names')
+        _set(m, path, value)
+        f = os.path.join(node.tmp, 'hostile-%d.yaml' % len(files))
+        with open(f, 'w') as fh:
+            yaml.safe_dump(m, fh)
+        files.append((what, f))
+    before = node.snapshot()
+    for what, f in files:
+        rc, _stats, res, _failures = node.playbook('pod_up.yml', [f])
+        after = node.snapshot()
+        msgs = [str(t.get('msg')) for play in res.get('plays', []) for t in
+                [h for task in play.get('tasks', []) for h in task.get('hosts', {}).values()] if t.get('failed')]
+        ok = rc != 0 and any(what in m_ for m_ in msgs) and after == before
+        reliability_log('input', 'pod role with a hostile %s' % what, 'rejected' if ok else 'FAILED')
+        assert rc != 0 and any(what in m_ for m_ in msgs), msgs
+        assert after == before
+    assert not os.path.exists('/tmp/barepod-pwned')
