@@ -2,6 +2,7 @@
 the plan stops the processes found in the pod's netns bind mount, before a new start and on
 teardown; netns_holders finds them by the namespace's (dev, inode)."""
 import os
+import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils import _sandbox as sb
 
@@ -37,12 +38,16 @@ def test_netns_holders_matches_the_namespace_inode(tmp_path):
     target = tmp_path / 'netns-file'
     target.write_text('')
     proc = tmp_path / 'proc'
-    ppid = os.getppid()
-    for pid, link in ((ppid, str(target)), (1, '/proc/self/ns/net'), (os.getpid(), str(target))):
-        (proc / str(pid) / 'ns').mkdir(parents=True)
-        os.symlink(link, str(proc / str(pid) / 'ns' / 'net'))
-    (proc / 'self').mkdir()
-    found = sb.netns_holders(str(target), proc_root=str(proc))
-    assert [h['pid'] for h in found] == [ppid]          # not pid 1 (other ns), not ourselves
-    assert found[0]['starttime'] == sb.pid_starttime(ppid)
-    assert sb.netns_holders(str(tmp_path / 'missing'), proc_root=str(proc)) == []
+    holder = subprocess.Popen(['sleep', '60'])  # a live pid of ours, for its start time
+    try:
+        for pid, link in ((holder.pid, str(target)), (1, '/proc/self/ns/net'), (os.getpid(), str(target))):
+            (proc / str(pid) / 'ns').mkdir(parents=True)
+            os.symlink(link, str(proc / str(pid) / 'ns' / 'net'))
+        (proc / 'self').mkdir()
+        found = sb.netns_holders(str(target), proc_root=str(proc))
+        assert [h['pid'] for h in found] == [holder.pid]    # not pid 1 (other ns), not ourselves
+        assert found[0]['starttime'] == sb.pid_starttime(holder.pid)
+        assert sb.netns_holders(str(tmp_path / 'missing'), proc_root=str(proc)) == []
+    finally:
+        holder.kill()
+        holder.wait()
