@@ -90,7 +90,7 @@ def test_teardown_after_reboot_with_gc(node, worker, reliability_log):
     reboot(node)
     snap = node.snapshot()
     assert snap['processes'] == [] and snap['records'] == [] and len(snap['ipam']) == 2
-    reliability_log('fault', 'simulated reboot (run state gone, IPAM kept)', 'injected', ipam=snap['ipam'])
+    reliability_log('fault', 'teardown after a simulated reboot (GC of addresses and chains)', 'injected', ipam=snap['ipam'])
     f = node.manifest('known')
     stats = node.down([f], pod_ipam_gc=True)[0]
     assert stats['failures'] == 0
