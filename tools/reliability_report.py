@@ -69,20 +69,39 @@ def summarise(lines):
         rows.append(dict(item=item, injected=n_inj, survived=survived, detected=detected, ok=ok))
     out['fault'] = rows
 
+    def tally(ds, total_key, good):
+        """(total, {outcome: n}) for one item. A line stands for `count` inputs (default 1) with
+        its outcome; `<total_key>` on a line is the item's total (the largest one counts), or,
+        with per-outcome fields (rejected=, converged=, blocked=), a batch summarised in one line."""
+        totals, by = [], {}
+        for d in ds:
+            if _num(d, 'count', None) is None and any(_num(d, k, None) is not None for k in good):
+                for k in good:
+                    by[k] = by.get(k, 0) + _num(d, k, 0)
+                totals.append(_num(d, total_key, sum(_num(d, k, 0) for k in good)))
+                continue
+            n = _num(d, 'count', 1)
+            by[d['outcome']] = by.get(d['outcome'], 0) + n
+            if _num(d, total_key, None) is not None:
+                totals.append(d[total_key])
+        counted = sum(by.values())
+        total = max(totals + [counted]) if totals else counted
+        return total, by
+
     rows = []
     for item, ds in groups['input'].items():
-        tried = sum(_num(d, 'tried', 1) for d in ds)
-        rejected = sum(_num(d, 'rejected', 1 if d['outcome'] == 'rejected' else 0) for d in ds)
-        converged = sum(_num(d, 'converged', 1 if d['outcome'] in ('converged', 'accepted') else 0) for d in ds)
-        bad = [d['outcome'] for d in ds if d['outcome'] not in OK_INPUT]
+        tried, by = tally(ds, 'tried', ('rejected', 'converged'))
+        rejected = by.get('rejected', 0)
+        converged = sum(by.get(k, 0) for k in ('converged', 'accepted'))
+        bad = [o for o in by if o not in OK_INPUT and by[o]]
         rows.append(dict(item=item, tried=tried, rejected=rejected, converged=converged,
                          ok=not bad and rejected + converged >= tried))
     out['input'] = rows
 
     rows = []
     for item, ds in groups['escape'].items():
-        attempted = sum(_num(d, 'attempted', 1) for d in ds)
-        blocked = sum(_num(d, 'blocked', 1 if d['outcome'] == 'blocked' else 0) for d in ds)
+        attempted, by = tally(ds, 'attempted', ('blocked',))
+        blocked = by.get('blocked', 0)
         rows.append(dict(item=item, attempted=attempted, blocked=blocked, ok=blocked >= attempted))
     out['escape'] = rows
 
@@ -103,8 +122,14 @@ def summarise(lines):
     return out
 
 
+def shown(value, width=90):
+    """One line: control characters escaped, long values cut."""
+    text = ''.join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+    return text if len(text) <= width else text[:width - 3] + '...'
+
+
 def table(headers, rows, markdown=False):
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    cells = [[shown(c) for c in headers]] + [[shown(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def fmt_row(r):

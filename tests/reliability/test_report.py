@@ -51,3 +51,16 @@ def test_strict_and_markdown(tmp_path):
 
 def test_empty_log_is_an_error(tmp_path):
     assert run(tmp_path, lines=[]).returncode == 2
+
+
+def test_per_outcome_count_lines(tmp_path):
+    """Part 2's shape: one line per outcome with `count`, the item's total in `tried`; control
+    characters in item names are shown escaped on one line."""
+    lines = [dict(category='input', item='pods', outcome='rejected', count=135, tried=200),
+             dict(category='input', item='pods', outcome='converged', count=65, tried=200),
+             dict(category='input', item='name "a\nb"', outcome='rejected'),
+             dict(category='escape', item='chroot', outcome='blocked', count=3, attempted=3)]
+    p = run(tmp_path, '--strict', lines=lines)
+    assert p.returncode == 0, p.stdout
+    assert '201 tried, 136 rejected, 65 converged' in p.stdout
+    assert 'name "a\\nb"' in p.stdout and 'Escapes attempted and blocked: 3/3' in p.stdout
