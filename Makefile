@@ -66,17 +66,22 @@ molecule: setup
 bench: setup
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+RELIABILITY_LOG ?= $(CURDIR)/build/reliability.jsonl
+BAREPOD_SOAK_CYCLES ?= 100
+export BAREPOD_SOAK_CYCLES
+
+# Faults, leaks (the soak), hostile input and escapes, then the evidence table.
 reliability: setup
-	rm -f build/reliability.jsonl; mkdir -p build
-	BAREPOD_RELIABILITY_LOG=$(CURDIR)/build/reliability.jsonl $(BIN)/pytest -q -m reliability tests $(PYTEST_ARGS)
-	$(BIN)/python tools/reliability_report.py build/reliability.jsonl
+	@mkdir -p $(dir $(RELIABILITY_LOG)); rm -f $(RELIABILITY_LOG)
+	BAREPOD_RELIABILITY_LOG=$(RELIABILITY_LOG) $(BIN)/pytest -q tests/reliability $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python tools/reliability_report.py $(RELIABILITY_LOG) --strict; rc2=$$?; \
+	exit $$(( rc != 0 ? rc : rc2 ))
 
 # Everything CI runs. Stops at the first failing step.
 test: setup
-	@mkdir -p build; rm -f build/reliability.jsonl
-	BAREPOD_RELIABILITY_LOG=$(CURDIR)/build/reliability.jsonl \
-	  $(BIN)/pytest tests/unit tests/integration tests/reliability $(PYTEST_ARGS)
-	@if [ -f tools/reliability_report.py ]; then $(BIN)/python tools/reliability_report.py build/reliability.jsonl; fi
+	@mkdir -p $(dir $(RELIABILITY_LOG)); rm -f $(RELIABILITY_LOG)
+	BAREPOD_RELIABILITY_LOG=$(RELIABILITY_LOG) $(BIN)/pytest tests/unit tests/integration tests/reliability $(PYTEST_ARGS)
+	$(BIN)/python tools/reliability_report.py $(RELIABILITY_LOG) --strict
 	$(MAKE) --no-print-directory docs
 	$(MAKE) --no-print-directory lint
 	$(MAKE) --no-print-directory sanity

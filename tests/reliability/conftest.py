@@ -18,7 +18,7 @@ if HERE not in sys.path:
 
 from _node import Node, collections_root  # noqa: E402
 
-NO_ROOT = ('test_failpoints.py', 'test_report.py', 'test_sandbox_orphans.py')
+NO_ROOT = ('test_failpoints.py', 'test_report.py', 'test_sandbox_orphans.py', 'test_hostile_input.py')
 
 
 def pytest_collection_modifyitems(config, items):
