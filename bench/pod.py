@@ -287,6 +287,7 @@ def main():
     ap.add_argument('--noop-runs', type=int, default=3)
     ap.add_argument('--quick', action='store_true', help='--runs 3 --pods 3 --noop-runs 2')
     ap.add_argument('--no-docker', action='store_true')
+    ap.add_argument('--noop-only', action='store_true', help='only the no-op converges (after one warm-up)')
     ap.add_argument('--out', default=os.path.join(REPO, 'bench', 'results'))
     o = ap.parse_args()
     if o.quick:
@@ -318,7 +319,7 @@ def main():
         if docker_err is None:
             docker_run(node.hostdir)
 
-        for i in range(o.runs):
+        for i in range(0 if o.noop_only else o.runs):
             order = ('pb', 'mod', 'docker') if i % 2 == 0 else ('docker', 'mod', 'pb')
             for who in order:
                 if who == 'pb':
@@ -338,7 +339,7 @@ def main():
 
         # each further pod: in-process, pods 1..N side by side
         names = []
-        for _k in range(o.pods):
+        for _k in range(0 if o.noop_only else o.pods):
             name = fresh('many')
             node.manifest(name)
             names.append(name)
@@ -346,7 +347,7 @@ def main():
         for name in names:
             node.modules_down(name)
         # ... and through ansible-playbook: one playbook of 1 pod, one of N pods
-        for k in (1, o.pods):
+        for k in () if o.noop_only else (1, o.pods):
             fs = [node.manifest(fresh('pbn')) for _unused in range(k)]
             res['pb_n'].append(dict(pods=k, seconds=node.playbook('pod_up.yml', fs, expect_changed=True)[0]))
             node.playbook('pod_down.yml', fs)
