@@ -163,8 +163,8 @@ def pod_validate(manifest):
         if not isinstance(v.get('name'), str) or len(v['name']) > 63 or not NAME_RE.match(v['name']):
             _fail(vf + '.name', '%r is not a valid DNS-1123 label' % (v.get('name'),))
         if 'hostPath' in v and (not isinstance(v['hostPath'], dict) or not isinstance(v['hostPath'].get('path'), str)):
-            _fail(vf + '.hostPath.path', 'must be a string, got %r' % ((v['hostPath'] or {}).get('path')
-                                                                     if isinstance(v['hostPath'], dict) else v['hostPath'],))
+            got = (v['hostPath'] or {}).get('path') if isinstance(v['hostPath'], dict) else v['hostPath']
+            _fail(vf + '.hostPath.path', 'must be a string, got %r' % (got,))
         if 'emptyDir' in v and v['emptyDir'] is not None and not isinstance(v['emptyDir'], dict):
             _fail(vf + '.emptyDir', 'must be a mapping')
         vols[v['name']] = v
@@ -248,9 +248,8 @@ def pod_container_spec(container, rootfs, cgroups=None):
         spec['working_dir'] = container['workingDir']
     sc = container.get('securityContext') or {}
     if sc.get('runAsUser') is not None or sc.get('runAsGroup') is not None:
-        spec['security_context'] = dict((k, sc[kk]) for k, kk in (('run_as_user', 'runAsUser'),
-                                                                   ('run_as_group', 'runAsGroup'))
-                                        if sc.get(kk) is not None)
+        pairs = (('run_as_user', 'runAsUser'), ('run_as_group', 'runAsGroup'))
+        spec['security_context'] = dict((k, sc[kk]) for k, kk in pairs if sc.get(kk) is not None)
     if cgroups:
         spec['cgroups'] = list(cgroups)
     return spec
