@@ -58,18 +58,7 @@ NOOP_TARGET_S = 10.0
 BENCH_ROOT = '/var/lib/barepod/bench'
 
 
-def collections_root():
-    root = os.path.join(REPO, '.venv', 'collections')
-    if os.path.exists(os.path.join(root, 'ansible_collections', 'barepod', 'linux', 'galaxy.yml')):
-        return root
-    root = tempfile.mkdtemp(prefix='barepod-coll-')
-    os.makedirs(os.path.join(root, 'ansible_collections', 'barepod'))
-    os.symlink(REPO, os.path.join(root, 'ansible_collections', 'barepod', 'linux'))
-    return root
-
-
-COLL = collections_root()
-sys.path.insert(0, COLL)
+from _collection import COLLECTIONS as COLL  # noqa: E402 - puts it on sys.path
 
 from ansible_collections.barepod.linux.plugins.filter.pod import ROLE_DEFAULTS, pod_module_args  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._podconverge import (  # noqa: E402

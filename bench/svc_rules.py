@@ -48,18 +48,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLONE_NEWNET = 0x40000000
 
 
-def collections_root():
-    root = os.path.join(REPO, '.venv', 'collections')
-    if os.path.exists(os.path.join(root, 'ansible_collections', 'barepod', 'linux', 'galaxy.yml')):
-        return root
-    root = tempfile.mkdtemp(prefix='barepod-coll-')
-    os.makedirs(os.path.join(root, 'ansible_collections', 'barepod'))
-    os.symlink(REPO, os.path.join(root, 'ansible_collections', 'barepod', 'linux'))
-    return root
-
-
-COLLECTIONS = collections_root()
-sys.path.insert(0, COLLECTIONS)
+from _collection import COLLECTIONS  # noqa: E402 - puts it on sys.path
 
 from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp  # noqa: E402
 

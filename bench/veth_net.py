@@ -40,18 +40,7 @@ CNI_PATH = '/usr/lib/cni'
 CLONE_NEWNET = 0x40000000
 
 
-def collections_root():
-    root = os.path.join(REPO, '.venv', 'collections')
-    if os.path.exists(os.path.join(root, 'ansible_collections', 'barepod', 'linux', 'galaxy.yml')):
-        return root
-    root = tempfile.mkdtemp(prefix='barepod-coll-')
-    os.makedirs(os.path.join(root, 'ansible_collections', 'barepod'))
-    os.symlink(REPO, os.path.join(root, 'ansible_collections', 'barepod', 'linux'))
-    return root
-
-
-COLL = collections_root()
-sys.path.insert(0, COLL)
+from _collection import COLLECTIONS as COLL  # noqa: E402 - puts it on sys.path
 
 
 def sh(*args, **kw):
