@@ -4,6 +4,7 @@ run after that changes nothing."""
 import os
 import shlex
 import signal
+import time
 import subprocess
 
 import pytest
@@ -28,6 +29,19 @@ def drift_cgroup_limit(node, rec):
 def drift_container_killed(node, rec):
     [c] = rec['containers'].values()
     os.kill(c['pid'], signal.SIGKILL)
+    # SIGKILL is asynchronous: a PID 1 tearing down its pid namespace is still in /proc for a moment,
+    # so wait until it is gone (or a zombie) before the drifted state is snapshotted
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with open('/proc/%d/stat' % c['pid']) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] in ('Z', 'X'):
+                    break
+        except OSError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError('container pid %d still alive 15 s after SIGKILL' % c['pid'])
     return 'containers'
 
 
