@@ -651,8 +651,18 @@ class RootfsManager(object):
                 return st is not None and stat.S_ISLNK(st.st_mode) and _entry_sig(st, fs_, p) == ['l', spec['target']]
             return st is not None and _file_sig(st) == spec['src']
 
+        # One view of the mounts under the root for the whole files pass: nothing in it mounts
+        # or unmounts (mounts come last), so re-reading mountinfo for each of hundreds of files
+        # would only cost time. Any mount or unmount action drops it.
+        pass_fs = []
+
+        def files_fs():
+            if not pass_fs:
+                pass_fs.append(self._fs(path))
+            return pass_fs[0]
+
         def sync_file(p, spec):
-            fs_ = self._fs(path)
+            fs_ = files_fs()
             if up_to_date(p, spec, fs_):
                 return
             if spec['kind'] == 'dir':
@@ -710,7 +720,7 @@ class RootfsManager(object):
             if not any(d['target'] == m['target'] for d in mounts):
                 hp = m.get('host_target')
                 if hp in top:
-                    a.add('unmount', m['target'], (lambda hp=hp: self._umount(hp)))
+                    a.add('unmount', m['target'], (lambda hp=hp: (pass_fs.clear(), self._umount(hp))))
         for m in mounts:
             hp = self._host_target(path, m['target'], fs) if exists else os.path.join(path, m['target'].lstrip('/'))
             if exists and not os.path.lexists(hp) and any(is_within(mp, hp) for mp in top):
@@ -722,9 +732,10 @@ class RootfsManager(object):
             if cur is not None and self._mount_matches(cur, m, hp):
                 continue
             if cur is not None:
-                a.add('unmount', m['target'], (lambda hp=hp: self._umount(hp)), reason='options changed')
-            a.add('mount', m['target'], (lambda m=m: self._mount(path, m)), type=m['type'], source=m['source'],
-                  read_only=m['read_only'], options=m['options'])
+                a.add('unmount', m['target'], (lambda hp=hp: (pass_fs.clear(), self._umount(hp))),
+                      reason='options changed')
+            a.add('mount', m['target'], (lambda m=m: (pass_fs.clear(), self._mount(path, m))), type=m['type'],
+                  source=m['source'], read_only=m['read_only'], options=m['options'])
 
         after = dict(path=path, exists=True, files=sorted(files), image=image_fp,
                      mounts=sorted(m['target'] for m in mounts), etc=etc_after)
