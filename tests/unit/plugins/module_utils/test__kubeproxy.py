@@ -426,6 +426,28 @@ def test_group_by_service_fingerprints_each_service_with_its_slices():
     assert kp.group_by_service(objs + objs[:1], kp.object_digests(objs + objs[:1])) == (None, None)
 
 
+def test_object_encodings_depend_on_values_only():
+    """The per-object encoding behind the fingerprints: equal values give equal bytes whatever
+    the sharing of strings between objects (marshal format 3+ would emit back-references that
+    depend on reference counts), different values - even 1 vs True vs "1" - different bytes,
+    and YAML timestamps (which marshal refuses) still encode."""
+    import datetime
+    objs = list(yaml.safe_load_all(fixture('repeated.yaml')))
+    shared = 'x' * 20
+    a = [dict(kind='Service', metadata=dict(name=shared, namespace=shared))]
+    b = [dict(kind='Service', metadata=dict(name='x' * 20, namespace=''.join(['x'] * 20)))]
+    assert kp.object_digests(a) == kp.object_digests(b)
+    assert kp.object_digests(objs) == kp.object_digests(json.loads(json.dumps(objs)))
+    variants = [dict(v=1), dict(v=True), dict(v='1'), dict(v=1.0), dict(v=[1]), dict(w=1)]
+    enc = kp.object_digests(variants)
+    assert len(set(enc)) == len(variants)
+    ts = [dict(kind='Service', metadata=dict(creationTimestamp=datetime.datetime(2024, 1, 2)))]
+    enc1 = kp.object_digests(objs + ts)
+    assert enc1 == kp.object_digests(copy.deepcopy(objs + ts)) and enc1[-1] != enc1[0]
+    ts2 = [dict(kind='Service', metadata=dict(creationTimestamp=datetime.datetime(2024, 1, 3)))]
+    assert kp.object_digests(objs + ts2)[-1] != enc1[-1]
+
+
 def test_tracked_contributions_add_up_to_the_full_render():
     """What _render tracks per Service (rules it adds to the shared chains and its own chains)
     adds up to the whole rule set, and a Service rendered alone tracks the same."""
