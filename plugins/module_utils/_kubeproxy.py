@@ -1150,12 +1150,16 @@ def _encode_one(o):
         return b'repr:' + repr(o).encode('utf-8', 'surrogatepass')
 
 
-def group_by_service(objects, digests):
+def group_by_service(objects, digests, keys=None):
     """{service key: fingerprint of the Service and its EndpointSlices}, {key: [objects]}, or
     (None, None) when the input is anything but plain Services and EndpointSlices each naming a
-    given Service once (Lists, Endpoints, errors...): then only the full render handles it."""
+    given Service once (Lists, Endpoints, errors...): then only the full render handles it.
+    keys: a list that gets each object's Service key, in input order."""
     fps, members = {}, {}
     slices = []
+    if keys is None:
+        keys = []
+    add_key = keys.append
     for i, o in enumerate(objects):
         d = digests[i]
         if not isinstance(o, dict):
@@ -1174,12 +1178,14 @@ def group_by_service(objects, digests):
                 return None, None
             fps[key] = [d]
             members[key] = [o]
+            add_key(key)
         elif kind == 'EndpointSlice':
             labels = meta.get('labels')
             svc = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
             if not isinstance(svc, str) or not isinstance(ns, str):
                 return None, None
             slices.append((ns + '/' + svc, o, d))
+            add_key(ns + '/' + svc)
         else:
             return None, None
     for key, o, d in slices:
@@ -1190,6 +1196,76 @@ def group_by_service(objects, digests):
         members[key].append(o)
     join = b'\0'.join
     return dict((k, _sha1(join(v)).hexdigest()[:24]) for k, v in fps.items()), members
+
+
+def object_fingerprints(digests):
+    """Per-object fingerprints kept in the record (16 bytes of the sha1 of each encoding)."""
+    sha1 = _sha1
+    return [sha1(d).digest()[:16] for d in digests]
+
+
+def object_record(objects, digests, keys):
+    """What the record keeps about the input, object by object: fingerprint, Service key, kind
+    ('S' Service, 'E' EndpointSlice) - so the next run finds the changed Services by comparing
+    fingerprints, without looking into the unchanged objects at all."""
+    return dict(objects=object_fingerprints(digests), okeys=keys,
+                okinds=''.join('S' if o.get('kind') == 'Service' else 'E' for o in objects))
+
+
+def changed_by_object(objects, digests, body):
+    """The Services whose objects changed, from the record's per-object fingerprints, when the
+    input holds the same objects in the same places (same kinds, same Services): the usual
+    case of one EndpointSlice or Service rewritten. -> ({key: new fingerprint}, {key:
+    [objects]}, new object record) or None (then group_by_service decides)."""
+    old, okeys, okinds = body.get('objects'), body.get('okeys'), body.get('okinds')
+    n = len(objects)
+    if not (isinstance(old, list) and isinstance(okeys, list) and isinstance(okinds, str)
+            and len(old) == n and len(okeys) == n and len(okinds) == n):
+        return None
+    new = object_fingerprints(digests)
+    changed = set()
+    for i in [i for i in range(n) if new[i] != old[i]]:
+        o = objects[i]
+        if not isinstance(o, dict) or not isinstance(o.get('metadata'), dict):
+            return None
+        kind, meta = o.get('kind'), o['metadata']
+        ns = meta.get('namespace') or 'default'
+        if kind == 'Service' and okinds[i] == 'S':
+            name = meta.get('name')
+        elif kind == 'EndpointSlice' and okinds[i] == 'E':
+            labels = meta.get('labels')
+            name = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+        else:
+            return None
+        if not isinstance(ns, str) or not isinstance(name, str) or ns + '/' + name != okeys[i]:
+            return None            # an object moved to another Service: group everything
+        changed.add(okeys[i])
+    at = {}
+    for j, k in enumerate(okeys):
+        if k in changed:
+            at.setdefault(k, []).append(j)
+    fps, members = {}, {}
+    join = b'\0'.join
+    for k, idx in at.items():
+        idx.sort(key=lambda j: okinds[j] != 'S')     # the Service first, then its slices in order
+        members[k] = [objects[j] for j in idx]
+        fps[k] = _sha1(join(digests[j] for j in idx)).hexdigest()[:24]
+    return fps, members, dict(objects=new, okeys=okeys, okinds=okinds)
+
+
+def changed_by_group(old, groups):
+    """{key: new fingerprint} of the Services that changed, or None when a Service was added,
+    removed or renamed (the shared chains change: full sync)."""
+    if not isinstance(old, dict) or len(old) != len(groups):
+        return None
+    changed = {}
+    for key, fp in groups.items():
+        entry = old.get(key)
+        if entry is None:
+            return None
+        if entry[0] != fp:
+            changed[key] = fp
+    return changed
 
 
 def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None, backend=None):
@@ -1295,16 +1371,28 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         objects += more
         digests = digests + object_digests(more)
     body = None
-    groups = members = None
+    groups = members = okeys = None
     if state == 'present':
-        groups, members = group_by_service(objects, digests)
-        if trusted and not return_payload and groups is not None and head.get('settings_fp') == settings_fp:
+        tried = False
+        if trusted and not return_payload and head.get('settings_fp') == settings_fp:
             body = _load_body(paths[1])
             if body is None or body.get('id') != head.get('body_id'):
                 body = None
             else:
-                res = _partial(params, check_mode, settings, backend, paths, head, body, groups, members,
-                               input_fp, _iptables)
+                hit = changed_by_object(objects, digests, body)
+                if hit is not None:
+                    tried = True
+                    res = _partial(params, check_mode, settings, backend, paths, head, body, hit[0], hit[1],
+                                   input_fp, _iptables, hit[2])
+                    if res is not None:
+                        return res
+        okeys = []
+        groups, members = group_by_service(objects, digests, keys=okeys)
+        if body is not None and groups is not None and not tried:
+            changed = changed_by_group(body.get('services'), groups)
+            if changed is not None:
+                res = _partial(params, check_mode, settings, backend, paths, head, body, changed, members,
+                               input_fp, _iptables, object_record(objects, digests, okeys))
                 if res is not None:
                     return res
 
@@ -1398,7 +1486,8 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
             version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
             jumps=_jumps_by_chain(jumps), settings_fp=settings_fp, input_fp=input_fp,
             facts=dict((k, result[k]) for k in FACT_KEYS)),
-            dict(tables=hashes or fingerprints(), services=services))
+            dict(object_record(objects, digests, okeys) if groups is not None else {},
+                 tables=hashes or fingerprints(), services=services))
     result['restores'] = backend.restores
     return result
 
@@ -1417,22 +1506,24 @@ def _contrib_fp(contrib):
     return _sha1('\n'.join(contrib).encode('utf-8')).hexdigest()[:24]
 
 
-def _partial(params, check_mode, settings, backend, paths, head, body, groups, members, input_fp, _iptables):
+def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, members, input_fp, _iptables,
+             objrec):
     """Only some Services changed (kube-proxy's partial sync, from the record): render those
     alone, and when what they put into the shared chains (KUBE-SERVICES, KUBE-NODEPORTS, the
-    filter chains) is unchanged, plan and write only their own chains. None: do a full sync."""
+    filter chains) is unchanged, plan and write only their own chains. None: do a full sync.
+    new_fps: {key: new fingerprint} of the changed Services (all in the record); objrec: the
+    per-object part of the next record."""
     old = body.get('services')
-    if not isinstance(old, dict) or len(old) != len(groups):
+    if not isinstance(old, dict):
         return None
     changed = []
-    for key, fp in groups.items():
+    for key in new_fps:
         entry = old.get(key)
         if entry is None:
             return None            # a Service added (or renamed): the shared chains change
-        if entry[0] != fp:
-            if entry[7]:
-                return None        # it had no rules (headless...): let the full render decide
-            changed.append(key)
+        if entry[7]:
+            return None            # it had no rules (headless...): let the full render decide
+        changed.append(key)
     sub = []
     for key in changed:
         sub.extend(members[key])
@@ -1476,7 +1567,7 @@ def _partial(params, check_mode, settings, backend, paths, head, body, groups, m
     facts['endpoints'] = total
     result = dict(facts, changed=bool(plan), chain_prefix=prefix, backend=backend.mode,
                   backend_reason=backend.reason, sync='recorded', render='partial (%d of %d Services)'
-                  % (len(changed), len(groups)), restore_payload=plan.payload, chains=plan.summary())
+                  % (len(changed), len(old)), restore_payload=plan.payload, chains=plan.summary())
     if not check_mode:
         if plan:
             _remove_record(paths)
@@ -1486,11 +1577,11 @@ def _partial(params, check_mode, settings, backend, paths, head, body, groups, m
         for key in changed:
             for c in old[key][3]:
                 nat_hashes.pop(c, None)
-            old[key] = [groups[key], old[key][1], track[key][2], track[key][1], track[key][3], track[key][4],
+            old[key] = [new_fps[key], old[key][1], track[key][2], track[key][1], track[key][3], track[key][4],
                         track[key][5], 0]
         nat_hashes.update(hashes['nat'])
         head = dict(head, input_fp=input_fp, facts=dict((k, facts[k]) for k in FACT_KEYS))
-        _write_record(paths, head, dict(tables=tables, services=old))
+        _write_record(paths, head, dict(objrec, tables=tables, services=old))
     result['restores'] = backend.restores
     return result
 

@@ -546,3 +546,73 @@ def test_unchanged_src_is_not_parsed_and_one_service_is_rendered_alone(tmp_path)
     assert not r['changed'] and r['render'] == 'partial (5 of 5 Services)' and fake.restores == 2
     full = kp.render(objs(moved=True), kp.Settings(cluster_cidr='10.0.0.0/8'))
     assert (r['services'], r['endpoints'], r['rules']) == (full.services, full.endpoints, full.rule_count())
+
+
+def test_changed_by_object_finds_the_changed_services_like_group_by_service():
+    """The record's per-object fingerprints name the changed Services without grouping the
+    input; the fingerprints and members must be exactly those group_by_service gives, and any
+    change of shape (another count, another kind or Service at a place) defers to it."""
+    objs = list(yaml.safe_load_all(fixture('overall.yaml')))
+    # slices before their Services: members still come Service first
+    objs = [o for o in objs if o['kind'] == 'EndpointSlice'] + [o for o in objs if o['kind'] == 'Service']
+    keys = []
+    fps, members = kp.group_by_service(objs, kp.object_digests(objs), keys=keys)
+    assert fps is not None and len(keys) == len(objs)
+    body = kp.object_record(objs, kp.object_digests(objs), keys)
+    same = kp.changed_by_object(objs, kp.object_digests(objs), body)
+    assert same[0] == {} and same[1] == {}
+    changed = copy.deepcopy(objs)
+    sl = changed[0]
+    sl['endpoints'][0]['addresses'] = ['10.180.0.99']
+    key = '%s/%s' % (sl['metadata']['namespace'], sl['metadata']['labels'][kp.SERVICE_NAME_LABEL])
+    d2 = kp.object_digests(changed)
+    hit = kp.changed_by_object(changed, d2, body)
+    fps2, members2 = kp.group_by_service(changed, d2)
+    assert hit is not None and list(hit[0]) == [key]
+    assert hit[0][key] == fps2[key] != fps[key]
+    assert hit[1][key] == members2[key] and hit[1][key][0]['kind'] == 'Service'
+    assert hit[2]['objects'] == kp.object_record(changed, d2, keys)['objects']
+    # a slice relabelled to another Service, one object more or less, kinds swapped: None
+    moved = copy.deepcopy(objs)
+    other = next(o for o in moved if o['kind'] == 'Service' and o['metadata']['name'] != key.split('/')[1])
+    moved[0]['metadata']['labels'][kp.SERVICE_NAME_LABEL] = other['metadata']['name']
+    moved[0]['metadata']['namespace'] = other['metadata'].get('namespace')
+    assert kp.changed_by_object(moved, kp.object_digests(moved), body) is None
+    assert kp.changed_by_object(objs[:-1], kp.object_digests(objs[:-1]), body) is None
+    swapped = objs[:]
+    i = next(j for j, o in enumerate(swapped) if o['kind'] == 'Service')
+    swapped[0], swapped[i] = swapped[i], swapped[0]
+    assert kp.changed_by_object(swapped, kp.object_digests(swapped), body) is None
+    assert kp.changed_by_object(objs, kp.object_digests(objs), {}) is None
+
+
+def test_partial_sync_through_either_path_leaves_the_same_record(tmp_path):
+    """A change found object by object and the same change found by grouping (the input
+    reordered, so the per-object record does not apply) give the same rules and a record that
+    serves the next run."""
+    def objs(moved=False):
+        out = []
+        for i in range(4):
+            out.append(svc('ns', 's%d' % i, '172.30.0.%d' % (i + 1), [dict(name='p', port=80)]))
+            ips = ['10.180.0.%d' % (2 * i), '10.180.0.%d' % (2 * i + 1)]
+            if moved and i == 2:
+                ips[1] = '10.180.1.1'
+            out.append(dict(kind='EndpointSlice', addressType='IPv4',
+                            metadata=dict(namespace='ns', name='s%d-x' % i,
+                                          labels={kp.SERVICE_NAME_LABEL: 's%d' % i}),
+                            endpoints=[dict(addresses=[a]) for a in ips], ports=[dict(name='p', port=8080)]))
+        return out
+    results = []
+    for order in (lambda x: x, lambda x: list(reversed(x))):
+        fake = FakeBackend()
+        params = dict(return_payload=False, state_dir=str(tmp_path / str(len(results))),
+                      conntrack_tcp_be_liberal=False, cluster_cidr='10.0.0.0/8')
+        assert kp.sync_service_rules(dict(params, objects=objs()), backend=fake)['render'] == 'full'
+        r = kp.sync_service_rules(dict(params, objects=order(objs(moved=True))), backend=fake)
+        assert r['changed'] and r['render'] == 'partial (1 of 4 Services)' and fake.restores == 2
+        again = kp.sync_service_rules(dict(params, objects=order(objs(moved=True))), backend=fake)
+        assert not again['changed'] and again['render'] == 'none' and fake.restores == 2
+        back = kp.sync_service_rules(dict(params, objects=objs()), backend=fake)
+        assert back['changed'] and back['render'] == 'partial (1 of 4 Services)'
+        results.append((fake.payloads[1], r['chains'], r['rules']))
+    assert results[0] == results[1]
