@@ -8,6 +8,7 @@
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,10 +60,12 @@ class ModuleResult(dict):
         return bool(self.get('changed'))
 
 
-def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns=None):
+def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns=None, pass_fds=()):
     """Run plugins/modules/<name>.py in a fresh interpreter as Ansible would; return its JSON.
 
     netns: run it inside that `ip netns` namespace (a throwaway "node"), never the host's.
+    pass_fds: open file descriptors the module inherits (as from a careless caller: the raw
+    material of the CVE-2024-21626 working-directory escape the reliability tests try).
     """
     payload = dict(args)
     payload['_ansible_check_mode'] = check
@@ -79,7 +82,7 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns
         p = subprocess.run(
             prefix + [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            timeout=timeout, env=e, cwd='/', check=False)
+            timeout=timeout, env=e, cwd='/', pass_fds=tuple(pass_fds), check=False)
     finally:
         os.unlink(argsfile)
     out = p.stdout.decode(errors='replace')
@@ -95,6 +98,23 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns
     r['_rc'] = p.returncode
     r['_stderr'] = p.stderr.decode(errors='replace')
     return r
+
+
+BUSYBOX = '/bin/busybox'
+
+
+def busybox_rootfs(path, dirs=('proc', 'dev', 'sys', 'tmp', 'etc', 'mnt')):
+    """A container root filesystem made by hand (not by chroot_rootfs, which some tests
+    exercise instead): the host's busybox-static with every applet linked, and empty `dirs`."""
+    os.makedirs(os.path.join(path, 'bin'))
+    shutil.copy(BUSYBOX, os.path.join(path, 'bin', 'busybox'))
+    applets = subprocess.check_output([BUSYBOX, '--list']).decode().split()
+    for a in applets:
+        if a != 'busybox':
+            os.symlink('busybox', os.path.join(path, 'bin', a))
+    for d in dirs:
+        os.makedirs(os.path.join(path, d), exist_ok=True)
+    return path
 
 
 @pytest.fixture

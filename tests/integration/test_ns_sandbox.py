@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import run_module, unique
+from conftest import busybox_rootfs, run_module, unique
 
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 from ansible_collections.barepod.linux.plugins.module_utils._common import pid_alive
@@ -23,18 +23,6 @@ from ansible_collections.barepod.linux.plugins.module_utils._state import netns_
 
 BUSYBOX = '/bin/busybox'
 DEFAULT_CAPEFF = 0xa80425fb  # containerd's 14 default capabilities
-
-
-def make_busybox_rootfs(path):
-    os.makedirs(os.path.join(path, 'bin'))
-    shutil.copy(BUSYBOX, os.path.join(path, 'bin', 'busybox'))
-    applets = subprocess.check_output([BUSYBOX, '--list']).decode().split()
-    for a in applets:
-        if a != 'busybox':
-            os.symlink('busybox', os.path.join(path, 'bin', a))
-    for d in ('proc', 'dev', 'sys', 'tmp', 'etc'):
-        os.makedirs(os.path.join(path, d), exist_ok=True)
-    return path
 
 
 class Pod(object):
@@ -47,7 +35,7 @@ class Pod(object):
         self.pids = set()
 
     def rootfs(self, name='rootfs'):
-        return make_busybox_rootfs(os.path.join(self.tmp, name))
+        return busybox_rootfs(os.path.join(self.tmp, name))
 
     def run(self, check=False, diff=False, **args):
         a = dict(self.base)

@@ -12,12 +12,10 @@
   classic double-chroot escape from inside a container.
 - `mountpoints()`: every mount point this mount namespace sees.
 """
-import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -38,55 +36,16 @@ def _top_conftest():
 
 _top = _top_conftest()
 COLLECTIONS_ROOT, ModuleResult, run_module = _top.COLLECTIONS_ROOT, _top.ModuleResult, _top.run_module
+busybox_rootfs, BUSYBOX = _top.busybox_rootfs, _top.BUSYBOX
 
-BUSYBOX = '/bin/busybox'
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root (escape tests run real containers)')
 requires_busybox = pytest.mark.skipif(not os.path.exists(BUSYBOX), reason='needs busybox-static')
 
 
-def busybox_rootfs(path):
-    os.makedirs(os.path.join(path, 'bin'))
-    shutil.copy(BUSYBOX, os.path.join(path, 'bin', 'busybox'))
-    applets = subprocess.check_output([BUSYBOX, '--list']).decode().split()
-    for a in applets:
-        if a != 'busybox':
-            os.symlink('busybox', os.path.join(path, 'bin', a))
-    for d in ('proc', 'dev', 'sys', 'tmp', 'etc', 'mnt'):
-        os.makedirs(os.path.join(path, d), exist_ok=True)
-    return path
-
-
 def run_module_with_fds(name, args, pass_fds=(), check=False, timeout=60):
     """conftest.run_module, except that the module process inherits `pass_fds`."""
-    payload = dict(args)
-    payload['_ansible_check_mode'] = check
-    payload['_ansible_diff'] = False
-    with tempfile.NamedTemporaryFile('w', suffix='.json', delete=False) as f:
-        json.dump({'ANSIBLE_MODULE_ARGS': payload}, f)
-        argsfile = f.name
-    env = dict(os.environ)
-    env['PYTHONPATH'] = COLLECTIONS_ROOT + os.pathsep + env.get('PYTHONPATH', '')
-    try:
-        p = subprocess.run(
-            [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout,
-            env=env, cwd='/', pass_fds=tuple(pass_fds), check=False)
-    finally:
-        os.unlink(argsfile)
-    out = p.stdout.decode(errors='replace')
-    start = out.find('{')
-    try:
-        res = json.loads(out[start:]) if start >= 0 else None
-    except ValueError:
-        res = None
-    if res is None:
-        raise AssertionError('module %s printed no JSON (rc=%s)\nstdout: %s\nstderr: %s'
-                             % (name, p.returncode, out, p.stderr.decode(errors='replace')))
-    r = ModuleResult(res)
-    r['_rc'] = p.returncode
-    r['_stderr'] = p.stderr.decode(errors='replace')
-    return r
+    return run_module(name, args, check=check, timeout=timeout, pass_fds=pass_fds)
 
 
 ESCAPE_C = r'''
