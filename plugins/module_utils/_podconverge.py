@@ -16,8 +16,9 @@ real module tasks (their inputs may depend on what that step does). The steps be
 converged, and their check-mode results are the same as the real tasks' results would be, so
 the role can use them in place of the skipped tasks' registered results.
 
-The arguments are normalised with each module's own argument spec (ARGUMENT_SPECS, kept
-identical to the modules' specs by a unit test), so types and defaults match a real task.
+The arguments are normalised with each module's own argument spec and constraints (_specs,
+which the modules hand to AnsibleModule), so types, defaults and required options match a
+real task.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._specs import SPECS
 
 STEPS = ("record", "rootfs", "sandbox", "cgroup_pod", "cgroup_containers", "network", "hosts", "containers", "status")
 
@@ -41,159 +43,8 @@ STEP_MODULES = dict(
     status="pod_status",
 )
 
-# The argument specs of the modules, as their main() declares them (tests/unit compare them).
-ARGUMENT_SPECS = {
-    "chroot_rootfs": {
-        "allowed_host_paths": {"default": [], "elements": "path", "type": "list"},
-        "binaries": {"default": [], "elements": "str", "type": "list"},
-        "busybox": {"default": False, "type": "bool"},
-        "busybox_path": {"default": "/bin/busybox", "type": "path"},
-        "container": {"type": "str"},
-        "dns": {
-            "options": {
-                "nameservers": {"elements": "str", "type": "list"},
-                "options": {"elements": "str", "type": "list"},
-                "searches": {"elements": "str", "type": "list"},
-            },
-            "type": "dict",
-        },
-        "etc_files": {"default": True, "type": "bool"},
-        "host_aliases": {
-            "elements": "dict",
-            "options": {
-                "hostnames": {"elements": "str", "required": True, "type": "list"},
-                "ip": {"required": True, "type": "str"},
-            },
-            "type": "list",
-        },
-        "hostname": {"type": "str"},
-        "image": {"type": "path"},
-        "image_format": {"choices": ["auto", "dir", "tar", "oci", "docker-archive"], "default": "auto", "type": "str"},
-        "mounts": {
-            "default": [],
-            "elements": "dict",
-            "options": {
-                "options": {"elements": "str", "type": "list"},
-                "read_only": {"default": False, "type": "bool"},
-                "size": {"type": "str"},
-                "source": {"type": "path"},
-                "target": {"required": True, "type": "str"},
-                "type": {"choices": ["bind", "tmpfs"], "default": "bind", "type": "str"},
-            },
-            "type": "list",
-        },
-        "name": {"type": "str"},
-        "namespace": {"type": "str"},
-        "path": {"type": "path"},
-        "pod_ips": {"elements": "str", "type": "list"},
-        "pod_uid": {"type": "str"},
-        "rootfs_root": {"default": "/var/lib/barepod/rootfs", "type": "path"},
-        "shm_size": {"default": "64Mi", "type": "str"},
-        "state": {"choices": ["present", "absent"], "default": "present", "type": "str"},
-        "state_root": {"default": "/run/barepod/pods", "type": "path"},
-        "subdomain": {"type": "str"},
-    },
-    "ns_sandbox": {
-        "containers": {
-            "default": [],
-            "elements": "dict",
-            "options": {
-                "args": {"elements": "str", "type": "list"},
-                "cgroups": {"default": [], "elements": "path", "type": "list"},
-                "command": {"elements": "str", "type": "list"},
-                "env": {"elements": "dict", "type": "list"},
-                "name": {"required": True, "type": "str"},
-                "rootfs": {"required": True, "type": "path"},
-                "security_context": {
-                    "aliases": ["securityContext"],
-                    "options": {
-                        "run_as_group": {"aliases": ["runAsGroup"], "type": "int"},
-                        "run_as_user": {"aliases": ["runAsUser"], "type": "int"},
-                    },
-                    "type": "dict",
-                },
-                "working_dir": {"aliases": ["workingDir"], "type": "str"},
-            },
-            "type": "list",
-        },
-        "grace_period": {"aliases": ["terminationGracePeriodSeconds"], "default": 30, "type": "float"},
-        "hostname": {"type": "str"},
-        "log_root": {"default": "/var/log/pods", "type": "path"},
-        "name": {"required": True, "type": "str"},
-        "namespace": {"default": "default", "type": "str"},
-        "namespaces": {"default": ["pid", "net", "mnt", "uts", "ipc"], "elements": "str", "type": "list"},
-        "netns_dir": {"default": "/run/netns", "type": "path"},
-        "pause": {"choices": ["auto", "c", "busybox"], "default": "auto", "type": "str"},
-        "pause_dir": {"default": "/var/lib/barepod/pause", "type": "path"},
-        "prune_containers": {"default": True, "type": "bool"},
-        "share_process_namespace": {"aliases": ["shareProcessNamespace"], "default": False, "type": "bool"},
-        "state": {"choices": ["present", "absent", "restarted"], "default": "present", "type": "str"},
-        "state_root": {"default": "/run/barepod/pods", "type": "path"},
-        "uid": {"type": "str"},
-    },
-    "cgroup_limit": {
-        "cgroup_root": {"default": "/sys/fs/cgroup", "type": "path"},
-        "container": {"type": "str"},
-        "containers": {"elements": "dict", "type": "list"},
-        "controllers": {"elements": "str", "type": "list"},
-        "cpu_period": {"default": 100000, "type": "int"},
-        "cpuset_cpus": {"type": "str"},
-        "cpuset_mems": {"type": "str"},
-        "hierarchy": {"choices": ["auto", "v1", "v2", "hybrid"], "default": "auto", "type": "str"},
-        "memory_limit": {"type": "str"},
-        "mountinfo": {"default": "/proc/self/mountinfo", "type": "path"},
-        "name": {"type": "str"},
-        "namespace": {"type": "str"},
-        "on_processes": {"choices": ["fail", "kill", "move"], "default": "fail", "type": "str"},
-        "oom_kill_disable": {"type": "bool"},
-        "parent": {"default": "kubepods", "type": "str"},
-        "pids": {"elements": "int", "type": "list"},
-        "pids_max": {"type": "str"},
-        "pod_uid": {"required": True, "type": "str"},
-        "qos_class": {"choices": ["Guaranteed", "Burstable", "BestEffort"], "type": "str"},
-        "resources": {"type": "dict"},
-        "state": {"choices": ["present", "absent"], "default": "present", "type": "str"},
-        "state_root": {"default": "/run/barepod/pods", "type": "path"},
-        "swap": {"type": "str"},
-        "swappiness": {"type": "int"},
-    },
-    "veth_net": {
-        "bridge": {"default": "cni0", "type": "str"},
-        "container_id": {"type": "str"},
-        "data_dir": {"default": "/var/lib/cni/networks", "type": "path"},
-        "gateway": {"type": "str"},
-        "gc": {"default": False, "type": "bool"},
-        "hairpin_mode": {"default": True, "type": "bool"},
-        "host_ifname": {"type": "str"},
-        "ifname": {"default": "eth0", "type": "str"},
-        "ip": {"type": "str"},
-        "ip_forward": {"default": True, "type": "bool"},
-        "ip_masq": {"default": True, "type": "bool"},
-        "mtu": {"default": 1500, "type": "int"},
-        "name": {"type": "str"},
-        "namespace": {"type": "str"},
-        "netns": {"type": "path"},
-        "network": {"default": "barepod", "type": "str"},
-        "range_end": {"type": "str"},
-        "range_start": {"type": "str"},
-        "state": {"choices": ["present", "absent"], "default": "present", "type": "str"},
-        "state_root": {"default": "/run/barepod/pods", "type": "path"},
-        "subnet": {"type": "str"},
-        "uid": {"type": "str"},
-    },
-    "pod_status": {
-        "force": {"default": False, "type": "bool"},
-        "host_ip": {"type": "str"},
-        "manifest": {"type": "dict"},
-        "name": {"type": "str"},
-        "namespace": {"type": "str"},
-        "node": {"type": "str"},
-        "selector": {"type": "dict"},
-        "state": {"choices": ["present", "absent"], "default": "present", "type": "str"},
-        "state_root": {"default": "/run/barepod/pods", "type": "path"},
-        "update": {"default": True, "type": "bool"},
-    },
-}
+# The modules' own AnsibleModule arguments (argument_spec and constraints), shared with them.
+ARGUMENT_SPECS = dict((name, spec()['argument_spec']) for name, spec in SPECS.items())
 
 _VALIDATORS = {}
 
@@ -202,7 +53,7 @@ def module_params(module, args):
     """args normalised as AnsibleModule would (types, defaults, suboptions); errors name the field."""
     v = _VALIDATORS.get(module)
     if v is None:
-        v = _VALIDATORS[module] = ArgumentSpecValidator(ARGUMENT_SPECS[module])
+        v = _VALIDATORS[module] = ArgumentSpecValidator(**SPECS[module]())
     res = v.validate(dict((k, val) for k, val in (args or {}).items() if val is not None))
     if res.error_messages:
         raise BarepodError("%s: %s" % (module, "; ".join(res.error_messages)), field=module, value=None)

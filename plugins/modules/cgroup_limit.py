@@ -206,38 +206,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._cgroups import run_limit
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            pod_uid=dict(type='str', required=True),
-            container=dict(type='str'),
-            containers=dict(type='list', elements='dict'),
-            resources=dict(type='dict'),
-            qos_class=dict(type='str', choices=['Guaranteed', 'Burstable', 'BestEffort']),
-            parent=dict(type='str', default='kubepods'),
-            memory_limit=dict(type='str'),
-            swap=dict(type='str'),
-            swappiness=dict(type='int'),
-            oom_kill_disable=dict(type='bool'),
-            pids_max=dict(type='str'),
-            cpuset_cpus=dict(type='str'),
-            cpuset_mems=dict(type='str'),
-            cpu_period=dict(type='int', default=100000),
-            controllers=dict(type='list', elements='str'),
-            pids=dict(type='list', elements='int'),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            on_processes=dict(type='str', choices=['fail', 'kill', 'move'], default='fail'),
-            cgroup_root=dict(type='path', default='/sys/fs/cgroup'),
-            mountinfo=dict(type='path', default='/proc/self/mountinfo'),
-            hierarchy=dict(type='str', choices=['auto', 'v1', 'v2', 'hybrid'], default='auto'),
-            namespace=dict(type='str'),
-            name=dict(type='str'),
-            state_root=dict(type='path', default='/run/barepod/pods'),
-        ),
-        required_together=[('namespace', 'name')],
         supports_check_mode=True,
+        **_specs.cgroup_limit()
     )
     try:
         res = run_limit(module.params, check_mode=module.check_mode)

@@ -267,51 +267,13 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._rootfs import run as run_rootfs
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type='path'),
-            rootfs_root=dict(type='path', default='/var/lib/barepod/rootfs'),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            binaries=dict(type='list', elements='str', default=[]),
-            busybox=dict(type='bool', default=False),
-            busybox_path=dict(type='path', default='/bin/busybox'),
-            image=dict(type='path'),
-            image_format=dict(type='str', choices=['auto', 'dir', 'tar', 'oci', 'docker-archive'], default='auto'),
-            mounts=dict(type='list', elements='dict', default=[], options=dict(
-                type=dict(type='str', choices=['bind', 'tmpfs'], default='bind'),
-                source=dict(type='path'),
-                target=dict(type='str', required=True),
-                read_only=dict(type='bool', default=False),
-                size=dict(type='str'),
-                options=dict(type='list', elements='str'),
-            )),
-            shm_size=dict(type='str', default='64Mi'),
-            etc_files=dict(type='bool', default=True),
-            hostname=dict(type='str'),
-            subdomain=dict(type='str'),
-            pod_ips=dict(type='list', elements='str'),
-            host_aliases=dict(type='list', elements='dict', options=dict(
-                ip=dict(type='str', required=True),
-                hostnames=dict(type='list', elements='str', required=True),
-            )),
-            dns=dict(type='dict', options=dict(
-                nameservers=dict(type='list', elements='str'),
-                searches=dict(type='list', elements='str'),
-                options=dict(type='list', elements='str'),
-            )),
-            allowed_host_paths=dict(type='list', elements='path', default=[]),
-            namespace=dict(type='str'),
-            name=dict(type='str'),
-            container=dict(type='str'),
-            pod_uid=dict(type='str'),
-            state_root=dict(type='path', default='/run/barepod/pods'),
-        ),
-        required_together=[('namespace', 'name')],
-        required_one_of=[('path', 'pod_uid')],
         supports_check_mode=True,
+        **_specs.chroot_rootfs()
     )
     try:
         res = run_rootfs(module.params, check_mode=module.check_mode)

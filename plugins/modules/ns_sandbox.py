@@ -248,42 +248,11 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
-
-
-def argument_spec():
-    return dict(
-        name=dict(type='str', required=True),
-        namespace=dict(type='str', default='default'),
-        uid=dict(type='str'),
-        state=dict(type='str', choices=['present', 'absent', 'restarted'], default='present'),
-        containers=dict(type='list', elements='dict', default=[], options=dict(
-            name=dict(type='str', required=True),
-            rootfs=dict(type='path', required=True),
-            command=dict(type='list', elements='str'),
-            args=dict(type='list', elements='str'),
-            env=dict(type='list', elements='dict'),
-            working_dir=dict(type='str', aliases=['workingDir']),
-            security_context=dict(type='dict', aliases=['securityContext'], options=dict(
-                run_as_user=dict(type='int', aliases=['runAsUser']),
-                run_as_group=dict(type='int', aliases=['runAsGroup']),
-            )),
-            cgroups=dict(type='list', elements='path', default=[]),
-        )),
-        prune_containers=dict(type='bool', default=True),
-        share_process_namespace=dict(type='bool', default=False, aliases=['shareProcessNamespace']),
-        namespaces=dict(type='list', elements='str', default=['pid', 'net', 'mnt', 'uts', 'ipc']),
-        hostname=dict(type='str'),
-        grace_period=dict(type='float', default=30, aliases=['terminationGracePeriodSeconds']),
-        pause=dict(type='str', choices=['auto', 'c', 'busybox'], default='auto'),
-        pause_dir=dict(type='path', default='/var/lib/barepod/pause'),
-        state_root=dict(type='path', default='/run/barepod/pods'),
-        netns_dir=dict(type='path', default='/run/netns'),
-        log_root=dict(type='path', default='/var/log/pods'),
-    )
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
 
 
 def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    module = AnsibleModule(supports_check_mode=True, **_specs.ns_sandbox())
     try:
         result = SandboxManager(module.params, check_mode=module.check_mode).run()
     except BarepodError as e:

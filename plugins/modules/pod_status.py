@@ -112,25 +112,13 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._state import pod_key
 from ansible_collections.barepod.linux.plugins.module_utils._podstatus import PodStatusManager
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type='str'),
-            namespace=dict(type='str'),
-            manifest=dict(type='dict'),
-            host_ip=dict(type='str'),
-            node=dict(type='str'),
-            selector=dict(type='dict'),
-            update=dict(type='bool', default=True),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            force=dict(type='bool', default=False),
-            state_root=dict(type='path', default='/run/barepod/pods'),
-        ),
-        required_by=dict(manifest=['name']),
-        required_if=[('state', 'absent', ['name'])],
         supports_check_mode=True,
+        **_specs.pod_status()
     )
     p = module.params
     try:

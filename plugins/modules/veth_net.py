@@ -240,37 +240,13 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils import _netlink
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
 
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            uid=dict(type='str'),
-            container_id=dict(type='str'),
-            namespace=dict(type='str'),
-            name=dict(type='str'),
-            state_root=dict(type='path', default='/run/barepod/pods'),
-            netns=dict(type='path'),
-            network=dict(type='str', default='barepod'),
-            subnet=dict(type='str'),
-            range_start=dict(type='str'),
-            range_end=dict(type='str'),
-            gateway=dict(type='str'),
-            ip=dict(type='str'),
-            bridge=dict(type='str', default='cni0'),
-            ifname=dict(type='str', default='eth0'),
-            host_ifname=dict(type='str'),
-            mtu=dict(type='int', default=1500),
-            hairpin_mode=dict(type='bool', default=True),
-            ip_masq=dict(type='bool', default=True),
-            ip_forward=dict(type='bool', default=True),
-            data_dir=dict(type='path', default='/var/lib/cni/networks'),
-            gc=dict(type='bool', default=False),
-        ),
-        required_if=[('state', 'present', ['subnet']), ('state', 'absent', ['uid'])],
-        required_together=[('namespace', 'name')],
         supports_check_mode=True,
+        **_specs.veth_net()
     )
     if not _netlink.HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(_netlink.PYROUTE2_IMPORT_ERROR))

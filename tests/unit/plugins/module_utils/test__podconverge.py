@@ -15,6 +15,7 @@ from conftest import REPO, run_module
 
 from ansible_collections.barepod.linux.plugins.filter import pod as podfilter
 from ansible_collections.barepod.linux.plugins.module_utils import _podconverge as pc
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
 TASKS = os.path.join(REPO, 'roles', 'pod', 'tasks')
@@ -29,8 +30,8 @@ class _Captured(Exception):
     pass
 
 
-def module_spec(name):
-    """The argument_spec the module's main() hands to AnsibleModule."""
+def module_spec(name, whole=False):
+    """The argument_spec (whole: every keyword argument) the module's main() hands to AnsibleModule."""
     mod = importlib.import_module('ansible_collections.barepod.linux.plugins.modules.' + name)
     got = {}
 
@@ -44,12 +45,16 @@ def module_spec(name):
             mod.main()
     finally:
         mod.AnsibleModule = orig
-    return got['argument_spec']
+    return got if whole else got['argument_spec']
 
 
 @pytest.mark.parametrize('name', sorted(pc.ARGUMENT_SPECS))
 def test_argument_specs_are_the_modules_own(name):
-    assert pc.ARGUMENT_SPECS[name] == module_spec(name)
+    """The module hands AnsibleModule exactly what _specs holds (spec and constraints), and
+    the check validates with it."""
+    got = module_spec(name, whole=True)
+    assert got == dict(_specs.SPECS[name](), supports_check_mode=True)
+    assert pc.ARGUMENT_SPECS[name] == got['argument_spec']
 
 
 def test_every_step_has_a_module_spec():
