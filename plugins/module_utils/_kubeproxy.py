@@ -33,6 +33,7 @@ import os
 import re
 import subprocess
 import tempfile
+import time
 import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint, makedirs
@@ -1341,11 +1342,24 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
     # survives; we keep it in a record (a small head and a body with every chain's fingerprint
     # and what each Service contributed), trusted the same way (resync=auto). Otherwise, and
     # always for --diff, iptables-save is the truth.
+    # Like kube-proxy, compare with the kernel again every full_sync_period (FullSyncPeriod, an
+    # hour) - except in large cluster mode, where kube-proxy skips the periodic full sync too.
+    period = params.get('full_sync_period')
+    period = 3600 if period is None else period
+    if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+        raise _err('must be a number of seconds (0: never)', 'full_sync_period', period)
     head = _load_json(paths[0]) if (resync == 'auto' and not want_diff) else None
     trusted = False
+    now = time.time()
+    reason = '--diff' if want_diff else 'resync=always' if resync == 'always' else 'no record'
     if head is not None:
         token = _iptables.canary_token(backend.list_chain('mangle', canary), canary)
         trusted = token is not None and token == head.get('token')
+        reason = 'record trusted (canary token matches)' if trusted else 'canary token differs from the record'
+        age = now - (head.get('full_sync_at') or 0)
+        if trusted and period and age > period and not (head.get('facts') or {}).get('large_cluster_mode'):
+            trusted = False
+            reason = 'periodic full sync (last one %d s ago)' % age
         if not trusted:
             head = None
 
@@ -1362,8 +1376,8 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         input_fp = h.hexdigest()[:24]
         if trusted and not return_payload and head.get('input_fp') == input_fp:
             result = dict(head['facts'], changed=False, chain_prefix=prefix, backend=backend.mode,
-                          backend_reason=backend.reason, sync='recorded', render='none', restore_payload='',
-                          chains=_iptables.SyncPlan().summary(), restores=0)
+                          backend_reason=backend.reason, sync='recorded', sync_reason=reason, render='none',
+                          restore_payload='', chains=_iptables.SyncPlan().summary(), restores=0)
             return result
     objects = list(inline)
     if texts:
@@ -1385,6 +1399,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
                     res = _partial(params, check_mode, settings, backend, paths, head, body, hit[0], hit[1],
                                    input_fp, _iptables, hit[2])
                     if res is not None:
+                        res['sync_reason'] = reason
                         return res
         okeys = []
         groups, members = group_by_service(objects, digests, keys=okeys)
@@ -1394,6 +1409,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
                 res = _partial(params, check_mode, settings, backend, paths, head, body, changed, members,
                                input_fp, _iptables, object_record(objects, digests, okeys))
                 if res is not None:
+                    res['sync_reason'] = reason
                     return res
 
     if state == 'present':
@@ -1419,6 +1435,9 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
             record = dict(head, tables=body.get('tables'))
             existing = _iptables.tables_from_record(record)
     result['sync'] = 'recorded' if existing is not None else 'iptables-save'
+    if trusted and existing is None:
+        reason = 'record body missing or stale'
+    result['sync_reason'] = reason
     canary_present = existing is not None
     if existing is None:
         text = backend.save()
@@ -1485,6 +1504,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         _write_record(paths, dict(
             version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
             jumps=_jumps_by_chain(jumps), settings_fp=settings_fp, input_fp=input_fp,
+            full_sync_at=now if result['sync'] == 'iptables-save' else head.get('full_sync_at'),
             facts=dict((k, result[k]) for k in FACT_KEYS)),
             dict(object_record(objects, digests, okeys) if groups is not None else {},
                  tables=hashes or fingerprints(), services=services))

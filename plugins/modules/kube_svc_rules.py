@@ -152,7 +152,7 @@ options:
         prefix, in O(state_dir)) and trusts it while its canary chain C(<prefix>-PROXY-CANARY) in the mangle
         table still carries the record's token. A flushed or recreated ruleset (or no record) falls back to
         comparing with C(iptables-save). Fast at thousands of Services; edits made by hand to single rules
-        in between are not noticed (as with kube-proxy between its full syncs).
+        in between are not noticed until the next full sync (see O(full_sync_period)), as with kube-proxy.
       - With O(return_payload=false) the record also says what each Service rendered to, so unchanged
         input renders nothing and Services changed alone are rendered (and their chains written) alone
         (see RV(render)).
@@ -161,6 +161,15 @@ options:
     type: str
     choices: [auto, always]
     default: auto
+  full_sync_period:
+    description:
+      - With O(resync=auto), compare with C(iptables-save) again (and repair what differs) when the last
+        such comparison is older than this many seconds, even while the canary survives - kube-proxy's
+        C(FullSyncPeriod) (one hour). As kube-proxy does, not in large cluster mode (more than 1000
+        endpoints), where C(iptables-save) is expensive; there only a lost canary or O(resync=always) does.
+      - V(0) turns the periodic comparison off.
+    type: int
+    default: 3600
   state_dir:
     description: Where the sync records of O(resync=auto) are kept (removed again by O(state=absent)).
     type: path
@@ -260,6 +269,13 @@ sync:
   description: How the current state was learned, C(recorded) (trusted record, see O(resync)) or C(iptables-save).
   returned: when apply
   type: str
+sync_reason:
+  description:
+    - Why the state was learned that way, for example C(record trusted (canary token matches)),
+      C(no record), C(canary token differs from the record), C(periodic full sync (last one 3605 s ago)),
+      C(resync=always) or C(--diff).
+  returned: when apply
+  type: str
 render:
   description:
     - What was rendered - C(full), C(none) (input unchanged since the recorded sync), or
@@ -314,6 +330,7 @@ def main():
             iptables=dict(type='path'),
             return_payload=dict(type='bool', default=True),
             resync=dict(type='str', choices=['auto', 'always'], default='auto'),
+            full_sync_period=dict(type='int', default=3600),
             state_dir=dict(type='path', default='/run/barepod/kube_svc_rules'),
         ),
         supports_check_mode=True,

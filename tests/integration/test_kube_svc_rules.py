@@ -278,6 +278,48 @@ def test_flush_is_noticed_and_hand_edits_repaired_by_resync_always(node):
     assert '10.96.0.99' not in node.save()
 
 
+def _age_record(state_dir, seconds):
+    """Pretend the last comparison with iptables-save happened `seconds` ago."""
+    heads = [f for f in os.listdir(state_dir) if f.endswith('.json')]
+    assert len(heads) == 1, heads
+    path = os.path.join(state_dir, heads[0])
+    with open(path) as f:
+        head = json.load(f)
+    head['full_sync_at'] -= seconds
+    with open(path, 'w') as f:
+        json.dump(head, f)
+
+
+def test_periodic_full_sync_repairs_a_hand_edit_under_resync_auto(node):
+    """kube-proxy's FullSyncPeriod: while the canary survives a hand-deleted rule inside an owned
+    chain goes unnoticed; once the last comparison is older than full_sync_period the module
+    compares with iptables-save again and puts the rule back (and not before)."""
+    state = os.path.join(node.tmp, 'state')
+    first = node.run(objects=objects())
+    assert first.changed and first['sync_reason'] == 'no record'
+    svc_chain = [ln.split(' -j ')[1].split()[0] for ln in node.save().splitlines()
+                 if ln.startswith('-A KUBE-SERVICES') and SVC_IP in ln][0]
+    assert svc_chain.startswith('KUBE-SVC-')
+    chain_rules = [ln for ln in node.save().splitlines() if ln.startswith('-A %s ' % svc_chain)]
+    number = next(i for i, ln in enumerate(chain_rules) if '-j KUBE-SEP-' in ln)
+    sep_jump = chain_rules[number]
+    in_ns(node.node, 'iptables-%s' % node.backend, '-t', 'nat', '-D', svc_chain, str(number + 1))
+    assert sep_jump not in node.save()
+    r = node.run(objects=objects())
+    assert not r.changed and r['sync'] == 'recorded' and r['sync_reason'].startswith('record trusted')
+    _age_record(state, 600)
+    assert not node.run(objects=objects(), full_sync_period=3600).changed      # not due yet
+    _age_record(state, 3600)
+    assert not node.run(objects=objects(), full_sync_period=0).changed         # periodic check off
+    r = node.run(objects=objects(), full_sync_period=3600)
+    assert r.changed and r['sync'] == 'iptables-save' and r['sync_reason'].startswith('periodic full sync')
+    assert r['chains']['changed'] == ['nat/' + svc_chain]
+    assert sep_jump in node.save()
+    r = node.run(objects=objects())
+    assert not r.changed and r['sync'] == 'recorded' and r['restores'] == 0
+    assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}
+
+
 def test_check_mode_writes_no_record(node):
     r = node.run(objects=objects(), check=True)
     assert r.changed and not os.path.exists(os.path.join(node.tmp, 'state'))

@@ -616,3 +616,37 @@ def test_partial_sync_through_either_path_leaves_the_same_record(tmp_path):
         assert back['changed'] and back['render'] == 'partial (1 of 4 Services)'
         results.append((fake.payloads[1], r['chains'], r['rules']))
     assert results[0] == results[1]
+
+
+def test_periodic_full_sync_decision(tmp_path):
+    """full_sync_period: an aged record is compared with iptables-save again, except in large
+    cluster mode (kube-proxy skips the periodic full sync there) or with the period 0; bad
+    values name the field."""
+    objs = list(yaml.safe_load_all(fixture('repeated.yaml')))
+    fake = FakeBackend()
+    params = dict(objects=objs, return_payload=False, state_dir=str(tmp_path), conntrack_tcp_be_liberal=False)
+    assert kp.sync_service_rules(params, backend=fake)['sync_reason'] == 'no record'
+    head_path = [os.path.join(str(tmp_path), f) for f in os.listdir(str(tmp_path)) if f.endswith('.json')][0]
+
+    def age(seconds, large=None):
+        with open(head_path) as f:
+            head = json.load(f)
+        head['full_sync_at'] -= seconds
+        if large is not None:
+            head['facts']['large_cluster_mode'] = large
+        with open(head_path, 'w') as f:
+            json.dump(head, f)
+    assert kp.sync_service_rules(params, backend=fake)['sync'] == 'recorded'
+    age(4000, large=True)
+    r = kp.sync_service_rules(params, backend=fake)
+    assert r['sync'] == 'recorded' and r['render'] == 'none'
+    age(0, large=False)
+    assert kp.sync_service_rules(dict(params, full_sync_period=0), backend=fake)['sync'] == 'recorded'
+    r = kp.sync_service_rules(params, backend=fake)
+    assert r['sync'] == 'iptables-save' and r['sync_reason'].startswith('periodic full sync (last one 4')
+    # the comparison renews the record's time: the next run trusts it again
+    assert kp.sync_service_rules(params, backend=fake)['sync'] == 'recorded'
+    for bad in (-1, 'x', True):
+        with pytest.raises(BarepodError) as e:
+            kp.sync_service_rules(dict(params, full_sync_period=bad), backend=fake)
+        assert e.value.field == 'full_sync_period'
