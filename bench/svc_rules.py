@@ -171,11 +171,14 @@ def breakdown(n, reps, backend):
         body_bytes = f.read()
     body = marshal.loads(body_bytes)
     digests = kp.object_digests(objs)
-    _fps, members = kp.group_by_service(objs, digests)
-    one = members['bench/svc-%05d' % (n // 2)]
+    hit = kp.changed_by_object(objs, digests, body)
+    assert hit is not None and list(hit[0]) == ['bench/svc-%05d' % (n // 2)], hit and list(hit[0])
+    one = hit[1]['bench/svc-%05d' % (n // 2)]
     steps = [
         ('encode every object (marshal)', lambda: kp.object_digests(objs)),
-        ('group objects by Service, fingerprint each Service', lambda: kp.group_by_service(objs, digests)),
+        ('find the changed Service from the per-object fingerprints',
+         lambda: kp.changed_by_object(objs, digests, body)),
+        ('(only when objects moved: group all by Service instead)', lambda: kp.group_by_service(objs, digests)),
         ('validate and render the one changed Service',
          lambda: kp._render(*kp.load(one, 'bench-node')[:2], st, large=True, track={})),
         ('read the record body (%d bytes of marshal)' % len(body_bytes), lambda: marshal.loads(body_bytes)),

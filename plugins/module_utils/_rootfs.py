@@ -18,8 +18,6 @@ observe() -> desired() -> plan() -> apply, as every barepod module.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import ipaddress
@@ -35,6 +33,9 @@ from ansible_collections.barepod.linux.plugins.module_utils._common import (
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
+from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
+from ansible_collections.barepod.linux.plugins.module_utils._namespaces import (
+    MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT)
 from ansible_collections.barepod.linux.plugins.module_utils._paths import is_within
 from ansible_collections.barepod.linux.plugins.module_utils._safefs import SafeRoot, UnderMount, clean
 
@@ -51,15 +52,6 @@ PROTECTED_HOST_PATHS = (
 
 MOUNTPOINT_DIRS = ('/proc', '/dev', '/sys')
 
-# mount(2) flags
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
-MNT_DETACH = 2
 FLAG_OPTS = {'ro': MS_RDONLY, 'nosuid': MS_NOSUID, 'nodev': MS_NODEV, 'noexec': MS_NOEXEC}
 BIND_OPTIONS = set(['ro', 'rw', 'nosuid', 'nodev', 'noexec'])
 TMPFS_OPTIONS = set(['ro', 'rw', 'nosuid', 'nodev', 'noexec'])
@@ -263,32 +255,12 @@ def _is_ip(s):
 
 # ---------------------------------------------------------------- mount syscalls
 
-_libc = None
-
-
-def _libc_get():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return _libc
-
-
-def _b(s):
-    return s.encode() if isinstance(s, str) else s
-
-
 def _mount_call(source, target, fstype, flags, data):
-    if _libc_get().mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), target)
+    ns.mount(source, target, fstype, flags, data)
 
 
 def umount(target, flags=0):
-    if _libc_get().umount2(_b(target), flags) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), target)
+    ns.umount2(target, flags)
 
 
 # ---------------------------------------------------------------- the manager

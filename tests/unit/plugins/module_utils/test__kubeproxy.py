@@ -506,19 +506,25 @@ class NoYaml(object):
         raise AssertionError('an unchanged src file must not be parsed')
 
 
+def services_with_slices(n, moved=None):
+    """n ClusterIP Services with one EndpointSlice of two endpoints each; Service `moved` gets
+    a new second endpoint."""
+    out = []
+    for i in range(n):
+        out.append(svc('ns', 's%d' % i, '172.30.0.%d' % (i + 1), [dict(name='p', port=80)]))
+        ips = ['10.180.0.%d' % (2 * i), '10.180.0.%d' % (2 * i + 1)]
+        if moved == i:
+            ips[1] = '10.180.1.1'
+        out.append(dict(kind='EndpointSlice', addressType='IPv4',
+                        metadata=dict(namespace='ns', name='s%d-x' % i,
+                                      labels={kp.SERVICE_NAME_LABEL: 's%d' % i}),
+                        endpoints=[dict(addresses=[a]) for a in ips], ports=[dict(name='p', port=8080)]))
+    return out
+
+
 def test_unchanged_src_is_not_parsed_and_one_service_is_rendered_alone(tmp_path):
     def objs(moved=False):
-        out = []
-        for i in range(5):
-            out.append(svc('ns', 's%d' % i, '172.30.0.%d' % (i + 1), [dict(name='p', port=80)]))
-            ips = ['10.180.0.%d' % (2 * i), '10.180.0.%d' % (2 * i + 1)]
-            if moved and i == 3:
-                ips[1] = '10.180.1.1'
-            out.append(dict(kind='EndpointSlice', addressType='IPv4',
-                            metadata=dict(namespace='ns', name='s%d-x' % i,
-                                          labels={kp.SERVICE_NAME_LABEL: 's%d' % i}),
-                            endpoints=[dict(addresses=[a]) for a in ips], ports=[dict(name='p', port=8080)]))
-        return out
+        return services_with_slices(5, moved=3 if moved else None)
     src = tmp_path / 'objs.yaml'
     src.write_text(yaml.safe_dump_all(objs()))
     fake = FakeBackend()
@@ -591,17 +597,7 @@ def test_partial_sync_through_either_path_leaves_the_same_record(tmp_path):
     reordered, so the per-object record does not apply) give the same rules and a record that
     serves the next run."""
     def objs(moved=False):
-        out = []
-        for i in range(4):
-            out.append(svc('ns', 's%d' % i, '172.30.0.%d' % (i + 1), [dict(name='p', port=80)]))
-            ips = ['10.180.0.%d' % (2 * i), '10.180.0.%d' % (2 * i + 1)]
-            if moved and i == 2:
-                ips[1] = '10.180.1.1'
-            out.append(dict(kind='EndpointSlice', addressType='IPv4',
-                            metadata=dict(namespace='ns', name='s%d-x' % i,
-                                          labels={kp.SERVICE_NAME_LABEL: 's%d' % i}),
-                            endpoints=[dict(addresses=[a]) for a in ips], ports=[dict(name='p', port=8080)]))
-        return out
+        return services_with_slices(4, moved=2 if moved else None)
     results = []
     for order in (lambda x: x, lambda x: list(reversed(x))):
         fake = FakeBackend()
