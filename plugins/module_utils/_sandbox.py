@@ -302,7 +302,30 @@ def observe(d):
     # a sandbox whose module died before it was recorded (kill -9 between start and record
     # write) still holds the pod's netns bind mount: find it there, or it would leak
     actual['orphans'] = netns_holders(nspath) if actual['netns_exists'] and not actual['netns_ok'] else []
+    # ... or, killed before the bind mount, by the pod's uid in its environment
+    if not actual['sandbox_alive']:
+        have = set(o['pid'] for o in actual['orphans'])
+        actual['orphans'] += [o for o in marked_sandboxes(uid) if o['pid'] not in have]
     return actual
+
+
+def marked_sandboxes(uid, proc_root='/proc'):
+    """[{pid, starttime}] of the live processes whose environment carries SANDBOX_ENV=uid (only
+    pause processes this module started for the pod carry it)."""
+    needle = ('\0%s=%s\0' % (SANDBOX_ENV, uid)).encode()
+    out = []
+    me = os.getpid()
+    for d in os.listdir(proc_root):
+        if not d.isdigit() or int(d) == me:
+            continue
+        try:
+            with open(os.path.join(proc_root, d, 'environ'), 'rb') as f:
+                if needle not in b'\0' + f.read():
+                    continue
+            out.append(dict(pid=int(d), starttime=pid_starttime(int(d))))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
 
 
 def netns_holders(path, proc_root='/proc'):
@@ -469,8 +492,16 @@ def _stdio_devnull():
         os.close(fd)
 
 
-def start_sandbox(d, argv):
+# In the pause process's environment: the pod's uid, so a pause whose start was never recorded
+# (the module killed between starting it and binding its netns) can still be found and stopped.
+SANDBOX_ENV = 'BAREPOD_SANDBOX'
+
+
+def start_sandbox(d, argv, uid=None):
     flags = ns.clone_flags(d['namespaces'])
+    env = dict(os.environ)
+    if uid:
+        env[SANDBOX_ENV] = uid
 
     def prepare():
         ns.unshare(flags)
@@ -484,7 +515,7 @@ def start_sandbox(d, argv):
         os.chdir('/')
         _stdio_devnull()
         ns.close_range_cloexec(3)
-        os.execv(argv[0], argv)
+        os.execve(argv[0], argv, env)
 
     return spawn(prepare, child)
 
@@ -844,8 +875,9 @@ class SandboxManager(object):
 
         def fn():
             impl, argv = self.pause
-            pid = start_sandbox(d, argv)
+            pid = start_sandbox(d, argv, uid)
             try:
+                failpoint('sandbox-before-netns')
                 st = pid_starttime(pid)
                 if 'net' in d['namespaces']:
                     bind_netns(pid, nspath)

@@ -37,10 +37,11 @@ class Pod(object):
     def rootfs(self, name='rootfs'):
         return busybox_rootfs(os.path.join(self.tmp, name))
 
-    def run(self, check=False, diff=False, **args):
+    def run(self, check=False, diff=False, _env_failpoints=None, **args):
         a = dict(self.base)
         a.update(args)
-        r = run_module('ns_sandbox', a, check=check, diff=diff, timeout=30)
+        env = dict(BAREPOD_FAILPOINTS=_env_failpoints) if _env_failpoints else None
+        r = run_module('ns_sandbox', a, check=check, diff=diff, timeout=30, env=env)
         if r.get('pid'):
             self.pids.add(r['pid'])
         for c in r.get('containers') or []:
@@ -246,6 +247,38 @@ def test_absent_when_half_gone(pod):
     assert r2['changed'] and not r2.failed, r2
     assert not os.path.lexists(r['netns_path']) and not mounted(r['netns_path'])
     # the container (own pid ns) is not in the record any more: the fixture kills its pid
+
+
+def _marked(uid):
+    from ansible_collections.barepod.linux.plugins.module_utils._sandbox import marked_sandboxes
+    return [o['pid'] for o in marked_sandboxes(uid)]
+
+
+@pytest.mark.parametrize('then', ['present', 'absent'])
+def test_pause_killed_before_its_netns_bind_is_found_by_its_marker(pod, then):
+    """The module SIGKILLed between starting the pause and bind-mounting its netns: no record,
+    no netns file names the pause; its environment (BAREPOD_SANDBOX=<uid>) does. The next run
+    stops it - before starting a new sandbox, or on teardown - and leaves exactly one (or no)
+    pause for the pod."""
+    uid = 'f0e1d2c3-0000-4000-8000-%012d' % (os.getpid() % 10 ** 12)
+    with pytest.raises(AssertionError) as killed:          # a SIGKILLed module prints nothing
+        pod.run(uid=uid, _env_failpoints='sandbox-before-netns=kill')
+    assert 'rc=-9' in str(killed.value)
+    orphans = _marked(uid)
+    assert len(orphans) == 1, orphans
+    pod.pids.update(orphans)          # the fixture's safety net, should this test fail
+    with open('/proc/%d/environ' % orphans[0], 'rb') as f:
+        assert ('BAREPOD_SANDBOX=%s' % uid).encode() in f.read().split(b'\0')
+    assert not os.path.lexists(netns_path(uid, pod.base['netns_dir']))
+    r2 = pod.run(uid=uid, state=then)
+    assert r2['changed'] and not r2.failed, r2
+    assert not pid_alive(orphans[0])
+    left = _marked(uid)
+    if then == 'absent':
+        assert left == []
+    else:
+        assert left == [r2['pid']] and r2['pid'] != orphans[0]
+        assert not pod.run(uid=uid)['changed']
 
 
 def test_sandbox_recreated_when_pause_dies(pod):

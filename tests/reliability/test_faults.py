@@ -11,7 +11,7 @@ import pytest
 
 from _node import converged_exactly_once
 
-STEPS = ['rootfs-before-mounts', 'sandbox-before-record', 'cgroup-before-limits', 'ipam-after-reserve',
+STEPS = ['rootfs-before-mounts', 'sandbox-before-netns', 'sandbox-before-record', 'cgroup-before-limits', 'ipam-after-reserve',
          'veth-before-address']
 
 
