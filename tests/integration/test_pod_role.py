@@ -302,3 +302,34 @@ def test_teardown_of_a_partially_built_pod(node):
     links = subprocess.run(['ip', '-n', node.netns, '-o', 'link'], stdout=subprocess.PIPE, check=True).stdout.decode()
     assert rec['network']['host_ifname'] not in links
     assert sorted(os.listdir(os.path.join(node.vars['pod_cni_data_dir'], 'barepod'))) == ['last_reserved_ip.0', 'lock']
+
+
+def test_demo_playbook_leaves_the_node_as_it_found_it(node):
+    """The README's main job (playbooks/demo.yml): the chapter's pod and a kube-dns-like Service
+    come up, the status is printed, everything is torn down - and the node-level state the demo
+    created (state and cache directories, the QoS cgroups, the bridge) goes too, so the node is
+    left as found. Roots, cgroup parent and network namespace are the test's own."""
+    f = node.manifest()
+    node.files.append(f)
+    roots = [node.vars[k] for k in ('pod_state_root', 'pod_rootfs_root', 'pod_log_root', 'pod_cni_data_dir')]
+    rules_dir = os.path.join(node.tmp, 'rules')
+    assert not any(os.path.exists(p) for p in roots + [rules_dir])
+    hierarchies = [os.path.join(CGROUP_ROOT, h) for h in os.listdir(CGROUP_ROOT)
+                   if os.path.isdir(os.path.join(CGROUP_ROOT, h)) and not os.path.islink(os.path.join(CGROUP_ROOT, h))]
+    qos = [os.path.join(h, node.vars['pod_cgroup_parent']) for h in hierarchies]
+    assert not any(os.path.exists(q) for q in qos)
+    stats, res = node.run('demo.yml', [f], service_rules_state_dir=rules_dir)
+    assert stats['failures'] == 0 and stats['changed'] > 0, stats
+    shown = task_result(res, "Show the last pod's phase, podIP and hostIP (kubectl -o jsonpath='{.status.phase}' ...)")
+    assert 'phase=Running podIP=10.244.' in shown['msg'], shown
+    rules = task_result(res, 'Iptables-save | grep KUBE-SVC / KUBE-SEP (the chapter\'s DNAT to the pod on port 53)')
+    assert any('-j DNAT --to-destination 10.244.' in r and r.endswith(':53') for r in rules['msg']), rules
+    # the cgroup hierarchies really held the pod (so the absence below means removal)
+    removed = task_result(res, 'The QoS cgroups the demo created (empty again after the teardown)')
+    assert any(r.get('changed') for r in removed['results']), removed
+    left = [p for p in roots + [rules_dir] + qos if os.path.exists(p)]
+    assert left == [], left
+    link = subprocess.run(['ip', '-n', node.netns, '-o', 'link', 'show', 'dev', 'cni0'],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    assert link.returncode != 0, link.stdout
+    assert node.records() == []
