@@ -100,6 +100,28 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns
     return r
 
 
+ANSIBLE_PLAYBOOK = os.path.join(REPO, '.venv', 'bin', 'ansible-playbook')
+
+
+def ansible_playbook(argv, timeout=300):
+    """Run `argv` (an ansible-playbook command line, possibly behind nsenter) with this
+    checkout's collection and the json callback -> (returncode, parsed result)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_STDOUT_CALLBACK='json',
+               ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_NOCOLOR='1')
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=timeout, check=False)
+    out = p.stdout.decode()
+    try:
+        res = json.loads(out[out.index('{'):])
+    except ValueError:
+        raise AssertionError('no JSON from ansible-playbook (rc=%d)\n%s\n%s' % (p.returncode, out, p.stderr.decode()))
+    return p.returncode, res
+
+
+def failed_tasks(res):
+    """The tasks of a json-callback result that failed on any host."""
+    return [t for play in res['plays'] for t in play['tasks'] if any(h.get('failed') for h in t['hosts'].values())]
+
+
 BUSYBOX = '/bin/busybox'
 
 

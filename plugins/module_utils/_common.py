@@ -164,13 +164,20 @@ def write_if_changed(path, data, mode=0o644):
     except (IOError, OSError) as e:
         if e.errno not in (errno.ENOENT, errno.ENOTDIR):
             raise
-    d = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(prefix='.barepod-', dir=d)
+    atomic_write(path, data, mode)
+    return True
+
+
+def atomic_write(path, data, mode=0o644, fsync=True):
+    """Write bytes to a temporary file beside path and rename it over path: readers see the
+    old or the new content, never a part. fsync=False for caches that need not survive a crash."""
+    fd, tmp = tempfile.mkstemp(prefix='.barepod-', dir=os.path.dirname(path) or '.')
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.rename(tmp, path)
     except BaseException:
@@ -179,7 +186,6 @@ def write_if_changed(path, data, mode=0o644):
         except OSError:
             pass
         raise
-    return True
 
 
 def dump_json(obj):

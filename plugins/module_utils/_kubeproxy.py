@@ -32,11 +32,11 @@ import marshal
 import os
 import re
 import subprocess
-import tempfile
 import time
 import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint, makedirs
+from ansible_collections.barepod.linux.plugins.module_utils._common import atomic_write
 from ansible_collections.barepod.linux.plugins.module_utils._common import DNS1123_LABEL_RE
 
 PROTOCOLS = ('TCP', 'UDP', 'SCTP')
@@ -1670,23 +1670,9 @@ def _write_record(paths, head, body):
     makedirs(os.path.dirname(paths[0]), 0o700)
     head = dict(head, body_id=uuid.uuid4().hex)
     body = dict(body, id=head['body_id'])
-    _replace(paths[1], marshal.dumps(body, _MARSHAL_FORMAT))
-    _replace(paths[0], json.dumps(head, sort_keys=True, separators=(',', ':')).encode('utf-8'))
-
-
-def _replace(path, text):
-    fd, tmp = tempfile.mkstemp(prefix='.barepod-', dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(text)
-        os.chmod(tmp, 0o600)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(paths[1], marshal.dumps(body, _MARSHAL_FORMAT), 0o600, fsync=False)
+    atomic_write(paths[0], json.dumps(head, sort_keys=True, separators=(',', ':')).encode('utf-8'), 0o600,
+                 fsync=False)
 
 
 def _remove_record(paths):

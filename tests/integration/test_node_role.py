@@ -15,9 +15,8 @@ import sys
 
 import pytest
 
-from conftest import REPO, COLLECTIONS_ROOT
+from conftest import ANSIBLE_PLAYBOOK, REPO, ansible_playbook, failed_tasks
 
-ANSIBLE_PLAYBOOK = os.path.join(REPO, '.venv', 'bin', 'ansible-playbook')
 NODES = {'node-a': ('10.99.0.2', '10.244.0.0/24'), 'node-b': ('10.99.0.3', '10.244.1.0/24')}
 
 
@@ -54,19 +53,11 @@ def two_nodes(netns, tmp_path):
 
 
 def playbook(inventory, *extra, check=False):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_STDOUT_CALLBACK='json',
-               ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_NOCOLOR='1')
     cmd = [ANSIBLE_PLAYBOOK, '-i', inventory, os.path.join(REPO, 'playbooks', 'node.yml')] + list(extra)
     if check:
         cmd.append('--check')
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=300, check=False)
-    out = p.stdout.decode()
-    try:
-        res = json.loads(out[out.index('{'):])
-    except ValueError:
-        raise AssertionError('no JSON from ansible-playbook (rc=%d)\n%s\n%s' % (p.returncode, out, p.stderr.decode()))
-    assert p.returncode == 0, json.dumps([t for play in res['plays'] for t in play['tasks']
-                                          if any(h.get('failed') for h in t['hosts'].values())], indent=1)[:4000]
+    rc, res = ansible_playbook(cmd)
+    assert rc == 0, json.dumps(failed_tasks(res), indent=1)[:4000]
     return res
 
 
@@ -115,12 +106,9 @@ def test_node_role_routes_between_two_nodes(two_nodes, tmp_path):
 
 def test_node_role_rejects_bad_input_before_changing_anything(two_nodes):
     names, inv = two_nodes
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'),
-               ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_NOCOLOR='1')
-    p = subprocess.run([ANSIBLE_PLAYBOOK, '-i', inv, os.path.join(REPO, 'playbooks', 'node.yml'),
-                        '-e', 'node_pod_cidr=10.244.300/24'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       env=env, timeout=300, check=False)
-    out = p.stdout.decode()
-    assert p.returncode != 0
-    assert 'node_pod_cidr="10.244.300/24"' in out
+    rc, res = ansible_playbook([ANSIBLE_PLAYBOOK, '-i', inv, os.path.join(REPO, 'playbooks', 'node.yml'),
+                                '-e', 'node_pod_cidr=10.244.300/24'])
+    assert rc != 0
+    msgs = [str(h.get('msg')) for t in failed_tasks(res) for h in t['hosts'].values()]
+    assert any('node_pod_cidr="10.244.300/24"' in m for m in msgs), msgs
     assert routes(names['node-a']) == [] and routes(names['node-b']) == []

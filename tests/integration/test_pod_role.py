@@ -16,15 +16,12 @@ import uuid
 import pytest
 import yaml
 
-from conftest import REPO, COLLECTIONS_ROOT
+from conftest import ANSIBLE_PLAYBOOK, REPO, ansible_playbook, failed_tasks
 
-ANSIBLE_PLAYBOOK = os.path.join(REPO, '.venv', 'bin', 'ansible-playbook')
 CGROUP_ROOT = '/sys/fs/cgroup'
 
 
 def playbook(node, name, extra_vars, check=False, diff=False):
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_STDOUT_CALLBACK='json',
-               ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_NOCOLOR='1')
     varsfile = os.path.join(extra_vars['pod_state_root'] + '.vars.json')
     with open(varsfile, 'w') as f:
         json.dump(extra_vars, f)
@@ -34,18 +31,10 @@ def playbook(node, name, extra_vars, check=False, diff=False):
         cmd.append('--check')
     if diff:
         cmd.append('--diff')
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=300, check=False)
-    out = p.stdout.decode()
-    try:
-        res = json.loads(out[out.index('{'):])
-    except ValueError:
-        raise AssertionError('no JSON from ansible-playbook (rc=%d)\n%s\n%s' % (p.returncode, out, p.stderr.decode()))
-    stats = res['stats']['localhost']
-    if p.returncode != 0:
-        failed = [t for play in res['plays'] for t in play['tasks']
-                  if t['hosts'].get('localhost', {}).get('failed')]
-        raise AssertionError('playbook %s failed: %s' % (name, json.dumps(failed, indent=1)[:4000]))
-    return stats, res
+    rc, res = ansible_playbook(cmd)
+    if rc != 0:
+        raise AssertionError('playbook %s failed: %s' % (name, json.dumps(failed_tasks(res), indent=1)[:4000]))
+    return res['stats']['localhost'], res
 
 
 def task_result(res, task_name):
