@@ -240,12 +240,17 @@ def failpoint(name):
         raise BarepodError('failpoint %s' % name)
 
 
+def failpoint_armed(name):
+    """True when $BAREPOD_FAILPOINTS names `name` (for failpoints that must act before firing)."""
+    spec = os.environ.get(FAILPOINTS_ENV)
+    return bool(spec) and name in [item.strip().partition('=')[0] for item in spec.split(',')]
+
+
 def failpoint_partial(name, payload, apply_first):
     """Failpoint for an iptables-restore batch: when `name` is set, apply only the first table
     of the payload (up to its first COMMIT) with apply_first(text), then trigger failpoint(name)
     -- a sync that dies between the tables. Otherwise return the payload unchanged."""
-    spec = os.environ.get(FAILPOINTS_ENV) or ''
-    if name not in [item.strip().partition('=')[0] for item in spec.split(',')]:
+    if not failpoint_armed(name):
         return payload
     end = payload.find('COMMIT\n')
     if end >= 0:

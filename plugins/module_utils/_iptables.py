@@ -20,16 +20,20 @@ Every binary is a parameter, so tests pick a backend or wrap the binaries in cou
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
 import subprocess
+import tempfile
+import threading
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint_partial
 
 HINT_CHAINS = ('KUBE-IPTABLES-HINT', 'KUBE-KUBELET-CANARY')
 LEGACY_RULES_THRESHOLD = 10
 WAIT_SECONDS = 5
+F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
 BUILTIN = {
     'filter': ('INPUT', 'FORWARD', 'OUTPUT'),
     'nat': ('PREROUTING', 'INPUT', 'OUTPUT', 'POSTROUTING'),
@@ -132,15 +136,158 @@ class Backend(object):
         argv = [self.save_cmd] + (['-t', table] if table else [])
         return _run(argv, check=True).stdout
 
+    def restore_argv(self):
+        return [self.restore_cmd, '-w', str(WAIT_SECONDS), '--noflush', '--counters']
+
     def restore(self, payload):
-        argv = [self.restore_cmd, '-w', str(WAIT_SECONDS), '--noflush', '--counters']
+        argv = self.restore_argv()
         payload = failpoint_partial('rules-between-tables', payload, lambda first: _run(argv, input_text=first))
         p = _run(argv, input_text=payload)
         self.restores += 1
         if p.returncode != 0:
-            raise BarepodError('iptables-restore failed, nothing was changed (each table is committed '
-                               'atomically): %s%s' % (p.stderr.strip(), context_of_error(payload, p.stderr)),
-                               field='iptables', value=self.restore_cmd)
+            self.restore_failed(payload, p.stderr)
+
+    def restore_failed(self, payload, stderr):
+        raise BarepodError('iptables-restore failed, nothing was changed (each table is committed '
+                           'atomically): %s%s' % (stderr.strip(), context_of_error(payload, stderr)),
+                           field='iptables', value=self.restore_cmd)
+
+    def start_save(self):
+        """iptables-save of every table, started now and read with collect_save() later, so
+        it runs while this process validates its input."""
+        argv = [self.save_cmd]
+        try:
+            return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        except OSError as e:
+            raise BarepodError('cannot run %s: %s' % (argv[0], e), field='iptables', value=argv[0])
+
+    def collect_save(self, proc):
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise BarepodError('%s failed (exit %d): %s' % (self.save_cmd, proc.returncode, err.strip()),
+                               field='iptables', value=self.save_cmd)
+        return out
+
+    def stream(self):
+        """A RestoreStream into this backend's iptables-restore (counted as one restore)."""
+        self.restores += 1
+        return RestoreStream(self)
+
+
+class RestoreStream(object):
+    """One iptables-restore fed while the batch is still being produced.
+
+    A first sync of a big rule set spends as long rendering as iptables-restore spends parsing
+    (iptables-legacy-restore parses ~110,000 rules of 10,000 Services in ~0.5 s, then commits):
+    the chain declarations go out as the rules are rendered, the rules as they are formatted,
+    so both run at once. A thread does the writing (the pipe blocks while the restore catches
+    up); nothing is committed before the caller writes a table's COMMIT, and abort() kills the
+    restore before that (the kernel's tables stay as they were).
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, backend):
+        self.backend = backend
+        argv = backend.restore_argv()
+        # stderr into a file, not a pipe: nobody reads it before the end, and a restore that
+        # fills a pipe with messages would block while we block writing its input
+        self._err = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                         stderr=self._err)
+        except OSError as e:
+            self._err.close()
+            raise BarepodError('cannot run %s: %s' % (argv[0], e), field='iptables', value=argv[0])
+        try:
+            # a big pipe: each time the writer thread gets the interpreter it moves up to 1 MiB,
+            # so the restore does not wait on this process's GIL while it renders
+            fcntl.fcntl(self.proc.stdin.fileno(), F_SETPIPE_SZ, 1 << 20)
+        except OSError:
+            pass   # above /proc/sys/fs/pipe-max-size: the default 64 KiB works, only slower
+        self.parts = []      # everything written, for the result and error context
+        self._pending = []
+        self._size = 0
+        self._ready = threading.Condition()
+        self._queue = []
+        self._closed = False
+        self.broken = False
+        self._thread = threading.Thread(target=self._pump, name='iptables-restore-writer')
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _pump(self):
+        fd = self.proc.stdin.fileno()
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                chunks, self._queue = self._queue, []
+                closed = self._closed
+            # everything queued in one write: the thread needs the interpreter lock again only
+            # when the write returns, which (while the main thread renders) takes up to a
+            # switch interval - once per batch, not once per chunk
+            data = memoryview(b''.join(chunks))
+            while data and not self.broken:
+                try:
+                    data = data[os.write(fd, data):]
+                except (BrokenPipeError, OSError):
+                    self.broken = True   # it exited early: its exit status and stderr say why
+            if closed:
+                with self._ready:
+                    if not self._queue:
+                        break
+        try:
+            self.proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            self.broken = True
+
+    def write(self, text):
+        self.parts.append(text)
+        self._pending.append(text)
+        self._size += len(text)
+        if self._size >= self.CHUNK:
+            self.flush()
+
+    def flush(self):
+        if not self._pending:
+            return
+        chunk = ''.join(self._pending).encode('utf-8')
+        self._pending, self._size = [], 0
+        with self._ready:
+            self._queue.append(chunk)
+            self._ready.notify()
+
+    def text(self):
+        return ''.join(self.parts)
+
+    def finish(self):
+        """Close the input, wait for the restore; raise (with context) when it failed."""
+        self.flush()
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join()
+        rc = self.proc.wait()
+        self._err.seek(0)
+        err = self._err.read().decode('utf-8', 'replace')
+        self._err.close()
+        if rc != 0:
+            self.backend.restore_failed(self.text(), err)
+
+    def abort(self):
+        """Kill the restore before it reads a COMMIT it has not been given."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        with self._ready:
+            self._closed = True
+            self._queue = []
+            self._ready.notify()
+        self._thread.join()
+        self.proc.wait()
+        self._err.close()
 
 
 def context_of_error(payload, stderr):

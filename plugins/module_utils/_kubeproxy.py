@@ -36,6 +36,7 @@ import time
 import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint, makedirs
+from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint_armed
 from ansible_collections.barepod.linux.plugins.module_utils._common import atomic_write
 from ansible_collections.barepod.linux.plugins.module_utils._common import DNS1123_LABEL_RE
 
@@ -637,18 +638,21 @@ class Settings(object):
 class Ruleset(object):
     """table -> {chain: [(kp, saved)]} in output order, plus jump rules from built-in chains."""
 
-    def __init__(self, prefix):
+    def __init__(self, prefix, on_new=None):
         self.prefix = prefix
         self.chains = {'filter': {}, 'nat': {}}
         self.jumps = []  # (table, builtin chain, kp args, saved args)
         self.services = 0
         self.endpoints = 0
         self.large_cluster_mode = False
+        self.on_new = on_new   # on_new(table, chain) as each chain comes into being
 
     def chain(self, table, name):
         c = self.chains[table].get(name)
         if c is None:
             c = self.chains[table][name] = []
+            if self.on_new is not None:
+                self.on_new(table, name)
         return c
 
     def ordered_chains(self, table):
@@ -720,13 +724,14 @@ def render(objects, settings, track=None):
     return rs
 
 
-def _render(svc_ports, endpoints_map, st, large=None, track=None):
+def _render(svc_ports, endpoints_map, st, large=None, track=None, on_new=None):
     """large: force kube-proxy's large-cluster mode (a partial render of some Services must use
     the mode of the whole set). track: a dict filled with what each Service (namespace/name)
-    contributes - [aggregate rules, own nat chains, endpoints, ports, filter rules, nat rules]."""
+    contributes - [aggregate rules, own nat chains, endpoints, ports, filter rules, nat rules].
+    on_new(table, chain): called as each chain is created (see Ruleset)."""
     p = st.chain_prefix
     cn = chain_names(p)
-    rs = Ruleset(p)
+    rs = Ruleset(p, on_new)
     mark, mark_s = st.mark, st.mark_saved
     f_services = rs.chain('filter', cn['services'])
     f_ext = rs.chain('filter', cn['external_services'])
@@ -1269,14 +1274,15 @@ def changed_by_group(old, groups):
     return changed
 
 
-def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None, backend=None):
-    """The kube_svc_rules module: render, observe, plan the partial sync, apply once."""
+def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None, backend=None, stream=True):
+    """The kube_svc_rules module: render, observe, plan the partial sync, apply once.
+    stream=False: never stream a first sync into iptables-restore (tests compare both ways)."""
     # Tens of thousands of short-lived rule strings and objects: the cyclic collector would
     # rescan them again and again (a third of the run time at 10,000 Services) for no gain.
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend)
+        return _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream)
     finally:
         if enabled:
             gc.enable()
@@ -1306,7 +1312,7 @@ def settings_fingerprint(st):
                        st.conntrack_tcp_be_liberal, st.nfacct)).encode('utf-8')).hexdigest()[:24]
 
 
-def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
+def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream=True):
     from ansible_collections.barepod.linux.plugins.module_utils import _iptables
 
     state = params.get('state') or 'present'
@@ -1365,30 +1371,29 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
 
     # Fast paths (Services and EndpointSlices unchanged, or only some Services changed): from
     # the record, without rendering everything, without iptables-save.
-    input_fp = digests = None
     settings_fp = settings_fingerprint(settings)
-    if state == 'present':
+    objects = list(inline)
+    # Without a trusted record the digests serve only the next record: computed while the
+    # restore runs (below), not before.
+    input_fp = digests = None
+    if state == 'present' and trusted:
         digests = object_digests(inline)
-        h = _sha1(b''.join(digests))
-        for _path, text in texts:
-            h.update(_sha1(text.encode('utf-8')).digest())
-        h.update(settings_fp.encode('ascii'))
-        input_fp = h.hexdigest()[:24]
-        if trusted and not return_payload and head.get('input_fp') == input_fp:
+        input_fp = _input_fingerprint(digests, texts, settings_fp)
+        if not return_payload and head.get('input_fp') == input_fp:
             result = dict(head['facts'], changed=False, chain_prefix=prefix, backend=backend.mode,
                           backend_reason=backend.reason, sync='recorded', sync_reason=reason, render='none',
                           restore_payload='', chains=_iptables.SyncPlan().summary(), restores=0)
             return result
-    objects = list(inline)
     if texts:
         more = parse_source_texts(texts, yaml_mod)
         objects += more
-        digests = digests + object_digests(more)
+        if digests is not None:
+            digests = digests + object_digests(more)
     body = None
     groups = members = okeys = None
-    if state == 'present':
+    if state == 'present' and trusted:
         tried = False
-        if trusted and not return_payload and head.get('settings_fp') == settings_fp:
+        if not return_payload and head.get('settings_fp') == settings_fp:
             body = _load_body(paths[1])
             if body is None or body.get('id') != head.get('body_id'):
                 body = None
@@ -1412,20 +1417,16 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
                     res['sync_reason'] = reason
                     return res
 
-    if state == 'present':
-        track = {}
-        rs = render(objects, settings, track=track)
-    else:
-        rs = Ruleset(prefix)
-        rs.skipped = []
-        track = None
-    result = _facts(rs, prefix)
-    result['render'] = 'full' if state == 'present' else 'none'
-    if return_payload:
-        result['payload'] = rs.payload() if state == 'present' else ''
-    result['backend'] = backend.mode
-    result['backend_reason'] = backend.reason
-
+    # Full sync. Without a trusted record the kernel is the truth: iptables-save runs while the
+    # input is validated.
+    save_proc = None if trusted else backend.start_save()
+    try:
+        model = load(objects, settings.node_name) if state == 'present' else None
+    except BaseException:
+        if save_proc is not None:
+            save_proc.kill()
+            save_proc.communicate()
+        raise
     existing = None
     record = None
     if trusted:
@@ -1434,55 +1435,75 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         if body is not None and body.get('id') == head.get('body_id'):
             record = dict(head, tables=body.get('tables'))
             existing = _iptables.tables_from_record(record)
-    result['sync'] = 'recorded' if existing is not None else 'iptables-save'
+    sync = 'recorded' if existing is not None else 'iptables-save'
     if trusted and existing is None:
         reason = 'record body missing or stale'
-    result['sync_reason'] = reason
     canary_present = existing is not None
     if existing is None:
-        text = backend.save()
+        text = backend.collect_save(save_proc) if save_proc is not None else backend.save()
         existing = _iptables.parse_save(text, tables=TABLES)
         canary_present = (':%s ' % canary) in text
         record = None
         found = _iptables.canary_token(text, canary)
         if found and found.startswith('barepod kube_svc_rules '):
             record = dict(token=found)  # the canary stays; the record is rewritten after a sync
-
-    desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
-    jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
     # KUBE-FIREWALL and KUBE-MARK-MASQ are shared with kubelet: kube-proxy's CleanupLeftovers
     # leaves them. We remove them only where we created them (they did not exist before our
     # first sync, as the record and the canary token say), so a barepod-only host is left clean.
     created = _created_shared(prefix, record, existing, token_found=record.get('token') if record else None)
     keep = set((t, c) for t, c in shared_chains(prefix) if '%s/%s' % (t, c) not in created)
-
-    # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
-    # iptables-save's
-    def fingerprints():
-        return dict((t, dict((c, _iptables.chain_hash(r)) for c, r in desired[t].items())) for t in TABLES)
-    hashes = fingerprints() if result['sync'] == 'recorded' else None
-    plan = _iptables.plan_sync(existing, desired, jumps, owns=lambda t, c: owns_chain(prefix, t, c),
-                               keep=keep, tables=TABLES, hashes=hashes, sides=want_diff,
-                               write=lambda t, c: [k for k, _s in rs.chains[t][c]])
-    payload = plan.payload
     token = record.get('token') if record else None
-    if plan:
-        if state == 'present' and not token:
-            token = 'barepod kube_svc_rules %s' % uuid.uuid4().hex
-            if created:
-                token += ' created=' + ','.join(created)
-            payload = _iptables.add_canary(payload, 'mangle', canary, token)
-        elif state == 'absent' and canary_present:
-            payload = _iptables.remove_canary(payload, 'mangle', canary)
+    owns = lambda t, c: owns_chain(prefix, t, c)   # noqa: E731
+
+    track = {} if state == 'present' else None
+    nat_now = existing.get('nat')
+    streamed = (state == 'present' and stream and sync == 'iptables-save' and not check_mode and not want_diff
+                and not any(owns('nat', c) for c in (nat_now.chains if nat_now else ())))
+    if streamed:
+        # A first sync (the nat table holds none of our chains): every nat chain is new, so the
+        # restore can start now and parse the chains as they are rendered.
+        _remove_record(paths)
+        failpoint('rules-before-restore')
+        rs, plan, payload, token = _stream_first_sync(backend, model, settings, existing, keep, owns, token,
+                                                      created, track, _iptables)
+        desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
+        hashes = None
+    else:
+        if state == 'present':
+            rs = _render(model[0], model[1], settings, track=track)
+            rs.skipped = model[2]
+        else:
+            rs = Ruleset(prefix)
+            rs.skipped = []
+        desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
+        jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
+        # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
+        # iptables-save's
+        hashes = _chain_hashes(desired, _iptables) if sync == 'recorded' else None
+        plan = _iptables.plan_sync(existing, desired, jumps, owns=owns, keep=keep, tables=TABLES, hashes=hashes,
+                                   sides=want_diff, write=lambda t, c: [k for k, _s in rs.chains[t][c]])
+        payload = plan.payload
+        if plan:
+            if state == 'present' and not token:
+                token = _new_token(created)
+                payload = _iptables.add_canary(payload, 'mangle', canary, token)
+            elif state == 'absent' and canary_present:
+                payload = _iptables.remove_canary(payload, 'mangle', canary)
+    result = _facts(rs, prefix)
+    result['render'] = 'full' if state == 'present' else 'none'
+    result['backend'] = backend.mode
+    result['backend_reason'] = backend.reason
+    result['sync'] = sync
+    result['sync_reason'] = reason
     result['chains'] = plan.summary()
     result['restore_payload'] = payload
     result['changed'] = bool(plan)
     if want_diff:
         before, after = _iptables.diff_text(plan)
         result['diff'] = dict(before=before, after=after)
-    write_record = state == 'present' and not check_mode and resync == 'auto' and not want_diff and (
+    write_record = state == 'present' and not check_mode and resync == 'auto' and not want_diff and token and (
         plan or not trusted or head.get('input_fp') != input_fp)
-    if plan and not check_mode:
+    if plan and not check_mode and not streamed:
         # The record goes first: should the restore fail half-way (iptables-legacy commits table
         # by table) or the run die, the next run compares with iptables-save instead of
         # trusting a record that no longer describes the kernel.
@@ -1491,25 +1512,119 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend):
         backend.restore(payload)
         if state == 'absent':
             _remove_record(paths)
-    if write_record and token:
-        services = None
-        if groups is not None:
-            services = {}
-            for key, fp in groups.items():
-                t = track.get(key)
-                if t is None:   # headless, ExternalName, IPv6: no rules
-                    services[key] = [fp, '', 0, [], 0, 0, 0, 1]
-                else:
-                    services[key] = [fp, _contrib_fp(t[0]), t[2], t[1], t[3], t[4], t[5], 0]
-        _write_record(paths, dict(
-            version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
-            jumps=_jumps_by_chain(jumps), settings_fp=settings_fp, input_fp=input_fp,
-            full_sync_at=now if result['sync'] == 'iptables-save' else head.get('full_sync_at'),
-            facts=dict((k, result[k]) for k in FACT_KEYS)),
-            dict(object_record(objects, digests, okeys) if groups is not None else {},
-                 tables=hashes or fingerprints(), services=services))
+    pending = plan.stream if streamed else None
+    try:
+        if write_record:
+            # (after a streamed sync this runs while iptables-restore parses and commits)
+            if digests is None:
+                digests = object_digests(objects)
+                input_fp = _input_fingerprint(digests[:len(inline)], texts, settings_fp)
+            if groups is None and okeys is None:
+                okeys = []
+                groups, _members = group_by_service(objects, digests, keys=okeys)
+            services = None
+            if groups is not None:
+                services = {}
+                for key, fp in groups.items():
+                    t = track.get(key)
+                    if t is None:   # headless, ExternalName, IPv6: no rules
+                        services[key] = [fp, '', 0, [], 0, 0, 0, 1]
+                    else:
+                        services[key] = [fp, _contrib_fp(t[0]), t[2], t[1], t[3], t[4], t[5], 0]
+            head_rec = dict(
+                version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
+                jumps=_jumps_by_chain([(t, src, saved) for t, src, _kp, saved in rs.jumps]), settings_fp=settings_fp,
+                input_fp=input_fp, full_sync_at=now if sync == 'iptables-save' else head.get('full_sync_at'),
+                facts=dict((k, result[k]) for k in FACT_KEYS))
+            body_rec = dict(object_record(objects, digests, okeys) if groups is not None else {},
+                            tables=hashes or _chain_hashes(desired, _iptables), services=services)
+            if pending is not None:
+                pending, running = None, pending
+                running.finish()
+            _write_record(paths, head_rec, body_rec)
+    finally:
+        if pending is not None:
+            pending.finish()
+    if return_payload:
+        result['payload'] = rs.payload() if state == 'present' else ''
     result['restores'] = backend.restores
     return result
+
+
+def _input_fingerprint(inline_digests, texts, settings_fp):
+    """What the input was: the inline objects, the src files' texts, the settings."""
+    h = _sha1(b''.join(inline_digests))
+    for _path, text in texts:
+        h.update(_sha1(text.encode('utf-8')).digest())
+    h.update(settings_fp.encode('ascii'))
+    return h.hexdigest()[:24]
+
+
+def _chain_hashes(desired, _iptables):
+    chain_hash = _iptables.chain_hash
+    return dict((t, dict((c, chain_hash(r)) for c, r in desired[t].items())) for t in TABLES)
+
+
+def _new_token(created):
+    token = 'barepod kube_svc_rules %s' % uuid.uuid4().hex
+    if created:
+        token += ' created=' + ','.join(created)
+    return token
+
+
+def _stream_first_sync(backend, model, settings, existing, keep, owns, token, created, track, _iptables):
+    """A full sync into a nat table that holds none of our chains, streamed: iptables-restore
+    starts before the rendering does and parses each nat chain's declaration as the chain comes
+    into being, then the rules in the order of the chains (kube-proxy's order, sorted: libiptc
+    builds the table a fifth faster that way than in render order); the small filter table and
+    the canary follow, planned as usual. The batch differs from the unstreamed one only in the
+    order of the tables (nat first: nothing but it is known early) and of the nat declarations.
+    -> (Ruleset, SyncPlan with .stream running - finish() it, payload text, token)."""
+    prefix = settings.chain_prefix
+    stream = backend.stream()
+    try:
+        stream.write('*nat\n')
+
+        def declare(table, chain):
+            if table == 'nat':
+                stream.write(':%s - [0:0]\n' % chain)
+        rs = _render(model[0], model[1], settings, track=track, on_new=declare)
+        rs.on_new = None
+        rs.skipped = model[2]
+        stream.flush()
+        failpoint('rules-while-streaming')   # declarations sent, no COMMIT: nothing may apply
+        plan = _iptables.SyncPlan()
+        nat = rs.chains['nat']
+        for c in rs.ordered_chains('nat'):
+            plan.added.append('nat/' + c)
+            head = '-A %s ' % c
+            stream.write(''.join([head + k + '\n' for k, _s in nat[c]]))
+        have = existing.get('nat')
+        for t, src, _kp, saved in rs.jumps:
+            if t == 'nat' and not (have and saved in have.rules.get(src, ())):
+                stream.write('-I %s 1 %s\n' % (src, saved))
+                plan.jumps_added.append('nat/%s %s' % (src, saved))
+        stream.write('COMMIT\n')
+        if failpoint_armed('rules-between-tables'):
+            stream.finish()          # the nat table applied, then the sync dies
+            failpoint('rules-between-tables')
+        desired = {'filter': dict((c, rs.saved_rules('filter', c)) for c in rs.ordered_chains('filter'))}
+        fplan = _iptables.plan_sync(existing, desired, [(t, src, saved) for t, src, _kp, saved in rs.jumps],
+                                    owns=owns, keep=keep, tables=('filter',), sides=False,
+                                    write=lambda t, c: [k for k, _s in rs.chains[t][c]])
+        stream.write(fplan.payload)
+        for attr in ('added', 'changed', 'removed', 'jumps_added', 'jumps_removed'):
+            getattr(plan, attr).extend(getattr(fplan, attr))
+        if not token:
+            token = _new_token(created)
+            stream.write(_iptables.add_canary('', 'mangle', prefix + '-PROXY-CANARY', token))
+        stream.flush()
+    except BaseException:
+        stream.abort()
+        raise
+    payload = plan.payload = stream.text()
+    plan.stream = stream
+    return rs, plan, payload, token
 
 
 FACT_KEYS = ('services', 'endpoints', 'large_cluster_mode', 'skipped', 'rules')

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from conftest import run_module
+from conftest import COLLECTIONS_ROOT, run_module
 
 SERVER = textwrap.dedent('''
     import socket, sys
@@ -551,10 +551,10 @@ def test_auto_backend_and_offline_mode(tmp_path):
         subprocess.run(['ip', 'netns', 'del', n.node], check=False)
 
 
-def test_every_rule_shape_reads_back_identically(node):
+def every_rule_shape():
     """kube-proxy's overall golden scenario (NodePort, LoadBalancer + source ranges, externalIPs,
     Local policy, ClientIP affinity, no endpoints) plus TCP/UDP/SCTP ports and a three-endpoint
-    Service: after one sync, iptables-save of every chain equals what the module predicts."""
+    Service."""
     import yaml
     here = os.path.dirname(os.path.abspath(__file__))
     with open(os.path.join(here, '..', 'unit', 'plugins', 'module_utils', 'fixtures', 'kubeproxy',
@@ -571,6 +571,13 @@ def test_every_rule_shape_reads_back_identically(node):
                      endpoints=[dict(addresses=['10.180.9.%d' % i]) for i in (1, 2, 3)],
                      ports=[dict(name='dns', port=5353, protocol='UDP'), dict(name='dns-tcp', port=5353),
                             dict(name='sctp', port=9999, protocol='SCTP')]))
+    return objs
+
+
+def test_every_rule_shape_reads_back_identically(node):
+    """Every rule shape: after one sync, iptables-save of every chain equals what the module
+    predicts (a second sync comparing with iptables-save finds nothing to do)."""
+    objs = every_rule_shape()
     r = node.run(objects=objs, node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8')
     assert r.changed and not r.failed, r.get('msg')
     r = node.run(objects=objs, node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8',
@@ -607,3 +614,72 @@ def test_nodeport_and_loadbalancer_source_ranges(node):
     assert set(node.connect('10.96.1.1', 80, 5)) == {'be2'}
     assert set(node.connect('10.96.1.2', 80, 2)) == {'timeout'}     # dropped by KUBE-PROXY-FIREWALL
     assert not node.run(objects=objs).changed
+
+
+def run_unstreamed(node, **args):
+    """The module's sync with streaming turned off (the batch handed over whole), in the node."""
+    a = dict(backend=node.backend, cluster_cidr=CLUSTER_CIDR, node_name='node', return_payload=False,
+             state_dir=os.path.join(node.tmp, 'state'))
+    a.update(args)
+    code = ('import json, sys\n'
+            'from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp\n'
+            'print(json.dumps(kp.sync_service_rules(json.load(sys.stdin), stream=False)))\n')
+    p = subprocess.run(['ip', 'netns', 'exec', node.node, sys.executable, '-c', code], input=json.dumps(a),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False,
+                       env=dict(os.environ, PYTHONPATH=COLLECTIONS_ROOT))
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def owned_tables(node):
+    from ansible_collections.barepod.linux.plugins.module_utils import _iptables
+    tables = _iptables.parse_save(node.save(), tables=('filter', 'nat', 'mangle'))
+    # (the canary's token is new with every first sync)
+    return dict((t, dict((c, tables[t].rules.get(c, []) if c != 'KUBE-PROXY-CANARY' else 'canary')
+                         for c in tables[t].chains)) for t in tables)
+
+
+def test_streamed_first_sync_equals_the_unstreamed_one(node):
+    """A first sync (no chain of ours in the nat table) streams its batch into iptables-restore
+    while it renders, nat first. The kernel ends up with exactly the rules of the batch handed
+    over whole, the result reports the same chains and facts, and the record it leaves is
+    trusted by the next run."""
+    kw = dict(node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8')
+    objs = every_rule_shape()
+    streamed = node.run(objects=objs, **kw)
+    assert streamed.changed and not streamed.failed, streamed.get('msg')
+    assert streamed['restore_payload'].startswith('*nat\n') and streamed['restores'] == 1
+    after_streamed = owned_tables(node)
+    again = node.run(objects=objs, **kw)
+    assert not again.changed and again['sync'] == 'recorded' and again['restores'] == 0
+    assert not node.run(state='absent', **kw).failed
+    assert [c for t in owned_tables(node).values() for c in t if c.startswith('KUBE-')] == ['KUBE-SOMETHING-ELSE']
+    whole = run_unstreamed(node, objects=objs, **kw)
+    assert whole['changed'] and whole['restore_payload'].startswith('*filter\n')
+    assert owned_tables(node) == after_streamed
+    for k in ('services', 'endpoints', 'rules', 'large_cluster_mode', 'skipped', 'sync'):
+        assert streamed[k] == whole[k], k
+    for k, v in streamed['chains'].items():
+        assert sorted(v) == sorted(whole['chains'][k]), k
+
+    def lines(payload):
+        return sorted(ln for ln in payload.splitlines() if 'PROXY-CANARY -m comment' not in ln)
+    assert lines(streamed['restore_payload']) == lines(whole['restore_payload'])
+    node.assert_foreign_intact()
+
+
+def test_streamed_first_sync_that_fails_applies_nothing(node, tmp_path):
+    """A broken rule before each COMMIT of a streamed first sync: iptables-restore rejects the nat
+    table (the first), exits, and the kernel keeps exactly what it had - the filter table too."""
+    before = node.rules()
+    broken = tmp_path / 'broken'
+    broken.write_text('#!/bin/sh\nsed "s/^COMMIT$/-A KUBE-SERVICES -j NO-SUCH-CHAIN\\nCOMMIT/" | exec %s "$@"\n'
+                      % node.restore_cmd)
+    broken.chmod(0o755)
+    r = node.run(objects=objects(), iptables_restore=str(broken))
+    assert r.failed and 'iptables-restore failed' in r['msg'], r
+    assert node.rules() == before
+    r = node.run(objects=objects())
+    assert r.changed and r['restore_payload'].startswith('*nat\n')
+    assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}
+    node.assert_foreign_intact()

@@ -134,41 +134,74 @@ def test_read_only_state_dir(node, worker, reliability_log):
 
 # ---------------------------------------------------------------- mid-rule-sync
 RULE_STEPS = ['rules-before-restore', 'rules-between-tables']
+FIRST_SYNC_STEPS = ['rules-while-streaming', 'rules-between-tables']
+
+
+def _interrupted(node, reliability_log, objects, step, mode):
+    """One kube_svc_rules run with the failpoint armed; it must die (kill) or fail (error) there."""
+    from test_drift import svc_args
+    from _node import run_module_in
+    r = run_module_in(node, 'kube_svc_rules', svc_args(node, objects), failpoints='%s=%s' % (step, mode))
+    if mode == 'kill':
+        assert r['_rc'] == -9, r
+    else:
+        assert r.get('failed') and r['msg'] == 'failpoint %s' % step, r
+    reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'injected')
+
+
+def _converges_like_a_clean_sync(node, reliability_log, objects, step, mode):
+    """The next run (default resync=auto) ends with exactly the rules a clean sync into a fresh
+    node writes, and the run after that changes nothing."""
+    from test_drift import svc_args
+    from _node import Node, run_module_in
+    r = run_module_in(node, 'kube_svc_rules', svc_args(node, objects))
+    assert r['_rc'] == 0 and not r.get('failed'), r
+    got = dict((t, node.rules(t)) for t in ('filter', 'nat'))
+    ref = Node(os.path.join(node.tmp, 'ref'))
+    try:
+        r = run_module_in(ref, 'kube_svc_rules', svc_args(ref, objects))
+        assert r['_rc'] == 0, r
+        want = dict((t, ref.rules(t)) for t in ('filter', 'nat'))
+    finally:
+        ref.cleanup()
+    assert got == want
+    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects))['changed']
+    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects, resync='always'))['changed']
+    run_module_in(node, 'kube_svc_rules', svc_args(node, [], state='absent'))
+    reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'survived')
 
 
 @pytest.mark.parametrize('mode', ['kill', 'error'])
 @pytest.mark.parametrize('step', RULE_STEPS)
 def test_rule_sync_interrupted_then_converges(node, reliability_log, step, mode):
     """kube_svc_rules dies (or fails) before its iptables-restore, or after the first table of the
-    batch was committed: the next run (default resync=auto) ends with exactly the rules a clean
-    sync writes, and the run after that changes nothing."""
+    batch was committed, while changing existing rules: the next run converges."""
     from test_drift import kube_dns, svc_args
-    from _node import Node, run_module_in
+    from _node import run_module_in
     with_eps, without = kube_dns(), kube_dns(endpoints=False)  # the change touches filter and nat
     r = run_module_in(node, 'kube_svc_rules', svc_args(node, with_eps))
     assert r['_rc'] == 0 and r['changed'], r
-    r = run_module_in(node, 'kube_svc_rules', svc_args(node, without), failpoints='%s=%s' % (step, mode))
-    if mode == 'kill':
-        assert r['_rc'] == -9, r
+    _interrupted(node, reliability_log, without, step, mode)
+    _converges_like_a_clean_sync(node, reliability_log, without, step, mode)
+
+
+@pytest.mark.parametrize('mode', ['kill', 'error'])
+@pytest.mark.parametrize('step', FIRST_SYNC_STEPS)
+def test_first_sync_interrupted_while_streaming_then_converges(node, reliability_log, step, mode):
+    """A first sync streams its batch into iptables-restore while it renders (nat first). Stopped
+    with the nat declarations sent but no COMMIT, nothing at all is applied (the restore never
+    reads a COMMIT: killed with us, or by us); stopped after the nat table's COMMIT, only nat is.
+    Either way the next run converges."""
+    from test_drift import kube_dns
+    objs = kube_dns()
+    _interrupted(node, reliability_log, objs, step, mode)
+    nat, flt = node.rules('nat'), node.rules('filter')
+    if step == 'rules-while-streaming':
+        assert not [ln for ln in nat + flt if 'KUBE' in ln], (nat, flt)
     else:
-        assert r.get('failed') and r['msg'] == 'failpoint %s' % step, r
-    reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'injected')
-    r = run_module_in(node, 'kube_svc_rules', svc_args(node, without))
-    assert r['_rc'] == 0 and not r.get('failed'), r
-    got = dict((t, node.rules(t)) for t in ('filter', 'nat'))
-    # the reference: the same objects synced once into a fresh node
-    ref = Node(os.path.join(node.tmp, 'ref'))
-    try:
-        r = run_module_in(ref, 'kube_svc_rules', svc_args(ref, without))
-        assert r['_rc'] == 0, r
-        want = dict((t, ref.rules(t)) for t in ('filter', 'nat'))
-    finally:
-        ref.cleanup()
-    assert got == want
-    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, without))['changed']
-    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, without, resync='always'))['changed']
-    run_module_in(node, 'kube_svc_rules', svc_args(node, [], state='absent'))
-    reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'survived')
+        assert [ln for ln in nat if ln.startswith('-A KUBE-SEP-')], nat
+        assert not [ln for ln in flt if 'KUBE' in ln], flt
+    _converges_like_a_clean_sync(node, reliability_log, objs, step, mode)
 
 
 @pytest.mark.parametrize('when', ['sandbox recorded', 'network recorded'])

@@ -276,6 +276,67 @@ def test_backend_args_and_bad_mode(tmp_path):
     assert ipt.Backend('legacy').restore_cmd == 'iptables-legacy-restore'
 
 
+def test_restore_stream_hands_over_every_byte_in_order(tmp_path):
+    """The batch reaches iptables-restore whole and in order, however it is cut into writes
+    (more than the pipe holds, so the writer thread blocks and resumes), and counts as one."""
+    out = tmp_path / 'in'
+    restore = _script(tmp_path, 'restore', 'cat > %s\n' % out)
+    b = ipt.Backend('nft', save='/bin/true', restore=restore)
+    s = b.stream()
+    lines = ['-A KUBE-SEP-%06d -j DNAT --to-destination 10.0.%d.%d:80\n' % (i, i // 256 % 256, i % 256)
+             for i in range(60000)]
+    s.write('*nat\n')
+    for i in range(0, len(lines), 7):
+        s.write(''.join(lines[i:i + 7]))
+    s.write('COMMIT\n')
+    s.finish()
+    want = '*nat\n' + ''.join(lines) + 'COMMIT\n'
+    assert len(want) > 2 << 20
+    assert out.read_text() == want == s.text()
+    assert b.restores == 1
+
+
+def test_restore_stream_failure_reports_line_context(tmp_path):
+    restore = _script(tmp_path, 'restore', 'cat >/dev/null; echo "iptables-restore: line 3 failed" >&2; exit 1\n')
+    s = ipt.Backend('legacy', save='/bin/true', restore=restore).stream()
+    s.write('*nat\n:A - [0:0]\n-A A -j BROKEN\nCOMMIT\n')
+    with pytest.raises(BarepodError) as e:
+        s.finish()
+    assert 'line 3 failed' in str(e.value) and '-A A -j BROKEN' in str(e.value)
+
+
+def test_restore_stream_that_exits_early_still_reports_why(tmp_path):
+    """A restore that stops reading (it failed at line 1) does not hang the writer."""
+    restore = _script(tmp_path, 'restore', 'echo "iptables-restore: line 1 failed" >&2; exit 2\n')
+    s = ipt.Backend('legacy', save='/bin/true', restore=restore).stream()
+    for _ in range(200):
+        s.write('x' * 65536 + '\n')
+    with pytest.raises(BarepodError, match='line 1 failed'):
+        s.finish()
+
+
+def test_restore_stream_abort_kills_before_commit(tmp_path):
+    """abort(): the restore is killed and never sees the rest (nor a COMMIT)."""
+    out = tmp_path / 'in'
+    restore = _script(tmp_path, 'restore', 'cat > %s\n' % out)
+    s = ipt.Backend('nft', save='/bin/true', restore=restore).stream()
+    s.write('*nat\n:A - [0:0]\n')
+    s.flush()
+    s.abort()
+    assert s.proc.returncode is not None
+    assert 'COMMIT' not in out.read_text()
+
+
+def test_start_save_runs_beside_the_caller(tmp_path):
+    save = _script(tmp_path, 'save', 'echo "*nat"; echo COMMIT\n')
+    b = ipt.Backend('legacy', save=save, restore='/bin/true')
+    assert b.collect_save(b.start_save()) == '*nat\nCOMMIT\n'
+    failing = _script(tmp_path, 'save2', 'echo nope >&2; exit 3\n')
+    b = ipt.Backend('legacy', save=failing, restore='/bin/true')
+    with pytest.raises(BarepodError, match='exit 3.*nope'):
+        b.collect_save(b.start_save())
+
+
 def test_recorded_sync_plans_from_fingerprints():
     objs = objects()
     rs = kp.render(objs, kp.Settings())

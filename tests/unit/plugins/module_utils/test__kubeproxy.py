@@ -486,6 +486,15 @@ class FakeBackend(object):
     def save(self, table=None):
         return ''
 
+    def start_save(self):
+        return FakeProc()
+
+    def collect_save(self, proc):
+        return self.save()
+
+    def stream(self):
+        return FakeStream(self)
+
     def restore(self, payload):
         self.restores += 1
         self.payloads.append(payload)
@@ -493,6 +502,39 @@ class FakeBackend(object):
         if 'PROXY-CANARY -m comment --comment "' in payload:
             found = payload.split('PROXY-CANARY -m comment --comment "', 1)[1].split('"', 1)[0]
         self.token = found or self.token
+
+
+class FakeProc(object):
+    def kill(self):
+        pass
+
+    def communicate(self):
+        return '', ''
+
+
+class FakeStream(object):
+    """A streamed restore that hands its whole text to the fake backend when finished."""
+
+    def __init__(self, backend):
+        self.backend, self.parts, self.done = backend, [], False
+
+    def write(self, text):
+        assert not self.done
+        self.parts.append(text)
+
+    def flush(self):
+        pass
+
+    def text(self):
+        return ''.join(self.parts)
+
+    def finish(self):
+        if not self.done:
+            self.done = True
+            self.backend.restore(self.text())
+
+    def abort(self):
+        self.done = True
 
 
 class NoYaml(object):
