@@ -1457,11 +1457,14 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream
 
     track = {} if state == 'present' else None
     nat_now = existing.get('nat')
-    streamed = (state == 'present' and stream and sync == 'iptables-save' and not check_mode and not want_diff
+    # A first sync (the nat table holds none of our chains) on iptables-legacy: every nat chain
+    # is new, so the restore can start now and parse the chains as they are rendered. Not on
+    # nft: iptables-nft-restore wants the declarations sorted (in render order it takes 63 s
+    # instead of 14.6 s for 10,000 Services), and there the restore dwarfs our work anyway.
+    streamed = (state == 'present' and stream and backend.mode == 'legacy' and sync == 'iptables-save'
+                and not check_mode and not want_diff
                 and not any(owns('nat', c) for c in (nat_now.chains if nat_now else ())))
     if streamed:
-        # A first sync (the nat table holds none of our chains): every nat chain is new, so the
-        # restore can start now and parse the chains as they are rendered.
         _remove_record(paths)
         failpoint('rules-before-restore')
         rs, plan, payload, token = _stream_first_sync(backend, model, settings, existing, keep, owns, token,
@@ -1573,9 +1576,9 @@ def _new_token(created):
 
 
 def _stream_first_sync(backend, model, settings, existing, keep, owns, token, created, track, _iptables):
-    """A full sync into a nat table that holds none of our chains, streamed: iptables-restore
-    starts before the rendering does and parses each nat chain's declaration as the chain comes
-    into being, then the rules in the order of the chains (kube-proxy's order, sorted: libiptc
+    """A full sync into a nat table that holds none of our chains, streamed (iptables-legacy):
+    iptables-restore starts before the rendering does and parses each nat chain's declaration as
+    the chain comes into being (libiptc does not mind their order), then the rules in the order of the chains (kube-proxy's order, sorted: libiptc
     builds the table a fifth faster that way than in render order); the small filter table and
     the canary follow, planned as usual. The batch differs from the unstreamed one only in the
     order of the tables (nat first: nothing but it is known early) and of the nat declarations.

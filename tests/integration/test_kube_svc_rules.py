@@ -212,6 +212,16 @@ def node(request, tmp_path):
         n.teardown()
 
 
+@pytest.fixture
+def legacy_node(tmp_path):
+    n = Node('legacy', str(tmp_path))
+    try:
+        n.setup()
+        yield n
+    finally:
+        n.teardown()
+
+
 def counting_shim(tmp_path, real):
     count = tmp_path / 'restores'
     shim = tmp_path / 'restore-shim'
@@ -639,11 +649,12 @@ def owned_tables(node):
                          for c in tables[t].chains)) for t in tables)
 
 
-def test_streamed_first_sync_equals_the_unstreamed_one(node):
-    """A first sync (no chain of ours in the nat table) streams its batch into iptables-restore
-    while it renders, nat first. The kernel ends up with exactly the rules of the batch handed
-    over whole, the result reports the same chains and facts, and the record it leaves is
-    trusted by the next run."""
+def test_streamed_first_sync_equals_the_unstreamed_one(legacy_node):
+    """A first sync on iptables-legacy (no chain of ours in the nat table) streams its batch into
+    iptables-restore while it renders, nat first. The kernel ends up with exactly the rules of
+    the batch handed over whole, the result reports the same chains and facts, and the record it
+    leaves is trusted by the next run."""
+    node = legacy_node
     kw = dict(node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8')
     objs = every_rule_shape()
     streamed = node.run(objects=objs, **kw)
@@ -668,9 +679,10 @@ def test_streamed_first_sync_equals_the_unstreamed_one(node):
     node.assert_foreign_intact()
 
 
-def test_streamed_first_sync_that_fails_applies_nothing(node, tmp_path):
+def test_streamed_first_sync_that_fails_applies_nothing(legacy_node, tmp_path):
     """A broken rule before each COMMIT of a streamed first sync: iptables-restore rejects the nat
     table (the first), exits, and the kernel keeps exactly what it had - the filter table too."""
+    node = legacy_node
     before = node.rules()
     broken = tmp_path / 'broken'
     broken.write_text('#!/bin/sh\nsed "s/^COMMIT$/-A KUBE-SERVICES -j NO-SUCH-CHAIN\\nCOMMIT/" | exec %s "$@"\n'
@@ -683,3 +695,15 @@ def test_streamed_first_sync_that_fails_applies_nothing(node, tmp_path):
     assert r.changed and r['restore_payload'].startswith('*nat\n')
     assert set(node.connect(SVC_IP, 80, 20)) == {'be1', 'be2'}
     node.assert_foreign_intact()
+
+
+def test_first_sync_streams_on_legacy_only(node):
+    """iptables-nft-restore takes four times as long with the chain declarations in render order
+    (63 s instead of 14.6 s at 10,000 Services): on nft the batch goes whole, declarations sorted."""
+    r = node.run(objects=objects())
+    first = r['restore_payload'].split('\n', 1)[0]
+    assert first == ('*nat' if node.backend == 'legacy' else '*filter'), first
+    decls = [ln for ln in r['restore_payload'].split('*nat\n', 1)[1].split('COMMIT')[0].splitlines()
+             if ln.startswith(':')]
+    if node.backend == 'nft':
+        assert decls[2:] == sorted(decls[2:]), decls

@@ -210,8 +210,8 @@ class Node(object):
                     out.append('%s%s/%s' % (prefix, table, line[1:].split()[0]))
         return sorted(out)
 
-    def rules(self, table='nat'):
-        p = subprocess.run(['ip', 'netns', 'exec', self.netns, 'iptables-nft-save', '-t', table],
+    def rules(self, table='nat', backend='nft'):
+        p = subprocess.run(['ip', 'netns', 'exec', self.netns, 'iptables-%s-save' % backend, '-t', table],
                            stdout=subprocess.PIPE, check=True)
         return [line for line in p.stdout.decode().splitlines() if line.startswith('-A')]
 

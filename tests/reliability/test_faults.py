@@ -137,11 +137,12 @@ RULE_STEPS = ['rules-before-restore', 'rules-between-tables']
 FIRST_SYNC_STEPS = ['rules-while-streaming', 'rules-between-tables']
 
 
-def _interrupted(node, reliability_log, objects, step, mode):
+def _interrupted(node, reliability_log, objects, step, mode, backend='nft'):
     """One kube_svc_rules run with the failpoint armed; it must die (kill) or fail (error) there."""
     from test_drift import svc_args
     from _node import run_module_in
-    r = run_module_in(node, 'kube_svc_rules', svc_args(node, objects), failpoints='%s=%s' % (step, mode))
+    r = run_module_in(node, 'kube_svc_rules', svc_args(node, objects, backend=backend),
+                      failpoints='%s=%s' % (step, mode))
     if mode == 'kill':
         assert r['_rc'] == -9, r
     else:
@@ -149,25 +150,26 @@ def _interrupted(node, reliability_log, objects, step, mode):
     reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'injected')
 
 
-def _converges_like_a_clean_sync(node, reliability_log, objects, step, mode):
+def _converges_like_a_clean_sync(node, reliability_log, objects, step, mode, backend='nft'):
     """The next run (default resync=auto) ends with exactly the rules a clean sync into a fresh
     node writes, and the run after that changes nothing."""
     from test_drift import svc_args
     from _node import Node, run_module_in
-    r = run_module_in(node, 'kube_svc_rules', svc_args(node, objects))
+    r = run_module_in(node, 'kube_svc_rules', svc_args(node, objects, backend=backend))
     assert r['_rc'] == 0 and not r.get('failed'), r
-    got = dict((t, node.rules(t)) for t in ('filter', 'nat'))
+    got = dict((t, node.rules(t, backend)) for t in ('filter', 'nat'))
     ref = Node(os.path.join(node.tmp, 'ref'))
     try:
-        r = run_module_in(ref, 'kube_svc_rules', svc_args(ref, objects))
+        r = run_module_in(ref, 'kube_svc_rules', svc_args(ref, objects, backend=backend))
         assert r['_rc'] == 0, r
-        want = dict((t, ref.rules(t)) for t in ('filter', 'nat'))
+        want = dict((t, ref.rules(t, backend)) for t in ('filter', 'nat'))
     finally:
         ref.cleanup()
     assert got == want
-    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects))['changed']
-    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects, resync='always'))['changed']
-    run_module_in(node, 'kube_svc_rules', svc_args(node, [], state='absent'))
+    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects, backend=backend))['changed']
+    assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects, backend=backend,
+                                                              resync='always'))['changed']
+    run_module_in(node, 'kube_svc_rules', svc_args(node, [], state='absent', backend=backend))
     reliability_log('fault', '%s at %s (kube_svc_rules)' % ('kill -9' if mode == 'kill' else 'error', step), 'survived')
 
 
@@ -188,20 +190,20 @@ def test_rule_sync_interrupted_then_converges(node, reliability_log, step, mode)
 @pytest.mark.parametrize('mode', ['kill', 'error'])
 @pytest.mark.parametrize('step', FIRST_SYNC_STEPS)
 def test_first_sync_interrupted_while_streaming_then_converges(node, reliability_log, step, mode):
-    """A first sync streams its batch into iptables-restore while it renders (nat first). Stopped
-    with the nat declarations sent but no COMMIT, nothing at all is applied (the restore never
-    reads a COMMIT: killed with us, or by us); stopped after the nat table's COMMIT, only nat is.
-    Either way the next run converges."""
+    """A first sync on iptables-legacy streams its batch into iptables-restore while it renders
+    (nat first). Stopped with the nat declarations sent but no COMMIT, nothing at all is applied
+    (the restore never reads a COMMIT: killed with us, or by us); stopped after the nat table's
+    COMMIT, only nat is. Either way the next run converges."""
     from test_drift import kube_dns
     objs = kube_dns()
-    _interrupted(node, reliability_log, objs, step, mode)
-    nat, flt = node.rules('nat'), node.rules('filter')
+    _interrupted(node, reliability_log, objs, step, mode, backend='legacy')
+    nat, flt = node.rules('nat', 'legacy'), node.rules('filter', 'legacy')
     if step == 'rules-while-streaming':
         assert not [ln for ln in nat + flt if 'KUBE' in ln], (nat, flt)
     else:
         assert [ln for ln in nat if ln.startswith('-A KUBE-SEP-')], nat
         assert not [ln for ln in flt if 'KUBE' in ln], flt
-    _converges_like_a_clean_sync(node, reliability_log, objs, step, mode)
+    _converges_like_a_clean_sync(node, reliability_log, objs, step, mode, backend='legacy')
 
 
 @pytest.mark.parametrize('when', ['sandbox recorded', 'network recorded'])
