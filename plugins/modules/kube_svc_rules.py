@@ -27,9 +27,9 @@ description:
     holding only the chains whose content differs from C(iptables-save); chains of Services that
     disappeared are flushed and deleted in the same batch; chains the module does not own are never
     touched; when nothing differs nothing is written and no C(iptables-restore) runs.
-  - A first sync on iptables-legacy (the nat table holds none of the module's chains) streams its batch:
+  - A first sync on iptables-legacy (the nat table holds none of the module's chains) streams its batch,
     C(iptables-restore) starts once the input is valid and parses the nat chains while they are rendered
-    (nat table first, then filter); nothing is committed before the nat table's C(COMMIT).
+    (nat table first, then filter). Nothing is committed before the nat table's C(COMMIT).
   - The backend (iptables-nft or iptables-legacy) is detected like kube-proxy's iptables-wrapper does
     (kubelet's hint chains first, then the backend holding more rules). Legacy tables are read only when
     C(/proc/net/ip_tables_names) lists some, and never one by one, so the detection never creates
