@@ -1453,7 +1453,9 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream
     created = _created_shared(prefix, record, existing, token_found=record.get('token') if record else None)
     keep = set((t, c) for t, c in shared_chains(prefix) if '%s/%s' % (t, c) not in created)
     token = record.get('token') if record else None
-    owns = lambda t, c: owns_chain(prefix, t, c)   # noqa: E731
+
+    def owns(table, chain):
+        return owns_chain(prefix, table, chain)
 
     track = {} if state == 'present' else None
     nat_now = existing.get('nat')
