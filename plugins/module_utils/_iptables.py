@@ -43,6 +43,13 @@ BUILTIN = {
 _FAILED_LINE_RE = re.compile(r'line (\d+) failed|Error occurred at line: (\d+)|line (\d+):')
 
 
+def _popen(argv, **kw):
+    try:
+        return subprocess.Popen(argv, **kw)
+    except OSError as e:
+        raise BarepodError('cannot run %s: %s' % (argv[0], e), field='iptables', value=argv[0])
+
+
 def _run(argv, input_text=None, check=False):
     try:
         p = subprocess.run(argv, input=input_text, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -133,8 +140,7 @@ class Backend(object):
         return p.stdout if p.returncode == 0 else ''
 
     def save(self, table=None):
-        argv = [self.save_cmd] + (['-t', table] if table else [])
-        return _run(argv, check=True).stdout
+        return self.collect_save(self.start_save(table))
 
     def restore_argv(self):
         return [self.restore_cmd, '-w', str(WAIT_SECONDS), '--noflush', '--counters']
@@ -152,19 +158,16 @@ class Backend(object):
                            'atomically): %s%s' % (stderr.strip(), context_of_error(payload, stderr)),
                            field='iptables', value=self.restore_cmd)
 
-    def start_save(self):
-        """iptables-save of every table, started now and read with collect_save() later, so
-        it runs while this process validates its input."""
-        argv = [self.save_cmd]
-        try:
-            return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-        except OSError as e:
-            raise BarepodError('cannot run %s: %s' % (argv[0], e), field='iptables', value=argv[0])
+    def start_save(self, table=None):
+        """iptables-save (of every table by default), started now and read with collect_save(),
+        so that it can run while this process validates its input."""
+        argv = [self.save_cmd] + (['-t', table] if table else [])
+        return _popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
 
     def collect_save(self, proc):
         out, err = proc.communicate()
         if proc.returncode != 0:
-            raise BarepodError('%s failed (exit %d): %s' % (self.save_cmd, proc.returncode, err.strip()),
+            raise BarepodError('%s failed (exit %d): %s' % (' '.join(proc.args), proc.returncode, err.strip()),
                                field='iptables', value=self.save_cmd)
         return out
 
@@ -194,11 +197,10 @@ class RestoreStream(object):
         # fills a pipe with messages would block while we block writing its input
         self._err = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=self._err)
-        except OSError as e:
+            self.proc = _popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._err)
+        except BarepodError:
             self._err.close()
-            raise BarepodError('cannot run %s: %s' % (argv[0], e), field='iptables', value=argv[0])
+            raise
         try:
             # a big pipe: each time the writer thread gets the interpreter it moves up to 1 MiB,
             # so the restore does not wait on this process's GIL while it renders
@@ -440,12 +442,8 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
                     plan.jumps_removed.append('%s/%s %s' % (table, chain, r))
                     after = touched.setdefault(chain, list(have.rules.get(chain, [])))
                     after.remove(r)
-        for jt, src, rule in jumps:
-            if jt != table:
-                continue
-            if rule in have.rules.get(src, ()):
-                continue
-            ins_lines.append('-I %s 1 %s' % (src, rule))
+        for src, rule in missing_jumps(have, jumps, table):
+            ins_lines.append(jump_insert(src, rule))
             plan.jumps_added.append('%s/%s %s' % (table, src, rule))
             touched.setdefault(src, list(have.rules.get(src, []))).insert(0, rule)
         for chain, after in touched.items():
@@ -455,6 +453,17 @@ def plan_sync(existing, desired, jumps, owns, keep=(), tables=('filter', 'nat'),
             plan.payload += '\n'.join(['*' + table] + chain_lines + del_lines + rule_lines + ins_lines
                                       + x_lines + ['COMMIT']) + '\n'
     return plan
+
+
+def missing_jumps(have, jumps, table):
+    """[(built-in chain, rule)] of the jumps into `table` that the Table `have` (or None) lacks."""
+    rules = have.rules if have is not None else {}
+    return [(src, rule) for jt, src, rule in jumps if jt == table and rule not in rules.get(src, ())]
+
+
+def jump_insert(src, rule):
+    """The batch line putting a jump first in its built-in chain (kube-proxy's EnsureRule(Prepend))."""
+    return '-I %s 1 %s' % (src, rule)
 
 
 def chain_hash(rules):

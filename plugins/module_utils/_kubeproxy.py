@@ -1469,9 +1469,11 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream
     if streamed:
         _remove_record(paths)
         failpoint('rules-before-restore')
-        rs, plan, payload, token = _stream_first_sync(backend, model, settings, existing, keep, owns, token,
+        rs, plan, token, stream_ = _stream_first_sync(backend, model, settings, existing, keep, owns, token,
                                                       created, track, _iptables)
+        payload = plan.payload
         desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
+        jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
         hashes = None
     else:
         if state == 'present':
@@ -1517,7 +1519,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream
         backend.restore(payload)
         if state == 'absent':
             _remove_record(paths)
-    pending = plan.stream if streamed else None
+    record = None
     try:
         if write_record:
             # (after a streamed sync this runs while iptables-restore parses and commits)
@@ -1536,20 +1538,17 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream
                         services[key] = [fp, '', 0, [], 0, 0, 0, 1]
                     else:
                         services[key] = [fp, _contrib_fp(t[0]), t[2], t[1], t[3], t[4], t[5], 0]
-            head_rec = dict(
-                version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
-                jumps=_jumps_by_chain([(t, src, saved) for t, src, _kp, saved in rs.jumps]), settings_fp=settings_fp,
-                input_fp=input_fp, full_sync_at=now if sync == 'iptables-save' else head.get('full_sync_at'),
-                facts=dict((k, result[k]) for k in FACT_KEYS))
-            body_rec = dict(object_record(objects, digests, okeys) if groups is not None else {},
-                            tables=hashes or _chain_hashes(desired, _iptables), services=services)
-            if pending is not None:
-                pending, running = None, pending
-                running.finish()
-            _write_record(paths, head_rec, body_rec)
+            record = (dict(version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
+                           jumps=_jumps_by_chain(jumps), settings_fp=settings_fp, input_fp=input_fp,
+                           full_sync_at=now if sync == 'iptables-save' else head.get('full_sync_at'),
+                           facts=dict((k, result[k]) for k in FACT_KEYS)),
+                      dict(object_record(objects, digests, okeys) if groups is not None else {},
+                           tables=hashes or _chain_hashes(desired, _iptables), services=services))
     finally:
-        if pending is not None:
-            pending.finish()
+        if streamed:
+            stream_.finish()   # raises when the restore failed: then no record
+    if record is not None:
+        _write_record(paths, *record)
     if return_payload:
         result['payload'] = rs.payload() if state == 'present' else ''
     result['restores'] = backend.restores
@@ -1580,11 +1579,11 @@ def _new_token(created):
 def _stream_first_sync(backend, model, settings, existing, keep, owns, token, created, track, _iptables):
     """A full sync into a nat table that holds none of our chains, streamed (iptables-legacy):
     iptables-restore starts before the rendering does and parses each nat chain's declaration as
-    the chain comes into being (libiptc does not mind their order), then the rules in the order of the chains (kube-proxy's order, sorted: libiptc
-    builds the table a fifth faster that way than in render order); the small filter table and
-    the canary follow, planned as usual. The batch differs from the unstreamed one only in the
+    the chain comes into being (libiptc does not mind their order), then the rules in the order
+    of the chains (kube-proxy's sorted order: libiptc builds the table a fifth faster that way
+    than in render order); the small filter table and the canary follow, planned as usual. The batch differs from the unstreamed one only in the
     order of the tables (nat first: nothing but it is known early) and of the nat declarations.
-    -> (Ruleset, SyncPlan with .stream running - finish() it, payload text, token)."""
+    -> (Ruleset, SyncPlan, token, the RestoreStream still running: finish() it)."""
     prefix = settings.chain_prefix
     stream = backend.stream()
     try:
@@ -1604,18 +1603,16 @@ def _stream_first_sync(backend, model, settings, existing, keep, owns, token, cr
             plan.added.append('nat/' + c)
             head = '-A %s ' % c
             stream.write(''.join([head + k + '\n' for k, _s in nat[c]]))
-        have = existing.get('nat')
-        for t, src, _kp, saved in rs.jumps:
-            if t == 'nat' and not (have and saved in have.rules.get(src, ())):
-                stream.write('-I %s 1 %s\n' % (src, saved))
-                plan.jumps_added.append('nat/%s %s' % (src, saved))
+        jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
+        for src, rule in _iptables.missing_jumps(existing.get('nat'), jumps, 'nat'):
+            stream.write(_iptables.jump_insert(src, rule) + '\n')
+            plan.jumps_added.append('nat/%s %s' % (src, rule))
         stream.write('COMMIT\n')
         if failpoint_armed('rules-between-tables'):
             stream.finish()          # the nat table applied, then the sync dies
             failpoint('rules-between-tables')
         desired = {'filter': dict((c, rs.saved_rules('filter', c)) for c in rs.ordered_chains('filter'))}
-        fplan = _iptables.plan_sync(existing, desired, [(t, src, saved) for t, src, _kp, saved in rs.jumps],
-                                    owns=owns, keep=keep, tables=('filter',), sides=False,
+        fplan = _iptables.plan_sync(existing, desired, jumps, owns=owns, keep=keep, tables=('filter',), sides=False,
                                     write=lambda t, c: [k for k, _s in rs.chains[t][c]])
         stream.write(fplan.payload)
         for attr in ('added', 'changed', 'removed', 'jumps_added', 'jumps_removed'):
@@ -1627,9 +1624,8 @@ def _stream_first_sync(backend, model, settings, existing, keep, owns, token, cr
     except BaseException:
         stream.abort()
         raise
-    payload = plan.payload = stream.text()
-    plan.stream = stream
-    return rs, plan, payload, token
+    plan.payload = stream.text()
+    return rs, plan, token, stream
 
 
 FACT_KEYS = ('services', 'endpoints', 'large_cluster_mode', 'skipped', 'rules')
