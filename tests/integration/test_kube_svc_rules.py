@@ -180,11 +180,14 @@ class Node(object):
     def connect(self, ip, port, n, ns=None):
         return json.loads(in_ns(ns or self.client, sys.executable, self.client_py, ip, str(port), str(n)))
 
-    def run(self, check=False, diff=False, **args):
+    def args(self, **args):
         a = dict(backend=self.backend, cluster_cidr=CLUSTER_CIDR, node_name='node', return_payload=False,
                  state_dir=os.path.join(self.tmp, 'state'))
         a.update(args)
-        return run_module('kube_svc_rules', a, check=check, diff=diff, netns=self.node)
+        return a
+
+    def run(self, check=False, diff=False, **args):
+        return run_module('kube_svc_rules', self.args(**args), check=check, diff=diff, netns=self.node)
 
     def assert_foreign_intact(self):
         text = self.save()
@@ -628,13 +631,11 @@ def test_nodeport_and_loadbalancer_source_ranges(node):
 
 def run_unstreamed(node, **args):
     """The module's sync with streaming turned off (the batch handed over whole), in the node."""
-    a = dict(backend=node.backend, cluster_cidr=CLUSTER_CIDR, node_name='node', return_payload=False,
-             state_dir=os.path.join(node.tmp, 'state'))
-    a.update(args)
     code = ('import json, sys\n'
             'from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp\n'
             'print(json.dumps(kp.sync_service_rules(json.load(sys.stdin), stream=False)))\n')
-    p = subprocess.run(['ip', 'netns', 'exec', node.node, sys.executable, '-c', code], input=json.dumps(a),
+    p = subprocess.run(['ip', 'netns', 'exec', node.node, sys.executable, '-c', code],
+                       input=json.dumps(node.args(**args)),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False,
                        env=dict(os.environ, PYTHONPATH=COLLECTIONS_ROOT))
     assert p.returncode == 0, p.stderr
