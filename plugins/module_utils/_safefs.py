@@ -271,17 +271,20 @@ class SafeRoot(object):
             os.close(dfd)
 
     def hardlink(self, path, target):
-        """Hard link `path` to `target` (both inside the root; target resolved inside it)."""
-        src = self.resolve(target, field='image')
-        for m in self.mountpoints:
-            if is_within(m, src):
-                raise UnderMount('hard link target %s is on the mount at %s' % (target, m), field='image',
-                                 value=target)
-        st = os.lstat(src) if os.path.lexists(src) else None
-        if st is None or stat.S_ISDIR(st.st_mode):
-            return False
+        """Hard link `path` to `target` (both inside the root; target resolved inside it).
+        False when the target is missing or a directory. The link's parent directories are
+        made first, and only then is the target looked at: making them may replace the target
+        itself (a link `a/b` to a file `a`), which then is a directory."""
         fd, name, _hp = self.parent(path)
         try:
+            src = self.resolve(target, field='image')
+            for m in self.mountpoints:
+                if is_within(m, src):
+                    raise UnderMount('hard link target %s is on the mount at %s' % (target, m), field='image',
+                                     value=target)
+            st = os.lstat(src) if os.path.lexists(src) else None
+            if st is None or stat.S_ISDIR(st.st_mode):
+                return False
             tmp = self._tmpname(name)
             try:
                 os.unlink(tmp, dir_fd=fd)

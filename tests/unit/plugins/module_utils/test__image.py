@@ -355,6 +355,22 @@ if given is not None:
             shutil.rmtree(base, ignore_errors=True)
 
 
+def test_hard_link_below_its_own_target_is_skipped_not_a_crash(tmp_path):
+    """Found by the property test: a file `a`, then a hard link `a/a` to `a`. Making the link's
+    parent turns the file `a` into a directory (as for any member below a non-directory), so the
+    target is a directory by the time it is linked: skipped with a warning, not an EPERM from
+    link(2) on a directory."""
+    root = tmp_path / 'root'
+    root.mkdir()
+    img = write_tar(tmp_path / 'x.tar', [member('a', data=b'd'), member('a/a', 'hardlink', target='a'),
+                                         member('b', data=b'e'), member('c/b', 'hardlink', target='b')])
+    warnings = []
+    apply_image(SafeRoot(str(root)), Image(img, 'tar'), warnings)
+    assert (root / 'a').is_dir() and not (root / 'a' / 'a').exists()
+    assert any('a/a' in w for w in warnings), warnings
+    assert os.stat(str(root / 'c' / 'b')).st_ino == os.stat(str(root / 'b')).st_ino   # ordinary links still work
+
+
 def test_detect_format_stops_at_first_rootfs_name(tmp_path):
     # a rootfs that happens to hold /manifest.json is still a plain tar
     img = write_tar(tmp_path / 'r.tar', [member('bin', 'dir'), member('manifest.json', data=b'[]')])
