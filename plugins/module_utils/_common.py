@@ -129,6 +129,32 @@ class Actions(object):
         return self.planned
 
 
+class Manager(object):
+    """The one protocol every barepod manager follows (a module is this plus its spec).
+
+    ``Manager(params, check_mode=False, diff=False).run()`` observes, plans (pure), applies the
+    plan behind the single check-mode guard (Actions) and returns ``result(...)``: a dict with
+    ``changed``, ``actions``, ``diff`` (``{before, after}``, or None when not computed),
+    ``warnings`` (a list of strings) and the manager's facts. ``diff=False`` lets a manager skip
+    work that only --diff needs; every input check lives in the manager, not in main().
+    """
+
+    def __init__(self, params, check_mode=False, diff=False):
+        self.params = params
+        self.check_mode = check_mode
+        self.want_diff = diff
+
+    def run(self):
+        raise NotImplementedError
+
+
+def result(changed, actions=(), diff=None, warnings=(), **facts):
+    """A manager's result in the protocol's shape (see Manager)."""
+    out = dict(facts)
+    out.update(changed=bool(changed), actions=list(actions), diff=diff, warnings=list(warnings))
+    return out
+
+
 def read_text(path, default=None):
     try:
         with open(path, 'r') as f:

@@ -1,0 +1,47 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One way to turn a manager (``_common.Manager``) into an Ansible module.
+
+Every module's main() is ``run_module('<name>', _specs.<name>(), <Manager>)``: AnsibleModule
+with the spec and check mode, the optional third-party libraries checked, the manager run,
+its warnings passed to ``module.warn``, its diff returned only under --diff, and a
+BarepodError (or an OSError) turned into ``fail_json`` naming the field, never a traceback.
+"""
+
+from __future__ import annotations
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+
+
+def module_result(res, want_diff, warn):
+    """The manager's result as exit_json takes it: warnings through warn(), diff only when asked."""
+    out = dict(res)
+    diff = out.pop('diff', None)
+    for w in out.pop('warnings', None) or ():
+        warn(w)
+    if want_diff and diff is not None:
+        out['diff'] = diff
+    return out
+
+
+def run_module(name, spec, manager, requires=()):
+    """main() of a barepod module.
+
+    spec: the AnsibleModule keyword arguments (argument_spec and constraints, from _specs);
+    manager: a callable ``(params, check_mode=, diff=)`` returning an object with ``run()``;
+    requires: ``(library name, available, import error)`` triples checked before anything runs.
+    """
+    module = AnsibleModule(supports_check_mode=True, **spec)
+    for lib, ok, err in requires:
+        if not ok:
+            module.fail_json(msg=missing_required_lib(lib), exception=str(err))
+    try:
+        res = manager(module.params, check_mode=module.check_mode, diff=module._diff).run()
+    except BarepodError as e:
+        module.fail_json(msg=e.msg)
+    except (IOError, OSError) as e:
+        module.fail_json(msg='%s: %s' % (name, e))
+    module.exit_json(**module_result(res, module._diff, module.warn))
