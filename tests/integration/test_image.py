@@ -1,0 +1,211 @@
+# -*- coding: utf-8 -*-
+# Copyright: barepod.linux developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The image module against a real registry (Debian's docker-registry on 127.0.0.1, the
+mirror of docker.io in a test registries.conf) and real skopeo: pulls of an unmodified
+``busybox`` reference, idempotence, imports, removal, prune, a corrupted blob and a bad
+reference."""
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from conftest import run_module
+
+from registry import Registry, busybox_layout
+
+pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/docker-registry') or not os.path.exists('/usr/bin/skopeo'),
+                                reason='needs docker-registry and skopeo')
+
+
+@pytest.fixture(scope='module')
+def registry(tmp_path_factory):
+    work = tmp_path_factory.mktemp('registry')
+    reg = Registry(work).start()
+    try:
+        layout = str(work / 'busybox-oci')
+        reg.manifest = busybox_layout(layout)
+        reg.push(layout, 'latest', 'library/busybox:latest')
+        reg.push(layout, 'latest', 'library/busybox:1.36')
+        reg.conf = reg.registries_conf(work / 'registries.conf')
+        reg.layout = layout
+        yield reg
+    finally:
+        reg.stop()
+
+
+def image(args, store, reg=None, **kw):
+    a = dict(store_root=str(store))
+    if reg is not None:
+        a['registries_conf'] = reg.conf
+    a.update(args)
+    return run_module('image', a, **kw)
+
+
+def store_files(store):
+    out = []
+    for dirpath, _dirs, files in os.walk(str(store)):
+        for f in files:
+            out.append(os.path.relpath(os.path.join(dirpath, f), str(store)))
+    return sorted(out)
+
+
+def blob_count(store):
+    d = os.path.join(str(store), 'blobs', 'sha256')
+    return len(os.listdir(d)) if os.path.isdir(d) else 0
+
+
+def test_pull_cold_then_again(registry, tmp_path):
+    store = tmp_path / 'images'
+    chk = image(dict(name='busybox'), store, registry, check=True)
+    assert chk.changed and not chk.failed, chk
+    assert not store.exists(), 'check mode created the store'
+
+    r = image(dict(name='busybox'), store, registry, diff=True)
+    assert r.changed and not r.failed, r
+    img = r['image']
+    assert r['pull_policy'] == 'Always'
+    assert img['repo_tags'] == ['docker.io/library/busybox:latest']
+    assert img['repo_digest'] == 'docker.io/library/busybox@' + registry.manifest
+    cfg_digest = img['id']
+    with open(os.path.join(str(store), 'blobs', 'sha256', cfg_digest.split(':')[1]), 'rb') as f:
+        data = f.read()
+    assert 'sha256:' + hashlib.sha256(data).hexdigest() == cfg_digest
+    assert json.loads(data)['config']['Cmd'] == ['sh']
+    assert r['diff']['after'] == {'docker.io/library/busybox:latest': cfg_digest}
+    assert os.listdir(os.path.join(str(store), 'ingest')) == []
+
+    # again: the tag is resolved (Always) and nothing is fetched or written
+    before = {p: os.stat(os.path.join(str(store), p)).st_mtime_ns for p in store_files(store)}
+    again = image(dict(name='busybox'), store, registry)
+    assert not again.changed and not again.failed, again
+    assert again['image']['id'] == cfg_digest
+    assert {p: os.stat(os.path.join(str(store), p)).st_mtime_ns for p in store_files(store)} == before
+
+    # another tag of the same image downloads no blob: only a reference is added
+    nblobs = blob_count(store)
+    other = image(dict(name='docker.io/library/busybox:1.36'), store, registry)
+    assert other.changed and other['pull_policy'] == 'IfNotPresent'
+    assert other['image']['id'] == cfg_digest
+    assert blob_count(store) == nblobs
+    listed = image(dict(state='list'), store)
+    assert not listed.changed
+    assert [i['repo_tags'] for i in listed['images']] == [['docker.io/library/busybox:1.36', 'docker.io/library/busybox:latest']]
+
+    # by digest: already held
+    pinned = image(dict(name='busybox@' + registry.manifest), store, registry)
+    assert not pinned.failed, pinned
+
+
+def test_absent_and_prune(registry, tmp_path):
+    store = tmp_path / 'images'
+    assert image(dict(name='busybox'), store, registry).changed
+    gone = image(dict(name='busybox', state='absent'), store, diff=True)
+    assert gone.changed and gone['removed'] == ['docker.io/library/busybox:latest'], gone
+    assert blob_count(store) == 0
+    assert not image(dict(name='busybox', state='absent'), store).changed
+
+    assert image(dict(name='busybox'), store, registry).changed
+    imported = image(dict(source='archive', path=registry.layout, name='example.com/mine:1'), store)
+    assert imported.changed, imported
+    # the same image id behind both names: keeping one name keeps the image
+    chk = image(dict(state='pruned', keep=['example.com/mine:1']), store, check=True)
+    assert not chk.changed and chk['removed'] == [], chk
+    chk = image(dict(state='pruned'), store, check=True)
+    assert chk.changed and chk['removed'] == ['docker.io/library/busybox:latest', 'example.com/mine:1'], chk
+    assert blob_count(store) == 3
+    pr = image(dict(state='pruned', keep=['example.com/mine:1']), store)
+    assert pr['pruned'] == [] and not pr.changed, pr
+    pr = image(dict(state='pruned'), store)
+    assert pr.changed and len(pr['pruned']) == 1
+    assert blob_count(store) == 0
+    assert not image(dict(state='pruned'), store).changed
+
+
+def _docker_save(path, layout):
+    """A docker-save archive of the busybox layout (manifest.json, <id>.json, <layer>/layer.tar)."""
+    index = json.load(open(os.path.join(layout, 'index.json')))
+    man = json.load(open(os.path.join(layout, 'blobs', 'sha256', index['manifests'][0]['digest'].split(':')[1])))
+    cfg = open(os.path.join(layout, 'blobs', 'sha256', man['config']['digest'].split(':')[1]), 'rb').read()
+    import gzip
+    layer = gzip.decompress(open(os.path.join(layout, 'blobs', 'sha256', man['layers'][0]['digest'].split(':')[1]), 'rb').read())
+    cid = hashlib.sha256(cfg).hexdigest()
+    lid = hashlib.sha256(layer).hexdigest()
+    with tarfile.open(str(path), 'w') as tf:
+        for name, data in (('%s.json' % cid, cfg), ('%s/layer.tar' % lid, layer),
+                           ('manifest.json', json.dumps([dict(Config='%s.json' % cid, RepoTags=['busybox:saved'],
+                                                              Layers=['%s/layer.tar' % lid])]).encode())):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    return 'sha256:' + cid
+
+
+def test_import_docker_save(registry, tmp_path):
+    store = tmp_path / 'images'
+    archive = tmp_path / 'busybox.tar'
+    cid = _docker_save(archive, registry.layout)
+    r = image(dict(source='archive', path=str(archive)), store, diff=True)
+    assert r.changed and not r.failed, r
+    assert r['image']['id'] == cid
+    assert r['image']['repo_tags'] == ['docker.io/library/busybox:saved']
+    again = image(dict(source='archive', path=str(archive)), store)
+    assert not again.changed, again
+    # a rootfs directory with a config given, like docker import --change
+    rootfs = tmp_path / 'rootfs'
+    os.makedirs(str(rootfs / 'bin'))
+    with open(str(rootfs / 'bin' / 'hello'), 'w') as f:
+        f.write('hi\n')
+    d = image(dict(source='archive', path=str(rootfs), name='local/hello', config=dict(Cmd=['/bin/hello'])), store)
+    assert d.changed, d
+    cfg = json.load(open(os.path.join(str(store), 'blobs', 'sha256', d['image']['id'].split(':')[1])))
+    assert cfg['config'] == {'Cmd': ['/bin/hello']} and cfg['os'] == 'linux'
+    assert not image(dict(source='archive', path=str(rootfs), name='local/hello', config=dict(Cmd=['/bin/hello'])), store).changed
+
+
+def test_corrupted_blob_refused(registry, tmp_path):
+    store = tmp_path / 'images'
+    layout = str(tmp_path / 'other-oci')
+    extra = [('etc/marker', b'corrupt me\n')]
+    manifest = busybox_layout(layout, tag='1', extra=extra)
+    registry.push(layout, '1', 'library/corrupt:1')
+    man = json.load(open(os.path.join(layout, 'blobs', 'sha256', manifest.split(':')[1])))
+    blob = registry.blob_path(man['layers'][0]['digest'])
+    with open(blob, 'r+b') as f:
+        f.seek(200)
+        b = f.read(1)
+        f.seek(200)
+        f.write(bytes([b[0] ^ 0xff]))
+    r = image(dict(name='corrupt:1'), store, registry)
+    assert r.failed, r
+    assert r['msg'].startswith('Failed to pull image "corrupt:1": ') and 'igest' in r['msg'], r['msg']
+    assert man['layers'][0]['digest'] in r['msg']
+    # nothing a later pod would use: no reference, no blob, no work directory
+    assert not os.path.exists(os.path.join(str(store), 'refs.json'))
+    assert blob_count(store) == 0
+    assert os.listdir(os.path.join(str(store), 'ingest')) == []
+
+
+def test_bad_reference_refused_before_anything(registry, tmp_path):
+    store = tmp_path / 'images'
+    r = image(dict(name='BusyBox'), store, registry)
+    assert r.failed
+    assert r['msg'] == ('name: Failed to apply default image tag "BusyBox": couldn\'t parse image reference "BusyBox": '
+                        'invalid reference format: repository name (library/BusyBox) must be lowercase')
+    r = image(dict(name='busybox@sha256:1234'), store, registry)
+    assert r.failed and 'invalid reference format' in r['msg']
+    assert not store.exists()
+
+
+def test_unknown_image_and_never(registry, tmp_path):
+    store = tmp_path / 'images'
+    r = image(dict(name='nosuch:1'), store, registry)
+    assert r.failed and r['msg'].startswith('Failed to pull image "nosuch:1": '), r
+    assert 'manifest unknown' in r['msg']
+    r = image(dict(name='busybox', pull_policy='Never'), store, registry)
+    assert r.failed and 'Container image "busybox" is not present with pull policy of Never' in r['msg']
+    assert not os.path.exists(os.path.join(str(store), 'refs.json'))
