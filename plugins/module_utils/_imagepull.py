@@ -32,7 +32,7 @@ import os
 import re
 import subprocess
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint
 from ansible_collections.barepod.linux.plugins.module_utils import _imageref
 from ansible_collections.barepod.linux.plugins.module_utils import _imagestore as st
 
@@ -184,6 +184,7 @@ class Puller(object):
                     os.link(self.store.blob_path(d), os.path.join(blobs, d.split(':', 1)[1]))
             self._run(user, self._global() + ['copy', '--quiet', '--preserve-digests', '--retry-times', '2']
                       + self._src_opts('copy') + ['docker://%s@%s' % (ref.name, manifest), 'oci:%s:pull' % layout])
+            failpoint('image-pull-copied')  # fetched, not yet verified nor moved into the store
             try:
                 ing.add_bytes(mraw, manifest, what='manifest')
                 for desc in [mdoc.get('config') or {}] + list(mdoc.get('layers') or []):

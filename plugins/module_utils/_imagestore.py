@@ -33,7 +33,7 @@ import shutil
 import tarfile
 import tempfile
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json, failpoint
 from ansible_collections.barepod.linux.plugins.module_utils import _image
 from ansible_collections.barepod.linux.plugins.module_utils import _imageref
 
@@ -377,6 +377,7 @@ class ImageStore(object):
             moved = True
         if moved:
             _fsync_dir(self.blob_dir)
+        failpoint('image-commit')  # blobs in, reference not yet: the image must not be usable
         refs = self.refs()
         for n in names:
             refs[n] = record

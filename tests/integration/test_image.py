@@ -209,3 +209,24 @@ def test_unknown_image_and_never(registry, tmp_path):
     r = image(dict(name='busybox', pull_policy='Never'), store, registry)
     assert r.failed and 'Container image "busybox" is not present with pull policy of Never' in r['msg']
     assert not os.path.exists(os.path.join(str(store), 'refs.json'))
+
+
+@pytest.mark.parametrize('point', ['image-pull-copied', 'image-commit'])
+def test_killed_pull_leaves_nothing_usable(registry, tmp_path, point, reliability_log):
+    store = tmp_path / 'images'
+    try:
+        r = image(dict(name='busybox'), store, registry, env={'BAREPOD_FAILPOINTS': point + '=kill'})
+    except AssertionError as e:
+        assert 'printed no JSON' in str(e)  # killed: no result at all
+    else:
+        raise AssertionError('the module was not killed: %r' % (r,))
+    # no reference: a pod asking for busybox with pull policy Never would not find it
+    assert not os.path.exists(os.path.join(str(store), 'refs.json'))
+    never = image(dict(name='busybox', pull_policy='Never'), store)
+    assert never.failed and 'Container image "busybox" is not present with pull policy of Never' in never['msg']
+    # the next pull completes; what the dead one left is cleared (work dir) or collected (blobs)
+    ok = image(dict(name='busybox'), store, registry)
+    assert ok.changed and not ok.failed, ok
+    assert os.listdir(os.path.join(str(store), 'ingest')) == []
+    assert not image(dict(state='pruned', keep=['busybox']), store).changed
+    reliability_log('fault', 'kill -9 during image pull at %s' % point, 'survived')
