@@ -195,4 +195,3 @@ class Puller(object):
                 raise PullError(user, e.msg)
             self.store.commit(ing, [ref.canonical], rec)
             return rec
-

@@ -21,7 +21,7 @@ def spec():
     return dict(
         argument_spec=dict(
             name=dict(type='str'),
-            state=dict(type='str', choices=['present', 'absent', 'list', 'pruned'], default='present'),
+            state=dict(type='str', choices=['present', 'absent', 'pruned'], default='present'),
             source=dict(type='str', choices=['registry', 'archive'], default='registry'),
             path=dict(type='path'),
             format=dict(type='str', choices=list(_image.FORMATS), default='auto'),
@@ -37,6 +37,45 @@ def spec():
         ),
         required_if=[('source', 'archive', ('path',)), ('state', 'absent', ('name',))],
     )
+
+
+def info_spec():
+    """AnsibleModule keyword arguments of the image_info module."""
+    return dict(argument_spec=dict(
+        name=dict(type='list', elements='str', default=[]),
+        store_root=dict(type='path', default=st.DEFAULT_ROOT),
+    ))
+
+
+class ImageInfoManager(Manager):
+    """Stored images, like ``crictl images [REF]`` / ``crictl inspecti``: read only."""
+
+    def run(self):
+        store = st.ImageStore(self.params['store_root'])
+        images = store.images()
+        names = self.params.get('name') or []
+        if names:
+            wanted = []
+            for n in names:
+                img = store.find_image(n) if _is_id(n) else None
+                if img is None:
+                    ref = parse_name(n)
+                    rec = store.get(ref)
+                    img = _image_facts(store, rec, ref) if rec is not None else None
+                if img is not None and img['id'] not in [i['id'] for i in wanted]:
+                    wanted.append(img)
+            images = wanted
+        for img in images:
+            try:
+                img['config'] = store.read_json(img['id'])
+            except (IOError, OSError, ValueError):
+                img['config'] = None
+        return result(False, images=images)
+
+
+def _is_id(key):
+    k = key[len('sha256:'):] if key.startswith('sha256:') else key
+    return len(k) >= 12 and all(c in '0123456789abcdef' for c in k)
 
 
 def parse_name(name, field='name'):
@@ -79,8 +118,6 @@ class ImageManager(Manager):
 
     def run(self):
         state = self.params['state']
-        if state == 'list':
-            return result(False, images=self.store.images())
         before = _view(self.store)
         facts = getattr(self, '_plan_' + state)()
         self.actions.run()
@@ -212,7 +249,7 @@ class ImageManager(Manager):
             keep_ids.update(refs[n]['config'] for n in self._names_for(k) if n in refs)
         victims = sorted(n for n, rec in refs.items() if rec['config'] not in keep_ids)
         ids = sorted(set(refs[n]['config'] for n in victims))
-        orphans = [d for d in self.store.unreferenced_blobs()] if self.store.exists() else []
+        orphans = self.store.unreferenced_blobs() if self.store.exists() else []
         if victims or orphans:
             def prune():
                 with self.store.lock():

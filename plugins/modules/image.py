@@ -21,8 +21,9 @@ description:
     layout directory or tar, a root filesystem tar or directory), like C(ctr images import).
   - C(state=absent) removes a reference (or, given an image id, every reference of that image), like C(crictl rmi);
     blobs no reference holds any more are removed.
-  - C(state=list) reports the stored images, like C(crictl images). C(state=pruned) removes every image not named in
-    O(keep), and blobs left by interrupted pulls, like C(crictl rmi --prune).
+  - C(state=pruned) removes every image not named in O(keep), and blobs left by interrupted pulls, like
+    C(crictl rmi --prune).
+  - M(barepod.linux.image_info) lists the stored images, like C(crictl images).
   - References are normalised as container runtimes do (C(nginx) is C(docker.io/library/nginx:latest)); a malformed
     one fails before anything changes, with kubelet's InvalidImageName message.
 options:
@@ -36,7 +37,7 @@ options:
   state:
     description: What to do with the image.
     type: str
-    choices: [present, absent, list, pruned]
+    choices: [present, absent, pruned]
     default: present
   source:
     description: Pull from a registry, or import the local archive at O(path).
@@ -126,11 +127,6 @@ EXAMPLES = r'''
     config:
       Cmd: [sh]
 
-- name: What is stored, like crictl images
-  barepod.linux.image:
-    state: list
-  register: images
-
 - name: Remove an image
   barepod.linux.image:
     name: nginx
@@ -157,11 +153,6 @@ pull_policy:
   description: The pull policy applied (given, or Kubernetes' default for the reference).
   returned: with state=present and source=registry
   type: str
-images:
-  description: Every stored image (state=list), each with id, repo_tags, repo_digests, size, manifest, layers, platform.
-  returned: with state=list
-  type: list
-  elements: dict
 removed:
   description: References removed.
   returned: with state=absent or state=pruned

@@ -92,13 +92,17 @@ def test_pull_cold_then_again(registry, tmp_path):
     assert other.changed and other['pull_policy'] == 'IfNotPresent'
     assert other['image']['id'] == cfg_digest
     assert blob_count(store) == nblobs
-    listed = image(dict(state='list'), store)
+    listed = run_module('image_info', dict(store_root=str(store)))
     assert not listed.changed
     assert [i['repo_tags'] for i in listed['images']] == [['docker.io/library/busybox:1.36', 'docker.io/library/busybox:latest']]
 
-    # by digest: already held
+    one = run_module('image_info', dict(store_root=str(store), name=['busybox', cfg_digest[7:19]]))
+    assert [i['id'] for i in one['images']] == [cfg_digest]
+    assert one['images'][0]['config']['config']['Cmd'] == ['sh']
+
+    # by digest: already held, nothing to do
     pinned = image(dict(name='busybox@' + registry.manifest), store, registry)
-    assert not pinned.failed, pinned
+    assert not pinned.failed and not pinned.changed, pinned
 
 
 def test_absent_and_prune(registry, tmp_path):
