@@ -9,6 +9,12 @@ one check-mode guard.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import shutil
+import tempfile
+
 from ansible_collections.barepod.linux.plugins.module_utils._common import Actions, BarepodError, Manager, result
 from ansible_collections.barepod.linux.plugins.module_utils import _image
 from ansible_collections.barepod.linux.plugins.module_utils import _imagepull
@@ -31,6 +37,7 @@ def spec():
             store_root=dict(type='path', default=st.DEFAULT_ROOT),
             registries_conf=dict(type='path'),
             authfile=dict(type='path'),
+            pull_secrets=dict(type='list', elements='dict', no_log=True),
             tls_verify=dict(type='bool'),
             policy=dict(type='path'),
             timeout=dict(type='int', default=900),
@@ -78,6 +85,62 @@ def _is_id(key):
     return len(k) >= 12 and all(c in '0123456789abcdef' for c in k)
 
 
+DOCKERCONFIGJSON = 'kubernetes.io/dockerconfigjson'
+DOCKERCFG = 'kubernetes.io/dockercfg'
+
+
+def _secret_auths(i, secret):
+    """The ``auths`` map of one imagePullSecret: a Secret of type kubernetes.io/dockerconfigjson
+    (data base64 or stringData) or kubernetes.io/dockercfg, or a bare config.json document.
+    Errors name the secret, never a value."""
+    field = 'pull_secrets[%d]' % i
+    if not isinstance(secret, dict):
+        raise BarepodError('must be a Secret or a config.json document', field=field)
+    if 'auths' in secret and 'kind' not in secret:
+        auths = secret['auths']
+    else:
+        name = (secret.get('metadata') or {}).get('name') or field
+        stype = secret.get('type')
+        if stype not in (DOCKERCONFIGJSON, DOCKERCFG):
+            raise BarepodError('secret %s has type %r, not %s or %s' % (name, stype, DOCKERCONFIGJSON, DOCKERCFG), field=field)
+        key = '.dockerconfigjson' if stype == DOCKERCONFIGJSON else '.dockercfg'
+        raw = (secret.get('stringData') or {}).get(key)
+        if raw is None:
+            data = (secret.get('data') or {}).get(key)
+            if data is None:
+                raise BarepodError('secret %s has no %s' % (name, key), field=field)
+            try:
+                raw = base64.b64decode(data, validate=True).decode('utf-8')
+            except (ValueError, TypeError):
+                raise BarepodError('secret %s: %s is not valid base64' % (name, key), field=field)
+        try:
+            doc = json.loads(raw) if isinstance(raw, str) else raw
+        except ValueError:
+            raise BarepodError('secret %s: %s is not valid JSON' % (name, key), field=field)
+        auths = doc.get('auths') if stype == DOCKERCONFIGJSON and isinstance(doc, dict) else doc
+    if not isinstance(auths, dict):
+        raise BarepodError('has no auths map', field=field)
+    return auths
+
+
+def merged_auths(secrets, authfile=None):
+    """One auth.json for skopeo from the pod's imagePullSecrets, in order (the first secret
+    naming a registry wins), then the entries of `authfile` for other registries."""
+    auths = {}
+    for i, secret in enumerate(secrets or ()):
+        for k, v in _secret_auths(i, secret).items():
+            auths.setdefault(k, v)
+    if authfile:
+        try:
+            with open(authfile) as f:
+                extra = json.load(f).get('auths') or {}
+        except (IOError, OSError, ValueError, AttributeError) as e:
+            raise BarepodError('cannot read %s: %s' % (authfile, e), field='authfile', value=authfile)
+        for k, v in extra.items():
+            auths.setdefault(k, v)
+    return dict(auths=auths)
+
+
 def parse_name(name, field='name'):
     """A reference, or a BarepodError with kubelet's InvalidImageName message."""
     try:
@@ -110,14 +173,30 @@ class ImageManager(Manager):
         self.actions = Actions(check_mode)
         self.warnings = []
         self._import_done = {}
+        self._authfile = None
 
     def puller(self):
         p = self.params
-        return _imagepull.Puller(self.store, registries_conf=p.get('registries_conf'), authfile=p.get('authfile'),
+        return _imagepull.Puller(self.store, registries_conf=p.get('registries_conf'), authfile=self._authfile or p.get('authfile'),
                                  tls_verify=p.get('tls_verify'), policy=p.get('policy'), timeout=p.get('timeout') or 900)
 
     def run(self):
         state = self.params['state']
+        secrets = self.params.get('pull_secrets')
+        if not secrets:
+            return self._run(state)
+        doc = merged_auths(secrets, self.params.get('authfile'))
+        tmp = tempfile.mkdtemp(prefix='barepod-auth-')
+        try:
+            self._authfile = os.path.join(tmp, 'auth.json')
+            fd = os.open(self._authfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, 'w') as f:
+                json.dump(doc, f)
+            return self._run(state)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _run(self, state):
         before = _view(self.store)
         facts = getattr(self, '_plan_' + state)()
         self.actions.run()

@@ -83,6 +83,14 @@ options:
         containers/image looks at C($REGISTRY_AUTH_FILE), C(${XDG_RUNTIME_DIR}/containers/auth.json) and
         C(~/.docker/config.json). The file's content is never printed.
     type: path
+  pull_secrets:
+    description:
+      - The Pod's C(imagePullSecrets), as the Secret objects - type C(kubernetes.io/dockerconfigjson) (C(data) in
+        base64, or C(stringData)) or C(kubernetes.io/dockercfg) - or as bare C(config.json) documents (with an C(auths) map).
+      - Their credentials go to skopeo in a private temporary auth file (entries of O(authfile) are added for the
+        registries they do not name), removed after the task; the first secret naming a registry wins. Never printed.
+    type: list
+    elements: dict
   tls_verify:
     description: Require HTTPS with verified certificates (skopeo C(--src-tls-verify)). Omitted, registries.conf decides.
     type: bool
@@ -126,6 +134,12 @@ EXAMPLES = r'''
     path: /srv/rootfs/busybox
     config:
       Cmd: [sh]
+
+- name: Pull from a registry that needs credentials, with the Pod's imagePullSecrets
+  barepod.linux.image:
+    name: registry.example.com/team/app:1.4
+    pull_secrets:
+      - "{{ lookup('file', 'regcred.json') | from_json }}"   # a kubernetes.io/dockerconfigjson Secret
 
 - name: Remove an image
   barepod.linux.image:

@@ -36,8 +36,9 @@ def free_port():
 
 
 class Registry(object):
-    def __init__(self, workdir):
+    def __init__(self, workdir, htpasswd=None):
         self.workdir = str(workdir)
+        self.htpasswd = htpasswd  # (user, password): basic auth through an htpasswd file (bcrypt)
         self.storage = os.path.join(self.workdir, 'storage')
         self.port = free_port()
         self.host = '127.0.0.1:%d' % self.port
@@ -49,6 +50,16 @@ class Registry(object):
         with open(conf, 'w') as f:
             f.write('version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n'
                     '  delete:\n    enabled: true\nhttp:\n  addr: %s\n' % (self.storage, self.host))
+            if self.htpasswd:
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore', DeprecationWarning)
+                    import crypt
+                hashed = crypt.crypt(self.htpasswd[1], crypt.mksalt(crypt.METHOD_BLOWFISH))
+                pw = os.path.join(self.workdir, 'htpasswd')
+                with open(pw, 'w') as h:
+                    h.write('%s:%s\n' % (self.htpasswd[0], hashed))
+                f.write('auth:\n  htpasswd:\n    realm: barepod-test\n    path: %s\n' % pw)
         log = open(os.path.join(self.workdir, 'registry.log'), 'wb')
         self.proc = subprocess.Popen(['/usr/bin/docker-registry', 'serve', conf], stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
@@ -75,10 +86,15 @@ class Registry(object):
                 self.proc.wait(10)
         self.proc = None
 
-    def push(self, layout, tag, repo):
+    def push(self, layout, tag, repo, all_platforms=False):
         """skopeo copy oci:<layout>:<tag> docker://<this registry>/<repo>."""
-        subprocess.run(['skopeo', 'copy', '--quiet', '--dest-tls-verify=false', 'oci:%s:%s' % (layout, tag),
-                        'docker://%s/%s' % (self.host, repo)], check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        argv = ['skopeo', 'copy', '--quiet', '--dest-tls-verify=false']
+        if self.htpasswd:
+            argv += ['--dest-creds', '%s:%s' % self.htpasswd]
+        if all_platforms:
+            argv += ['--all', '--preserve-digests']
+        subprocess.run(argv + ['oci:%s:%s' % (layout, tag), 'docker://%s/%s' % (self.host, repo)],
+                       check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def blob_path(self, digest):
         hexd = digest.split(':', 1)[1]

@@ -234,3 +234,44 @@ def test_killed_pull_leaves_nothing_usable(registry, tmp_path, point, reliabilit
     assert os.listdir(os.path.join(str(store), 'ingest')) == []
     assert not image(dict(state='pruned', keep=['busybox']), store).changed
     reliability_log('fault', 'kill -9 during image pull at %s' % point, 'survived')
+
+
+def _secret(host, user, password, name='regcred'):
+    import base64
+    auth = base64.b64encode(('%s:%s' % (user, password)).encode()).decode()
+    doc = json.dumps({'auths': {host: {'auth': auth}}})
+    return {'apiVersion': 'v1', 'kind': 'Secret', 'metadata': {'name': name}, 'type': 'kubernetes.io/dockerconfigjson',
+            'data': {'.dockerconfigjson': base64.b64encode(doc.encode()).decode()}}
+
+
+def test_pull_with_image_pull_secret(tmp_path):
+    password = 'pw-' + os.urandom(8).hex()
+    reg = Registry(tmp_path / 'reg', htpasswd=('puller', password)).start()
+    try:
+        layout = str(tmp_path / 'oci')
+        busybox_layout(layout)
+        reg.push(layout, 'latest', 'team/app:1')
+        conf = reg.registries_conf(tmp_path / 'registries.conf')
+        store = tmp_path / 'images'
+        ref = '%s/team/app:1' % reg.host
+        # tls_verify=false: the test registry speaks plain HTTP on loopback
+        anon = image(dict(name=ref, tls_verify=False), store, None)
+        assert anon.failed and anon['msg'].startswith('Failed to pull image "%s": ' % ref), anon
+        assert 'unauthorized' in anon['msg'] or 'authentication required' in anon['msg'], anon['msg']
+
+        wrong = image(dict(name=ref, tls_verify=False, pull_secrets=[_secret(reg.host, 'puller', 'nope')]), store)
+        assert wrong.failed and ('unauthorized' in wrong['msg'] or 'authentication required' in wrong['msg']), wrong['msg']
+
+        ok = image(dict(name=ref, tls_verify=False, pull_secrets=[_secret(reg.host, 'puller', password)]), store)
+        assert ok.changed and not ok.failed, ok
+        assert ok['image']['repo_tags'] == [ref]
+        for res in (anon, wrong, ok):
+            text = json.dumps(res)
+            assert password not in text and 'cHVsbGVy' not in text  # neither the password nor the base64 auth
+        # a secret of another type is refused, naming the field (Ansible masks the secret's own strings, no_log)
+        bad = image(dict(name=ref, tls_verify=False, pull_secrets=[dict(_secret(reg.host, 'puller', password), type='Opaque')]), store)
+        assert bad.failed and bad['msg'].startswith('pull_secrets[0]: secret ') and 'not kubernetes.io/dockerconfigjson' in bad['msg']
+        assert password not in json.dumps(bad)
+        assert conf  # the mirror config is not needed for a fully qualified name
+    finally:
+        reg.stop()
