@@ -173,3 +173,40 @@ def busybox_layout(path, tag='latest', config=None, extra=()):
 def _goarch():
     m = os.uname().machine
     return {'x86_64': 'amd64', 'aarch64': 'arm64'}.get(m, m)
+
+
+def two_platform_layout(path, tag='latest'):
+    """An OCI layout whose `tag` is an index of two images: busybox for this machine and a
+    one-file image for another architecture. Returns (index digest, {arch: manifest digest})."""
+    path = str(path)
+    host = _goarch()
+    mine = busybox_layout(path, tag='host-only')
+    blobs = os.path.join(path, 'blobs', 'sha256')
+    other_arch = 's390x' if host != 's390x' else 'amd64'
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w') as tf:
+        data = b'not for this machine\n'
+        ti = tarfile.TarInfo('which')
+        ti.size, ti.mtime = len(data), 1700000000
+        tf.addfile(ti, io.BytesIO(data))
+    raw = buf.getvalue()
+    ldig, lsize = _blob(blobs, gzip.compress(raw, mtime=0))
+    cfg = dict(architecture=other_arch, os='linux', config=dict(Cmd=['/which']),
+               rootfs=dict(type='layers', diff_ids=['sha256:' + hashlib.sha256(raw).hexdigest()]))
+    cdig, csize = _blob(blobs, json.dumps(cfg, sort_keys=True).encode())
+    man = dict(schemaVersion=2, mediaType='application/vnd.oci.image.manifest.v1+json',
+               config=dict(mediaType='application/vnd.oci.image.config.v1+json', digest=cdig, size=csize),
+               layers=[dict(mediaType='application/vnd.oci.image.layer.v1.tar+gzip', digest=ldig, size=lsize)])
+    odig, osize = _blob(blobs, json.dumps(man, sort_keys=True).encode())
+    msize = os.path.getsize(os.path.join(blobs, mine.split(':')[1]))
+    index = dict(schemaVersion=2, mediaType='application/vnd.oci.image.index.v1+json', manifests=[
+        dict(mediaType='application/vnd.oci.image.manifest.v1+json', digest=odig, size=osize,
+             platform=dict(os='linux', architecture=other_arch)),
+        dict(mediaType='application/vnd.oci.image.manifest.v1+json', digest=mine, size=msize,
+             platform=dict(os='linux', architecture=host))])
+    idig, isize = _blob(blobs, json.dumps(index, sort_keys=True).encode())
+    with open(os.path.join(path, 'index.json'), 'w') as f:
+        json.dump(dict(schemaVersion=2, manifests=[dict(
+            mediaType='application/vnd.oci.image.index.v1+json', digest=idig, size=isize,
+            annotations={'org.opencontainers.image.ref.name': tag})]), f)
+    return idig, {host: mine, other_arch: odig}

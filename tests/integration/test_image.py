@@ -16,7 +16,7 @@ import pytest
 
 from conftest import run_module
 
-from registry import Registry, busybox_layout
+from registry import Registry, _goarch, busybox_layout, two_platform_layout
 
 pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/docker-registry') or not os.path.exists('/usr/bin/skopeo'),
                                 reason='needs docker-registry and skopeo')
@@ -275,3 +275,23 @@ def test_pull_with_image_pull_secret(tmp_path):
         assert conf  # the mirror config is not needed for a fully qualified name
     finally:
         reg.stop()
+
+
+def test_index_resolved_to_this_platform(registry, tmp_path):
+    layout = str(tmp_path / 'multi')
+    index, manifests = two_platform_layout(layout)
+    registry.push(layout, 'latest', 'library/multi:2', all_platforms=True)
+    store = tmp_path / 'images'
+    r = image(dict(name='multi:2'), store, registry)
+    assert r.changed and not r.failed, r
+    host = _goarch()
+    assert r['image']['repo_digest'] == 'docker.io/library/multi@' + index  # the index, as kubelet's imageID
+    assert r['image']['manifest'] == manifests[host]
+    other = [d for a, d in manifests.items() if a != host][0]
+    stored = set('sha256:' + n for n in os.listdir(os.path.join(str(store), 'blobs', 'sha256')))
+    assert other not in stored and index in stored
+    cfg = json.load(open(os.path.join(str(store), 'blobs', 'sha256', r['image']['id'][7:])))
+    assert cfg['architecture'] == host and cfg['config']['Cmd'] == ['sh']
+    assert not image(dict(name='multi:2'), store, registry).changed
+    # pinned by the index digest: held already
+    assert not image(dict(name='multi@' + index), store, registry).changed
