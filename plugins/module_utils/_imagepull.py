@@ -71,7 +71,7 @@ def skopeo_message(stderr):
 
 class Puller(object):
     def __init__(self, store, registries_conf=None, authfile=None, tls_verify=None, policy=None,
-                 platform=None, skopeo='skopeo', timeout=900):
+                 platform=None, skopeo='skopeo', timeout=900, cert_dir=None):
         self.store = store
         self.registries_conf = registries_conf
         self.authfile = authfile
@@ -80,6 +80,7 @@ class Puller(object):
         self.platform = platform or st.host_platform()
         self.skopeo = skopeo
         self.timeout = timeout
+        self.cert_dir = cert_dir
 
     def _global(self):
         argv = [self.skopeo]
@@ -105,6 +106,8 @@ class Puller(object):
         out = []
         if self.authfile:
             out += ['--authfile' if flag == 'inspect' else '--src-authfile', self.authfile]
+        if self.cert_dir:
+            out += ['--cert-dir' if flag == 'inspect' else '--src-cert-dir', self.cert_dir]
         if self.tls_verify is not None:
             out += ['--tls-verify=%s' % str(bool(self.tls_verify)).lower() if flag == 'inspect'
                     else '--src-tls-verify=%s' % str(bool(self.tls_verify)).lower()]

@@ -39,6 +39,7 @@ def spec():
             authfile=dict(type='path'),
             pull_secrets=dict(type='list', elements='dict', no_log=True),
             tls_verify=dict(type='bool'),
+            cert_dir=dict(type='path'),
             policy=dict(type='path'),
             timeout=dict(type='int', default=900),
         ),
@@ -178,7 +179,8 @@ class ImageManager(Manager):
     def puller(self):
         p = self.params
         return _imagepull.Puller(self.store, registries_conf=p.get('registries_conf'), authfile=self._authfile or p.get('authfile'),
-                                 tls_verify=p.get('tls_verify'), policy=p.get('policy'), timeout=p.get('timeout') or 900)
+                                 tls_verify=p.get('tls_verify'), policy=p.get('policy'), timeout=p.get('timeout') or 900,
+                                 cert_dir=p.get('cert_dir'))
 
     def run(self):
         state = self.params['state']

@@ -94,6 +94,12 @@ options:
   tls_verify:
     description: Require HTTPS with verified certificates (skopeo C(--src-tls-verify)). Omitted, registries.conf decides.
     type: bool
+  cert_dir:
+    description:
+      - A directory of certificates for the registry (C(*.crt) CA certificates, C(*.cert) + C(*.key) client
+        certificates; skopeo C(--src-cert-dir)). Omitted, containers/image reads C(/etc/containers/certs.d/<registry>/)
+        and C(/etc/docker/certs.d/<registry>/).
+    type: path
   policy:
     description: A signature policy file instead of C(/etc/containers/policy.json) (skopeo C(--policy)).
     type: path

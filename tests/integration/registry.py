@@ -36,8 +36,9 @@ def free_port():
 
 
 class Registry(object):
-    def __init__(self, workdir, htpasswd=None):
+    def __init__(self, workdir, htpasswd=None, tls=False):
         self.workdir = str(workdir)
+        self.cert_dir = make_certs(os.path.join(self.workdir, 'certs')) if tls else None  # holds ca.crt
         self.htpasswd = htpasswd  # (user, password): basic auth through an htpasswd file (bcrypt)
         self.storage = os.path.join(self.workdir, 'storage')
         self.port = free_port()
@@ -50,6 +51,9 @@ class Registry(object):
         with open(conf, 'w') as f:
             f.write('version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n'
                     '  delete:\n    enabled: true\nhttp:\n  addr: %s\n' % (self.storage, self.host))
+            if self.cert_dir:
+                f.write('  tls:\n    certificate: %s/server.pem\n    key: %s/server-key.pem\n'
+                        % (os.path.dirname(self.cert_dir), os.path.dirname(self.cert_dir)))
             if self.htpasswd:
                 import warnings
                 with warnings.catch_warnings():
@@ -88,7 +92,8 @@ class Registry(object):
 
     def push(self, layout, tag, repo, all_platforms=False):
         """skopeo copy oci:<layout>:<tag> docker://<this registry>/<repo>."""
-        argv = ['skopeo', 'copy', '--quiet', '--dest-tls-verify=false']
+        argv = ['skopeo', 'copy', '--quiet']
+        argv += ['--dest-cert-dir', self.cert_dir] if self.cert_dir else ['--dest-tls-verify=false']
         if self.htpasswd:
             argv += ['--dest-creds', '%s:%s' % self.htpasswd]
         if all_platforms:
@@ -108,6 +113,24 @@ class Registry(object):
                 f.write('\n[[registry]]\nprefix = "%s"\nlocation = "%s"\ninsecure = true\n'
                         '[[registry.mirror]]\nlocation = "%s"\ninsecure = true\n' % (prefix, closed, self.host))
         return str(path)
+
+
+def make_certs(path):
+    """A CA of the test's own and a server certificate for 127.0.0.1 signed by it (openssl);
+    returns <path>/ca (a cert dir holding only ca.crt, as containers/image reads it)."""
+    ca = os.path.join(path, 'ca')
+    os.makedirs(ca)
+
+    def ssl(*argv):
+        subprocess.run(('openssl',) + argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=path)
+    ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca-key.pem', '-out', 'ca/ca.crt', '-days', '1',
+        '-subj', '/CN=barepod test CA')
+    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server-key.pem', '-out', 'server.csr', '-subj', '/CN=127.0.0.1')
+    with open(os.path.join(path, 'san.ext'), 'w') as f:
+        f.write('subjectAltName=IP:127.0.0.1\n')
+    ssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca/ca.crt', '-CAkey', 'ca-key.pem', '-CAcreateserial',
+        '-out', 'server.pem', '-days', '1', '-extfile', 'san.ext')
+    return ca
 
 
 def _blob(blobs, data):

@@ -295,3 +295,21 @@ def test_index_resolved_to_this_platform(registry, tmp_path):
     assert not image(dict(name='multi:2'), store, registry).changed
     # pinned by the index digest: held already
     assert not image(dict(name='multi@' + index), store, registry).changed
+
+
+def test_pull_over_tls_with_a_test_ca(tmp_path):
+    reg = Registry(tmp_path / 'reg', tls=True).start()
+    try:
+        layout = str(tmp_path / 'oci')
+        busybox_layout(layout)
+        reg.push(layout, 'latest', 'secure/app:1')
+        store = tmp_path / 'images'
+        ref = '%s/secure/app:1' % reg.host
+        unknown = image(dict(name=ref), store)
+        assert unknown.failed and 'certificate' in unknown['msg'], unknown['msg']
+        assert not os.path.exists(os.path.join(str(store), 'refs.json'))
+        ok = image(dict(name=ref, cert_dir=reg.cert_dir), store)
+        assert ok.changed and not ok.failed, ok
+        assert not image(dict(name=ref, cert_dir=reg.cert_dir), store).changed
+    finally:
+        reg.stop()
