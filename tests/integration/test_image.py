@@ -10,7 +10,9 @@ import hashlib
 import io
 import json
 import os
+import subprocess
 import tarfile
+import threading
 
 import pytest
 
@@ -313,3 +315,33 @@ def test_pull_over_tls_with_a_test_ca(tmp_path):
         assert not image(dict(name=ref, cert_dir=reg.cert_dir), store).changed
     finally:
         reg.stop()
+
+
+def test_docker_v2s2_image(registry, tmp_path):
+    """Most of Docker Hub serves Docker schema 2 manifests: pulled with their digests kept."""
+    subprocess.run(['skopeo', 'copy', '--quiet', '--format', 'v2s2', '--dest-tls-verify=false', 'oci:%s:latest' % registry.layout,
+                    'docker://%s/library/dockerish:1' % registry.host], check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    store = tmp_path / 'images'
+    r = image(dict(name='dockerish:1'), store, registry)
+    assert r.changed and not r.failed, r
+    man = json.load(open(os.path.join(str(store), 'blobs', 'sha256', r['image']['manifest'][7:])))
+    assert man['mediaType'] == 'application/vnd.docker.distribution.manifest.v2+json'
+    assert r['image']['repo_digest'] == 'docker.io/library/dockerish@' + r['image']['manifest']
+
+
+def test_concurrent_pulls_one_image(registry, tmp_path):
+    store = tmp_path / 'images'
+    results = []
+
+    def pull(name):
+        results.append(image(dict(name=name), store, registry))
+    threads = [threading.Thread(target=pull, args=(n,)) for n in ('busybox', 'busybox:1.36', 'busybox')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(not r.failed for r in results), results
+    ids = set(r['image']['id'] for r in results)
+    assert len(ids) == 1
+    assert blob_count(store) == 3  # manifest, config, layer: once
+    assert os.listdir(os.path.join(str(store), 'ingest')) == []
