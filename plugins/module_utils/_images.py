@@ -202,13 +202,24 @@ class ImageManager(Manager):
         before = _view(self.store)
         facts = getattr(self, '_plan_' + state)()
         self.actions.run()
-        after = _view(self.store) if not self.check_mode else before
+        after = _view(self.store) if not self.check_mode else self._predict(before)
         diff = dict(before=before, after=after) if self.want_diff else None
         if not self.check_mode:
             facts = self._refresh(state, facts)
         else:
             facts.pop('ref', None)
         return result(bool(self.actions), self.actions.planned, diff, self.warnings, **facts)
+
+    def _predict(self, before):
+        """--diff in check mode: the store as the plan would leave it (a pulled or imported
+        image whose id is not known yet shows as '(pull)' / '(import)')."""
+        after = dict(before)
+        for a in self.actions.planned:
+            if a['action'] in ('pull', 'import'):
+                after[a['target']] = '(%s)' % a['action']
+            for n in a.get('references') or ():
+                after.pop(n, None)
+        return after
 
     def _refresh(self, state, facts):
         ref = facts.pop('ref', None)

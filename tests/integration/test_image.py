@@ -121,8 +121,9 @@ def test_absent_and_prune(registry, tmp_path):
     # the same image id behind both names: keeping one name keeps the image
     chk = image(dict(state='pruned', keep=['example.com/mine:1']), store, check=True)
     assert not chk.changed and chk['removed'] == [], chk
-    chk = image(dict(state='pruned'), store, check=True)
+    chk = image(dict(state='pruned'), store, check=True, diff=True)
     assert chk.changed and chk['removed'] == ['docker.io/library/busybox:latest', 'example.com/mine:1'], chk
+    assert len(chk['diff']['before']) == 2 and chk['diff']['after'] == {}
     assert blob_count(store) == 3
     pr = image(dict(state='pruned', keep=['example.com/mine:1']), store)
     assert pr['pruned'] == [] and not pr.changed, pr

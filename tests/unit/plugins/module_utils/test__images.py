@@ -87,7 +87,8 @@ def test_never_without_image(tmp_path):
 
 def test_check_mode_plans_a_pull_without_the_registry(tmp_path):
     # IfNotPresent and not stored: the plan needs no registry request
-    res = _images.ImageManager(params(tmp_path, name='nginx:1'), check_mode=True).run()
+    res = _images.ImageManager(params(tmp_path, name='nginx:1'), check_mode=True, diff=True).run()
+    assert res['diff'] == {'before': {}, 'after': {'docker.io/library/nginx:1': '(pull)'}}
     assert res['changed'] and res['actions'][0]['action'] == 'pull' and res['actions'][0]['target'] == 'docker.io/library/nginx:1'
     assert not (tmp_path / 'store').exists()
 
