@@ -262,6 +262,9 @@ class ImageManager(Manager):
         def pull():
             with self.store.lock():
                 puller.pull(ref, resolved)
+                if rec is not None:
+                    # the tag moved: the image it named is gone unless another reference holds it
+                    self.store.gc()
         self.actions.add('pull', ref.canonical, pull, digest=target, previous=rec['target'] if rec else None)
         return facts
 

@@ -346,3 +346,21 @@ def test_concurrent_pulls_one_image(registry, tmp_path):
     assert len(ids) == 1
     assert blob_count(store) == 3  # manifest, config, layer: once
     assert os.listdir(os.path.join(str(store), 'ingest')) == []
+
+
+def test_moved_tag_pulls_again_and_drops_the_old_image(registry, tmp_path):
+    store = tmp_path / 'images'
+    layout = str(tmp_path / 'v1')
+    busybox_layout(layout, tag='v', config=dict(Env=['VERSION=1']))
+    registry.push(layout, 'v', 'library/moving:latest')
+    first = image(dict(name='moving'), store, registry)
+    assert first.changed and not first.failed, first
+    layout2 = str(tmp_path / 'v2')
+    busybox_layout(layout2, tag='v', config=dict(Env=['VERSION=2']))
+    registry.push(layout2, 'v', 'library/moving:latest')
+    second = image(dict(name='moving'), store, registry)
+    assert second.changed and second['actions'][0]['previous'] == first['image']['repo_digest'].split('@')[1]
+    assert second['image']['id'] != first['image']['id']
+    stored = set('sha256:' + n for n in os.listdir(os.path.join(str(store), 'blobs', 'sha256')))
+    assert first['image']['id'] not in stored and second['image']['id'] in stored
+    assert blob_count(store) == 3  # the layer is shared, the old config and manifest are gone
