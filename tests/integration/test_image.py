@@ -364,3 +364,14 @@ def test_moved_tag_pulls_again_and_drops_the_old_image(registry, tmp_path):
     stored = set('sha256:' + n for n in os.listdir(os.path.join(str(store), 'blobs', 'sha256')))
     assert first['image']['id'] not in stored and second['image']['id'] in stored
     assert blob_count(store) == 3  # the layer is shared, the old config and manifest are gone
+
+
+def test_blocked_registry(registry, tmp_path):
+    conf = tmp_path / 'blocked.conf'
+    with open(registry.conf) as f:
+        text = f.read()
+    conf.write_text(text + '\n[[registry]]\nprefix = "docker.io/library/forbidden"\nlocation = "docker.io/library/forbidden"\nblocked = true\n')
+    store = tmp_path / 'images'
+    r = image(dict(name='forbidden:1', registries_conf=str(conf)), store)
+    assert r.failed and r['msg'].startswith('Failed to pull image "forbidden:1": ') and 'blocked' in r['msg'], r['msg']
+    assert not os.path.exists(os.path.join(str(store), 'refs.json'))
