@@ -50,6 +50,9 @@ docs: setup
 	@for m in $$(ls plugins/modules/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
 	  $(BIN)/ansible-doc barepod.linux.$$m >/dev/null || { echo "ansible-doc failed for $$m"; exit 1; }; \
 	  echo "ansible-doc barepod.linux.$$m: ok"; done
+	@for p in $$(ls plugins/lookup/*.py | xargs -n1 basename | sed 's/\.py$$//'); do \
+	  $(BIN)/ansible-doc -t lookup barepod.linux.$$p >/dev/null || { echo "ansible-doc failed for lookup $$p"; exit 1; }; \
+	  echo "ansible-doc -t lookup barepod.linux.$$p: ok"; done
 
 lint: setup
 	$(BIN)/ruff check plugins tests bench
