@@ -206,9 +206,13 @@ def nginx_layout(cache=CACHE, force=False, log=None):
         make_nginx_rootfs(rootfs, work, versions)
         layout = os.path.join(work, 'layout')
         write_layout(layout, [layer_from_dir(rootfs)], nginx_config(versions))
-        if os.path.exists(path):
+        if force and os.path.exists(path):
             shutil.rmtree(path)
-        os.rename(layout, path)
+        try:
+            os.rename(layout, path)
+        except OSError:  # a concurrent build got there first: keep its (identical) layout
+            if not os.path.exists(os.path.join(path, 'index.json')):
+                raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if log:
@@ -237,11 +241,15 @@ def main():
     t0 = time.monotonic()
     nginx = nginx_layout(a.cache, a.force, log=print)
     print('nginx layout: %s (%.1f s)' % (nginx, time.monotonic() - t0))
-    user = os.path.join(a.cache, 'app-user')
-    if not os.path.exists(os.path.join(user, 'index.json')):
-        tmp = tempfile.mkdtemp(prefix='.build-user-', dir=a.cache)
+    user = os.path.join(a.cache, 'app-user')  # cheap: made again every time, from the host's busybox
+    tmp = tempfile.mkdtemp(prefix='.build-user-', dir=a.cache)
+    try:
         user_layout(tmp)
+        os.chmod(tmp, 0o755)
+        shutil.rmtree(user, ignore_errors=True)
         os.rename(tmp, user)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     print('app-user layout: %s' % user)
     if a.push:
         push(nginx, a.push, 'library/nginx:latest')

@@ -140,3 +140,14 @@ def test_user_image_names_its_user(registry, tmp_path):
     entry = [line.split(':') for line in passwd.splitlines() if line.startswith('app:')]
     assert [(e[2], e[3]) for e in entry] == [('1000', '1000')]
     assert 'app:x:1000:' in group.splitlines()
+
+
+def test_nginx_image_is_reproducible(tmp_path):
+    """Built again from the same packages, the layout is byte for byte the cached one: the cache
+    key (recipe, architecture, package versions) names its content."""
+    cached = nginx_layout()
+    again = nginx_layout(cache=str(tmp_path / 'cache'))
+    assert os.path.basename(again) == os.path.basename(cached)
+    with open(os.path.join(cached, 'index.json')) as a, open(os.path.join(again, 'index.json')) as b:
+        assert json.load(a) == json.load(b)
+    assert [n for n in os.listdir(str(tmp_path / 'cache')) if n.startswith('.build-')] == []
