@@ -24,6 +24,7 @@ BENCHES = [
     ('veth_net', ['--playbook-rounds', '3'], ['--rounds', '10', '--module-rounds', '2']),
     ('svc_rules', [], ['--quick']),
     ('pod', [], ['--quick']),
+    ('image_pull', [], ['--runs', '3']),
 ]
 
 
