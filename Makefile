@@ -11,9 +11,10 @@ PYTEST_ARGS ?=
 
 # Debian packages the modules, tests and benchmarks use.
 DEB_PACKAGES := iptables iproute2 busybox-static util-linux procps psmisc kmod runc \
-	containernetworking-plugins ca-certificates python3-venv gcc libc6-dev
-# What only the tests, linters and the kind scenario need on top.
-DEB_TEST_PACKAGES := debootstrap docker.io rsync shellcheck strace
+	containernetworking-plugins ca-certificates python3-venv gcc libc6-dev skopeo
+# What only the tests, linters, benchmarks and the kind scenario need on top: docker-registry is the
+# image tests' registry (openssl makes its TLS case's CA), podman the image_pull bench's peer.
+DEB_TEST_PACKAGES := debootstrap docker.io rsync shellcheck strace docker-registry openssl podman
 
 .PHONY: setup deps venv collection demo test unit integration docs lint sanity molecule bench reliability clean
 
