@@ -17,7 +17,9 @@ registries.conf both tools read, and pulled as the unmodified `docker.io/library
 4. cold pull + store vs `skopeo copy docker://... oci:<dir>` alone: the floor (the module is skopeo
    plus verifying and moving the blobs into the store);
 5. the same tag again (pull policy Always: the tag is resolved, nothing is fetched) vs
-   `podman pull` of an image already in its storage.
+   `podman pull` of an image already in its storage;
+0. for scale, what starting costs: `image_info` of an empty store (a Python interpreter importing
+   Ansible's module code) vs `podman images` on empty storage.
 
 Runs alternate (ours, peer, ours, peer, ...) so load from elsewhere hits both alike; medians and
 ratios (ours / peer) are printed and written to bench/results/image_pull.json. No assertion on time.
@@ -150,6 +152,13 @@ def main():
         def fresh_oci():
             shutil.rmtree(oci, ignore_errors=True)
 
+        def ours_list():
+            conftest.run_module('image_info', dict(store_root=os.path.join(work, 'empty-store')))
+
+        def podman_list():
+            vfs('images', '--quiet')
+        rows.append(('start: list an empty store',) + pair(ours_list, podman_list, args.runs) + ('podman images (vfs)',))
+        vfs.reset()
         rows.append(('cold pull + store',) + pair(ours, vfs.pull, args.runs, fresh_store, vfs.reset)
                     + ('podman pull (vfs)',))
         rows.append(('cold pull + store',) + pair(ours, overlay.pull, args.runs, fresh_store, overlay.reset)
