@@ -81,6 +81,7 @@ def test_nginx_pulled_unmodified_with_docker_hub_config(registry, tmp_path):
     assert [i['id'] for i in listed['images']] == [img['id']]
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason='needs root (chroot, network and mount namespaces)')
 def test_nginx_runs_from_the_stored_layers(registry, tmp_path):
     """Unpack what the store holds and run Entrypoint + Cmd with the image's Env in a chroot inside
     fresh net/pid/mount namespaces: `nginx -t` passes, the page answers on the namespace's loopback,
@@ -115,7 +116,8 @@ wait "$pid"
 echo "nginx exit=$?"
 [ -n "$ok" ] || exit 4
 '''.format(root=shlex.quote(str(root)), env=env, argv=argv, test_argv=test_argv, sig=cfg['StopSignal'][3:])
-    p = subprocess.run(['unshare', '--net', '--pid', '--mount', '--fork', '--mount-proc', '--propagation', 'private',
+    # --kill-child: should the test time out, the namespace's init and with it nginx die with unshare
+    p = subprocess.run(['unshare', '--net', '--pid', '--mount', '--fork', '--kill-child', '--mount-proc', '--propagation', 'private',
                         'sh', '-c', script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
     out = p.stdout.decode(errors='replace')
     assert p.returncode == 0, out
