@@ -15,6 +15,7 @@
   candidate version of every package, so a machine builds it once per Debian point release.
 - ``user_layout``: busybox with /etc/passwd entry ``app:x:1000:1000`` and ``User: "app"``.
 
+``populated_registry(workdir)`` starts a test registry holding them (and busybox) for a test.
 Usage (builds or reuses the layouts; pushes them with skopeo when given a registry):
     python tests/integration/images.py [--push 127.0.0.1:5000] [--force]
 """
@@ -227,6 +228,36 @@ def user_layout(path, tag='latest'):
         ('etc/group', b'root:x:0:\napp:x:1000:\n')])
 
 
+# Tags the Kubernetes documentation's manifests name (pods/simple-pod.yaml and the Deployment
+# examples: nginx:1.14.2, the rolling update: nginx:1.16.1, pod-nginx-style: nginx), all this one
+# test image (NGINX_VERSION in its Env tells the real version), so those manifests pull unchanged.
+NGINX_TAGS = ('latest', '1.14.2', '1.16.1')
+
+
+def populated_registry(workdir):
+    """A started Registry (tests/integration/registry.py) in `workdir` holding busybox:latest,
+    nginx (NGINX_TAGS) and app-user:latest, with ``reg.conf`` a registries.conf making it the mirror
+    of docker.io and registry.k8s.io. The caller stops it (``reg.stop()``)."""
+    from registry import Registry
+    workdir = str(workdir)
+    reg = Registry(workdir).start()
+    try:
+        reg.nginx = nginx_layout()
+        for tag in NGINX_TAGS:
+            reg.push(reg.nginx, 'latest', 'library/nginx:' + tag)
+        reg.app_user = os.path.join(workdir, 'app-user')
+        user_layout(reg.app_user)
+        reg.push(reg.app_user, 'latest', 'library/app-user:latest')
+        reg.busybox = os.path.join(workdir, 'busybox')
+        busybox_layout(reg.busybox)
+        reg.push(reg.busybox, 'latest', 'library/busybox:latest')
+        reg.conf = reg.registries_conf(os.path.join(workdir, 'registries.conf'))
+    except BaseException:
+        reg.stop()
+        raise
+    return reg
+
+
 def push(layout, host, repo, tag='latest'):
     subprocess.run(['skopeo', 'copy', '--quiet', '--dest-tls-verify=false', 'oci:%s:%s' % (layout, tag),
                     'docker://%s/%s' % (host, repo)], check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -234,7 +265,7 @@ def push(layout, host, repo, tag='latest'):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--push', metavar='HOST:PORT', help='push to this (plain HTTP) registry as library/nginx and library/app-user')
+    ap.add_argument('--push', metavar='HOST:PORT', help='push to this (plain HTTP) registry as library/nginx (NGINX_TAGS) and library/app-user')
     ap.add_argument('--force', action='store_true', help='rebuild the nginx layout even when cached')
     ap.add_argument('--cache', default=CACHE)
     a = ap.parse_args()
@@ -252,9 +283,10 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     print('app-user layout: %s' % user)
     if a.push:
-        push(nginx, a.push, 'library/nginx:latest')
+        for tag in NGINX_TAGS:
+            push(nginx, a.push, 'library/nginx:' + tag)
         push(user, a.push, 'library/app-user:latest')
-        print('pushed to %s: library/nginx:latest library/app-user:latest' % a.push)
+        print('pushed to %s: library/nginx:{%s} library/app-user:latest' % (a.push, ','.join(NGINX_TAGS)))
 
 
 if __name__ == '__main__':

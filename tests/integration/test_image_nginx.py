@@ -17,8 +17,7 @@ import pytest
 
 from conftest import run_module
 
-from images import nginx_layout, user_layout
-from registry import Registry
+from images import nginx_layout, populated_registry
 
 pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/docker-registry') or not os.path.exists('/usr/bin/skopeo'),
                                 reason='needs docker-registry and skopeo')
@@ -26,15 +25,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/docker-registry') o
 
 @pytest.fixture(scope='module')
 def registry(tmp_path_factory):
-    work = tmp_path_factory.mktemp('registry')
-    reg = Registry(work).start()
+    reg = populated_registry(tmp_path_factory.mktemp('registry'))
     try:
-        reg.nginx = nginx_layout()
-        reg.push(reg.nginx, 'latest', 'library/nginx:latest')
-        user = str(work / 'app-user')
-        user_layout(user)
-        reg.push(user, 'latest', 'library/app-user:latest')
-        reg.conf = reg.registries_conf(work / 'registries.conf')
         yield reg
     finally:
         reg.stop()
@@ -79,6 +71,13 @@ def test_nginx_pulled_unmodified_with_docker_hub_config(registry, tmp_path):
     assert env['NGINX_VERSION'][0].isdigit()
     listed = run_module('image_info', dict(store_root=str(store), name=['nginx']))
     assert [i['id'] for i in listed['images']] == [img['id']]
+
+    # the tag of the documentation's pods/simple-pod.yaml: the same image, only a reference added
+    nblobs = len(os.listdir(os.path.join(str(store), 'blobs', 'sha256')))
+    doc = image(dict(name='nginx:1.14.2'), store, registry)
+    assert doc.changed and not doc.failed, doc
+    assert doc['pull_policy'] == 'IfNotPresent' and doc['image']['id'] == img['id']
+    assert len(os.listdir(os.path.join(str(store), 'blobs', 'sha256'))) == nblobs
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason='needs root (chroot, network and mount namespaces)')
