@@ -141,7 +141,7 @@ def make_nginx_rootfs(rootfs, workdir, versions):
 
 
 def layer_from_dir(root):
-    """A deterministic gzip'd tar of `root` (sorted, numeric owners, clamped mtimes); (blob, diff_id)."""
+    """A deterministic gzip'd tar of `root` (sorted, owned by 0:0, clamped mtimes); (blob, diff_id)."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode='w', format=tarfile.PAX_FORMAT) as tf:
         for dirpath, dirs, files in os.walk(root):
@@ -151,6 +151,7 @@ def layer_from_dir(root):
                 rel = os.path.relpath(path, root)
                 ti = tf.gettarinfo(path, rel)
                 ti.mtime = min(ti.mtime, MTIME)
+                ti.uid = ti.gid = 0  # every file of these packages is root's (dpkg-deb -c)
                 ti.uname = ti.gname = ''
                 if ti.isreg():
                     with open(path, 'rb') as f:
