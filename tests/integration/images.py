@@ -138,6 +138,10 @@ def make_nginx_rootfs(rootfs, workdir, versions):
     # the loader's cache, as libc-bin's trigger makes it
     _write(rootfs, 'etc/ld.so.conf', b'include /etc/ld.so.conf.d/*.conf\n')
     subprocess.run(['ldconfig', '-r', rootfs], check=True)
+    # a newer nginx linking a library not in NGINX_PACKAGES fails here, naming it, not in a test later
+    p = subprocess.run(['chroot', rootfs, '/usr/sbin/nginx', '-V'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if p.returncode != 0:
+        raise RuntimeError('nginx does not start in the built root: %s' % p.stdout.decode(errors='replace').strip())
 
 
 def layer_from_dir(root):
