@@ -29,7 +29,7 @@ import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
-    Actions, BarepodError, makedirs, pid_alive, pid_starttime, validate_dns_label, validate_uid)
+    Actions, BarepodError, Manager, makedirs, pid_alive, pid_starttime, result, validate_dns_label, validate_uid)
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._paths import secure_join
 from ansible_collections.barepod.linux.plugins.module_utils._pause import DEFAULT_PAUSE_DIR, pause_argv
@@ -784,10 +784,12 @@ def rss_kib(pid):
 
 # ---------------------------------------------------------------- manager
 
-class SandboxManager(object):
-    def __init__(self, params, check_mode=False):
+class SandboxManager(Manager):
+    """ns_sandbox: the pause process holding the pod's namespaces, and its containers."""
+
+    def __init__(self, params, check_mode=False, diff=False):
+        super().__init__(params, check_mode, diff)
         self.d = desired(params)
-        self.check_mode = check_mode
         self.pause = None
 
     def run(self):
@@ -846,18 +848,16 @@ class SandboxManager(object):
             if not self.check_mode and d['state'] != 'absent' and actions and state['sandbox']:
                 self._write_record(rec, state, uid)
 
-        result = dict(changed=bool(actions), actions=actions.planned, uid=uid,
-                      record_path=rec.record_path, netns_path=None, pid=None, sandbox={}, containers=[],
-                      diff=dict(before=before, after=after))
+        facts = dict(uid=uid, record_path=rec.record_path, netns_path=None, pid=None, sandbox={}, containers=[])
         if d['state'] != 'absent':
             sb = state['sandbox']
-            result['netns_path'] = sb.get('netns_path', nspath if 'net' in d['namespaces'] else None)
+            facts['netns_path'] = sb.get('netns_path', nspath if 'net' in d['namespaces'] else None)
             if not self.check_mode or not actions:
-                result['pid'] = sb.get('pid')
-                result['sandbox'] = dict(sb, rss_kib=rss_kib(sb['pid']) if sb.get('pid') else None)
-                result['containers'] = [dict(state['containers'][c['name']], name=c['name'])
-                                        for c in d['containers'] if c['name'] in state['containers']]
-        return result
+                facts['pid'] = sb.get('pid')
+                facts['sandbox'] = dict(sb, rss_kib=rss_kib(sb['pid']) if sb.get('pid') else None)
+                facts['containers'] = [dict(state['containers'][c['name']], name=c['name'])
+                                       for c in d['containers'] if c['name'] in state['containers']]
+        return result(actions, actions.planned, dict(before=before, after=after), **facts)
 
     # -- action bodies (closures run only outside check mode)
 

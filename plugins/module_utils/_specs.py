@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: barepod.linux developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The argument specs of the modules the pod role runs, in one place.
+"""The argument specs of the barepod modules (but kube_svc_rules), in one place.
 
 Each function returns the keyword arguments of AnsibleModule (argument_spec and the
 constraints between options) as a fresh dict. The modules pass them to AnsibleModule; the
@@ -174,5 +174,48 @@ def ns_sandbox():
     )
 
 
+def cgroup_info():
+    return dict(
+        argument_spec=dict(
+            path=dict(type='str', default='kubepods'),
+            max_depth=dict(type='int'),
+            report=dict(type='str', choices=['all', 'pods', 'none'], default='pods'),
+            require_memory_limit=dict(type='bool', default=True),
+            memory_limit_ceiling=dict(type='str'),
+            check_node_memory=dict(type='bool', default=True),
+            node_memory=dict(type='str'),
+            meminfo=dict(type='path', default='/proc/meminfo'),
+            check_empty_pods=dict(type='bool', default=True),
+            check_cpu_limit_without_request=dict(type='bool', default=True),
+            cgroup_root=dict(type='path', default='/sys/fs/cgroup'),
+            mountinfo=dict(type='path', default='/proc/self/mountinfo'),
+            hierarchy=dict(type='str', choices=['auto', 'v1', 'v2', 'hybrid'], default='auto'),
+        ),
+    )
+
+
+def node_routes():
+    return dict(
+        argument_spec=dict(
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            nodes=dict(type='list', elements='dict', default=[], options=dict(
+                name=dict(type='str'),
+                pod_cidr=dict(type='str', required=True),
+                node_ip=dict(type='str', required=True),
+            )),
+            node_name=dict(type='str'),
+        ),
+    )
+
+
+def pod_converged():
+    return dict(
+        argument_spec=dict(steps=dict(type='dict'), pods=dict(type='list', elements='dict')),
+        mutually_exclusive=[('steps', 'pods')],
+        required_one_of=[('steps', 'pods')],
+    )
+
+
+# The modules the pod role's steps run (pod_converged validates each step's arguments with these).
 SPECS = dict(chroot_rootfs=chroot_rootfs, ns_sandbox=ns_sandbox, cgroup_limit=cgroup_limit,
              veth_net=veth_net, pod_status=pod_status)

@@ -236,33 +236,13 @@ actions:
   elements: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils import _netlink
-from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils import _netlink, _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._veth import VethNet
 
 
 def main():
-    module = AnsibleModule(
-        supports_check_mode=True,
-        **_specs.veth_net()
-    )
-    if not _netlink.HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
-
-    from ansible_collections.barepod.linux.plugins.module_utils._veth import Iptables, VethNet
-    try:
-        ipt = Iptables(module.get_bin_path('iptables-save') or 'iptables-save',
-                       module.get_bin_path('iptables-restore') or 'iptables-restore')
-        mgr = VethNet(module.params, check_mode=module.check_mode, iptables=ipt)
-        result = mgr.run()
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    out = dict(changed=mgr.changed, **result)
-    if module._diff:
-        out['diff'] = dict(before=mgr.before, after=mgr.after)
-    module.exit_json(**out)
+    run_module('veth_net', _specs.veth_net(), VethNet, requires=_netlink.REQUIRES)
 
 
 if __name__ == '__main__':

@@ -118,16 +118,3 @@ def test_paired():
     assert _veth.paired(h, e)
     assert not _veth.paired(h, dict(e, link=9))
     assert not _veth.paired(None, e) and not _veth.paired(h, None)
-
-
-@pytest.mark.parametrize('nodes', [
-    [dict(name='a', pod_cidr='10.244.0.0/33', node_ip='1.1.1.1')],
-    [dict(name='a', pod_cidr='10.244.0.0/24', node_ip='nope')],
-    [dict(name='a', pod_cidr='10.244.0.0/24')],
-    [dict(name='a', pod_cidr='10.244.0.0/24', node_ip='1.1.1.1'),
-     dict(name='b', pod_cidr='10.244.0.0/24', node_ip='1.1.1.2')],
-])
-def test_node_routes_bad_input(nodes):
-    with pytest.raises(BarepodError) as e:
-        _veth.NodeRoutes(dict(nodes=nodes))
-    assert 'nodes[' in str(e.value)
