@@ -17,9 +17,7 @@ observe() -> desired() -> plan() -> apply, as every barepod module.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -29,8 +27,8 @@ import stat
 import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
-    Actions, BarepodError, DNS1123_SUBDOMAIN_RE, Manager, dump_json, result, validate_dns_label, validate_uid,
-    write_if_changed)
+    Actions, BarepodError, DNS1123_SUBDOMAIN_RE, Manager, dump_json, exclusive_lock, result, validate_dns_label,
+    validate_uid, write_if_changed)
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
@@ -906,20 +904,10 @@ class RootfsManager(object):
         shutil.rmtree(path)
 
 
-@contextlib.contextmanager
 def _dir_lock(d):
     """flock on the rootfs's parent directory: two runs on one rootfs take turns. A directory
-    fd opened read-only, so taking the lock writes nothing."""
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        yield  # the parent does not exist yet: nothing to race on
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    fd opened read-only, so taking the lock writes nothing (no lock while it does not exist)."""
+    return exclusive_lock(d, None)
 
 
 class _Empty(object):
