@@ -310,7 +310,7 @@ def pod_module_args(manifest, settings=None):
         if spec.get('hostAliases'):
             a['host_aliases'] = spec['hostAliases']
         rootfs.append(a)
-    sandbox = dict(name=name, namespace=ns, uid=uid, containers=[], prune_containers=False,
+    sandbox = dict(name=name, namespace=ns, pod_uid=uid, containers=[], prune_containers=False,
                    share_process_namespace=bool(spec.get('shareProcessNamespace', False)), grace_period=grace,
                    state_root=s['state_root'], netns_dir=s['netns_dir'], log_root=s['log_root'])
     if spec.get('hostname'):
@@ -326,7 +326,7 @@ def pod_module_args(manifest, settings=None):
         sandbox=sandbox,
         cgroup_pod=cg,
         cgroup_containers=[dict(cg, container=c['name']) for c in ctrs],
-        network=dict(uid=uid, namespace=ns, name=name, network=s['network'], subnet=s['subnet'],
+        network=dict(pod_uid=uid, namespace=ns, name=name, network=s['network'], subnet=s['subnet'],
                      bridge=s['bridge'], mtu=s['mtu'], ip_masq=s['ip_masq'], data_dir=s['cni_data_dir'],
                      state_root=s['state_root']),
         hosts=rootfs,

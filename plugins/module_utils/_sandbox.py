@@ -229,9 +229,9 @@ def desired(params):
     if state not in ('present', 'absent', 'restarted'):
         raise BarepodError('must be one of present, absent, restarted; got %r' % (state,),
                            field='state', value=state)
-    uid = params.get('uid')
+    uid = params.get('pod_uid')
     if uid is not None:
-        validate_uid('uid', uid)
+        validate_uid('pod_uid', uid)
     namespaces = ns.normalise_namespaces('namespaces', params.get('namespaces'))
     hostname = params.get('hostname') or pod_hostname(name)
     if params.get('hostname'):
@@ -285,7 +285,7 @@ def observe(d):
     uid = d['uid'] or data.get('uid') or default_uid(d['namespace'], d['name'])
     if d['uid'] and data.get('uid') not in (None, d['uid']):
         raise BarepodError('pod %s/%s already exists with uid %s, not %s'
-                           % (d['namespace'], d['name'], data.get('uid'), d['uid']), field='uid', value=d['uid'])
+                           % (d['namespace'], d['name'], data.get('uid'), d['uid']), field='pod_uid', value=d['uid'])
     sb = data.get(SANDBOX_SECTION) or {}
     ctrs = data.get(CONTAINERS_SECTION) or {}
     nspath = sb.get('netns_path') or netns_path(uid, d['netns_dir'])

@@ -94,7 +94,7 @@ def veth_net():
     return dict(
         argument_spec=dict(
             state=dict(type='str', choices=['present', 'absent'], default='present'),
-            uid=dict(type='str'),
+            pod_uid=dict(type='str', aliases=['uid']),
             container_id=dict(type='str'),
             namespace=dict(type='str'),
             name=dict(type='str'),
@@ -116,7 +116,7 @@ def veth_net():
             data_dir=dict(type='path', default='/var/lib/cni/networks'),
             gc=dict(type='bool', default=False),
         ),
-        required_if=[('state', 'present', ['subnet']), ('state', 'absent', ['uid'])],
+        required_if=[('state', 'present', ['subnet']), ('state', 'absent', ['pod_uid'])],
         required_together=[('namespace', 'name')],
     )
 
@@ -145,7 +145,7 @@ def ns_sandbox():
         argument_spec=dict(
             name=dict(type='str', required=True),
             namespace=dict(type='str', default='default'),
-            uid=dict(type='str'),
+            pod_uid=dict(type='str', aliases=['uid']),
             state=dict(type='str', choices=['present', 'absent', 'restarted'], default='present'),
             containers=dict(type='list', elements='dict', default=[], options=dict(
                 name=dict(type='str', required=True),

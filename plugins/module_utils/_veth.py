@@ -155,8 +155,8 @@ class Spec(object):
         self.state = _opt(params, 'state', 'present')
         # no uid with state=present: only the node side (bridge with the gateway, ip_forward), for a
         # node that has no pod yet
-        self.bridge_only = self.state == 'present' and params.get('uid') is None
-        self.uid = validate_uid('uid', params.get('uid')) if not self.bridge_only else None
+        self.bridge_only = self.state == 'present' and params.get('pod_uid') is None
+        self.uid = validate_uid('pod_uid', params.get('pod_uid')) if not self.bridge_only else None
         self.container_id = _opt(params, 'container_id', self.uid) if not self.bridge_only else ''
         if not self.bridge_only and (not self.container_id.strip() or '\n' in self.container_id
                                      or '\r' in self.container_id):
@@ -203,7 +203,7 @@ class Spec(object):
         self.record = PodRecord(self.namespace, self.name, self.state_root) if self.namespace else None
         if self.bridge_only and (self.record is not None or self.netns or params.get('ip')):
             raise BarepodError('is required to attach a pod (namespace/name, netns or ip given); without it '
-                               'only the node bridge is converged', field='uid', value=None)
+                               'only the node bridge is converged', field='pod_uid', value=None)
 
     def resolve_netns(self):
         if self.netns:
@@ -302,7 +302,7 @@ class VethNet(Manager):
             owner = spec.record.load().get('uid')
             if owner not in (None, spec.uid):
                 raise BarepodError('pod %s already exists with uid %s, not %s' % (spec.record.key, owner, spec.uid),
-                                   field='uid', value=spec.uid)
+                                   field='pod_uid', value=spec.uid)
         ns = spec.resolve_netns()
         if not nl.is_netns(ns):
             raise BarepodError('network namespace %s does not exist' % ns, field='netns', value=ns)

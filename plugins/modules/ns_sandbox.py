@@ -38,10 +38,12 @@ options:
       - The pod's Kubernetes namespace (a DNS-1123 label).
     type: str
     default: default
-  uid:
+  pod_uid:
     description:
       - The pod uid. Defaults to the uid in the existing pod record, else a uid derived from namespace and name.
+      - Named as in M(barepod.linux.chroot_rootfs) and M(barepod.linux.cgroup_limit); O(uid) is an alias.
     type: str
+    aliases: [uid]
   state:
     description:
       - V(present) starts what is not running (a dead container is restarted with its restart count increased,
