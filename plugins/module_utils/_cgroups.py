@@ -28,12 +28,13 @@ import re
 import signal
 import time
 
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     Actions, BarepodError, Manager, failpoint, result)
 
-DEFAULT_CGROUP_ROOT = '/sys/fs/cgroup'
-DEFAULT_MOUNTINFO = '/proc/self/mountinfo'
-DEFAULT_PARENT = 'kubepods'
+DEFAULT_CGROUP_ROOT = _defaults.CGROUP_ROOT
+DEFAULT_MOUNTINFO = _defaults.MOUNTINFO
+DEFAULT_PARENT = _defaults.CGROUP_PARENT
 DEFAULT_CONTROLLERS = ('cpu', 'cpuacct', 'cpuset', 'memory', 'pids')
 KNOWN_CONTROLLERS = frozenset((
     'cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'freezer', 'blkio', 'io',

@@ -30,12 +30,13 @@ import ipaddress
 import os
 import re
 
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, exclusive_lock
 
 LINE_BREAK = '\r\n'
 LAST_IP_PREFIX = 'last_reserved_ip.'
 LOCK_NAME = 'lock'
-DEFAULT_DATA_DIR = '/var/lib/cni/networks'
+DEFAULT_DATA_DIR = _defaults.CNI_DATA_DIR
 NETWORK_NAME_MAX = 255
 NETWORK_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$')
 

@@ -28,6 +28,7 @@ import time
 import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     Actions, BarepodError, Manager, makedirs, pid_alive, pid_starttime, result, validate_dns_label, validate_uid)
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
@@ -38,7 +39,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._state import (
     pod_key)
 
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-DEFAULT_GRACE = 30
+DEFAULT_GRACE = _defaults.GRACE_PERIOD
 KILL_WAIT = 10.0
 SHELL_META = set(';&|<>`$\\"\'*?[](){}!#~ \t\n')
 ENV_NAME_FORBIDDEN = set('=\x00')

@@ -21,14 +21,15 @@ import json
 import os
 import shutil
 
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     BarepodError, dump_json, exclusive_lock, write_if_changed, validate_dns_label, validate_dns_subdomain)
 
-DEFAULT_STATE_ROOT = '/run/barepod/pods'
-DEFAULT_NETNS_DIR = '/run/netns'
-DEFAULT_ROOTFS_ROOT = '/var/lib/barepod/rootfs'
-DEFAULT_LOG_ROOT = '/var/log/pods'
-DEFAULT_CNI_DATA_DIR = '/var/lib/cni/networks'
+DEFAULT_STATE_ROOT = _defaults.STATE_ROOT
+DEFAULT_NETNS_DIR = _defaults.NETNS_DIR
+DEFAULT_ROOTFS_ROOT = _defaults.ROOTFS_ROOT
+DEFAULT_LOG_ROOT = _defaults.LOG_ROOT
+DEFAULT_CNI_DATA_DIR = _defaults.CNI_DATA_DIR
 
 RECORD_FILE = 'record.json'
 STATUS_FILE = 'status.json'

@@ -26,16 +26,17 @@ import os
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     Actions, BarepodError, Manager, result, validate_ifname, validate_uid)
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils import _ipam
 from ansible_collections.barepod.linux.plugins.module_utils import _iptables
 from ansible_collections.barepod.linux.plugins.module_utils import _netlink as nl
 from ansible_collections.barepod.linux.plugins.module_utils._state import (
     DEFAULT_CNI_DATA_DIR, DEFAULT_STATE_ROOT, PodRecord, list_records, netns_path)
 
-DEFAULT_NETWORK = 'barepod'
-DEFAULT_BRIDGE = 'cni0'
-DEFAULT_IFNAME = 'eth0'
-DEFAULT_MTU = 1500
+DEFAULT_NETWORK = _defaults.NETWORK
+DEFAULT_BRIDGE = _defaults.BRIDGE
+DEFAULT_IFNAME = _defaults.IFNAME
+DEFAULT_MTU = _defaults.MTU
 MULTICAST_V4 = '224.0.0.0/4'
 CHAIN_PREFIX = 'CNI-'
 MAX_CHAIN = 28  # iptables chain names are at most 28 characters
