@@ -55,11 +55,26 @@ def test_pod_role_defaults_are_the_shared_ones():
         assert _value(options[var]['default']) == want, 'roles/pod/meta/argument_specs.yml %s' % var
 
 
-def test_service_role_state_root_is_the_shared_one():
-    defaults = _load('roles', 'service', 'defaults', 'main.yml')
-    options = _load('roles', 'service', 'meta', 'argument_specs.yml')['argument_specs']['main']['options']
-    assert _value(defaults['service_state_root']) == _defaults.STATE_ROOT
-    assert _value(options['service_state_root']['default']) == _defaults.STATE_ROOT
+# (role, variable, the shared default it must have) for the roles other than pod
+OTHER_ROLE_VARS = [
+    ('service', 'service_state_root', _defaults.STATE_ROOT),
+    ('cgroup_audit', 'cgroup_audit_path', _defaults.CGROUP_PARENT),
+    ('cgroup_audit', 'cgroup_audit_cgroup_root', _defaults.CGROUP_ROOT),
+    ('cgroup_audit', 'cgroup_audit_mountinfo', _defaults.MOUNTINFO),
+]
+
+
+@pytest.mark.parametrize('role, var, want', OTHER_ROLE_VARS)
+def test_other_roles_defaults_are_the_shared_ones(role, var, want):
+    defaults = _load('roles', role, 'defaults', 'main.yml')
+    options = _load('roles', role, 'meta', 'argument_specs.yml')['argument_specs']['main']['options']
+    assert _value(defaults[var]) == want
+    assert _value(options[var]['default']) == want
+
+
+def test_pod_status_playbook_reads_the_shared_state_root():
+    play = _load('playbooks', 'pod_status.yml')[0]
+    assert _value(play['vars']['barepod_state_root']) == _defaults.STATE_ROOT
 
 
 def test_pod_filter_takes_the_shared_role_defaults():
