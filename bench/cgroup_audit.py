@@ -42,7 +42,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 
 from conftest import run_module  # noqa: E402
 
-from ansible_collections.barepod.linux.plugins.module_utils._cgroups import (  # noqa: E402
+from ansible_collections.barepod.linux.plugins.module_utils._cgaudit import (  # noqa: E402
     V1_FILES, V2_FILES, run_info)
 
 V2_CONTENT = {

@@ -120,7 +120,7 @@ def main():
             return dt
 
         def params(uid, netns, state='present'):
-            return dict(state=state, uid=uid, netns='/run/netns/' + netns, subnet='10.251.0.0/16',
+            return dict(state=state, pod_uid=uid, netns='/run/netns/' + netns, subnet='10.251.0.0/16',
                         bridge='bp0', network='bpbench', data_dir=os.path.join(tmp, 'bp'),
                         state_root=os.path.join(tmp, 'pods'))
 

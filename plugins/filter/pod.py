@@ -53,6 +53,8 @@ import uuid
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
+
 NAME_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
 SUBDOMAIN_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
 # uuid5 namespace for pods without metadata.uid (stable across runs and hosts)
@@ -274,11 +276,9 @@ def pod_container_specs(manifest, rootfs_root, uid, cgroup_results=None):
     return out
 
 
-ROLE_DEFAULTS = dict(images={}, busybox_images=['busybox'], allowed_host_paths=['/tmp'], network='barepod',
-                     subnet='10.244.0.0/24', bridge='cni0', mtu=1500, ip_masq=True, host_ip='127.0.0.1',
-                     node='localhost', cgroup_parent='kubepods', cgroup_root='/sys/fs/cgroup',
-                     state_root='/run/barepod/pods', netns_dir='/run/netns', rootfs_root='/var/lib/barepod/rootfs',
-                     log_root='/var/log/pods', cni_data_dir='/var/lib/cni/networks', grace_period=30)
+# the role's settings: the shared defaults (network, paths, grace period) from _defaults, plus these
+ROLE_DEFAULTS = dict(_defaults.ROLE_DEFAULTS, images={}, busybox_images=['busybox'], allowed_host_paths=['/tmp'],
+                     ip_masq=True, host_ip='127.0.0.1', node='localhost')
 
 
 def pod_module_args(manifest, settings=None):
@@ -310,7 +310,7 @@ def pod_module_args(manifest, settings=None):
         if spec.get('hostAliases'):
             a['host_aliases'] = spec['hostAliases']
         rootfs.append(a)
-    sandbox = dict(name=name, namespace=ns, uid=uid, containers=[], prune_containers=False,
+    sandbox = dict(name=name, namespace=ns, pod_uid=uid, containers=[], prune_containers=False,
                    share_process_namespace=bool(spec.get('shareProcessNamespace', False)), grace_period=grace,
                    state_root=s['state_root'], netns_dir=s['netns_dir'], log_root=s['log_root'])
     if spec.get('hostname'):
@@ -326,7 +326,7 @@ def pod_module_args(manifest, settings=None):
         sandbox=sandbox,
         cgroup_pod=cg,
         cgroup_containers=[dict(cg, container=c['name']) for c in ctrs],
-        network=dict(uid=uid, namespace=ns, name=name, network=s['network'], subnet=s['subnet'],
+        network=dict(pod_uid=uid, namespace=ns, name=name, network=s['network'], subnet=s['subnet'],
                      bridge=s['bridge'], mtu=s['mtu'], ip_masq=s['ip_masq'], data_dir=s['cni_data_dir'],
                      state_root=s['state_root']),
         hosts=rootfs,

@@ -2,7 +2,8 @@
 # Copyright: barepod.linux developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """cgroups v1, v2 and hybrid: detection, the kubelet cgroupfs layout, limit files with the
-kernel's own normalisation, and a fast tree walker for audits.
+kernel's own normalisation, the cgroupfs readers and a fast tree walker (shared with the
+audit, _cgaudit), and the limit writer (cgroup_limit's CgroupLimitManager).
 
 Detection reads /proc/self/mountinfo (path is a parameter) and keeps the cgroup and cgroup2
 mounts below `cgroup_root`: only v1 mounts -> 'v1'; only a cgroup2 mount at the root -> 'v2';
@@ -27,11 +28,13 @@ import re
 import signal
 import time
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, failpoint
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
+from ansible_collections.barepod.linux.plugins.module_utils._common import (
+    Actions, BarepodError, Manager, failpoint, result)
 
-DEFAULT_CGROUP_ROOT = '/sys/fs/cgroup'
-DEFAULT_MOUNTINFO = '/proc/self/mountinfo'
-DEFAULT_PARENT = 'kubepods'
+DEFAULT_CGROUP_ROOT = _defaults.CGROUP_ROOT
+DEFAULT_MOUNTINFO = _defaults.MOUNTINFO
+DEFAULT_PARENT = _defaults.CGROUP_PARENT
 DEFAULT_CONTROLLERS = ('cpu', 'cpuacct', 'cpuset', 'memory', 'pids')
 KNOWN_CONTROLLERS = frozenset((
     'cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'devices', 'freezer', 'blkio', 'io',
@@ -372,17 +375,6 @@ def kill_and_wait(dirs, timeout=10.0):
 
 # ---------------------------------------------------------------------------- walker
 
-V1_FILES = {
-    'memory': ('memory.limit_in_bytes', 'memory.usage_in_bytes', 'memory.max_usage_in_bytes',
-               'memory.failcnt', 'memory.oom_control'),
-    'cpu': ('cpu.shares', 'cpu.cfs_quota_us', 'cpu.cfs_period_us', 'cpu.stat'),
-    'cpuacct': ('cpuacct.usage',),
-    'pids': ('pids.max', 'pids.current'),
-}
-V2_FILES = ('memory.max', 'memory.current', 'memory.peak', 'memory.events', 'cpu.weight',
-            'cpu.max', 'cpu.stat', 'pids.max', 'pids.current')
-
-
 def _kv(raw):
     out = {}
     if raw:
@@ -426,80 +418,6 @@ def walk(top, max_depth=None):
                     out.append(r)
                     stack.append((r, e.path, depth + 1))
     return out
-
-
-def read_cgroup_v1(layout, rel, page=PAGE_SIZE):
-    """One cgroup's limits, usage and events on v1 (files of memory, cpu, cpuacct, pids)."""
-    mem = layout.v1.get('memory')
-    cpu = layout.v1.get('cpu')
-    acct = layout.v1.get('cpuacct')
-    pids = layout.v1.get('pids')
-    j = os.path.join
-    info = {'limits': {}, 'usage': {}, 'events': {}}
-    procs_dir = None
-    if mem:
-        d = j(mem, rel) if rel else mem
-        procs_dir = d
-        lim = read_file(j(d, 'memory.limit_in_bytes'))
-        info['limits']['memory'] = _mem_norm(lim, page) if lim is not None else None
-        info['usage']['memory_current'] = _num(read_file(j(d, 'memory.usage_in_bytes')))
-        info['usage']['memory_peak'] = _num(read_file(j(d, 'memory.max_usage_in_bytes')))
-        info['events']['failcnt'] = _num(read_file(j(d, 'memory.failcnt')))
-        oc = _kv(read_file(j(d, 'memory.oom_control')))
-        info['events']['oom_kill'] = oc.get('oom_kill')
-        info['events']['under_oom'] = oc.get('under_oom')
-    if cpu:
-        d = j(cpu, rel) if rel else cpu
-        procs_dir = procs_dir or d
-        info['limits']['cpu_shares'] = _num(read_file(j(d, 'cpu.shares')))
-        q = _num(read_file(j(d, 'cpu.cfs_quota_us')))
-        info['limits']['cpu_quota'] = UNLIMITED if isinstance(q, int) and q < 0 else q
-        info['limits']['cpu_period'] = _num(read_file(j(d, 'cpu.cfs_period_us')))
-        st = _kv(read_file(j(d, 'cpu.stat')))
-        info['usage']['nr_throttled'] = st.get('nr_throttled')
-        info['usage']['throttled_usec'] = (st['throttled_time'] // 1000) if 'throttled_time' in st else None
-    if acct:
-        d = j(acct, rel) if rel else acct
-        u = _num(read_file(j(d, 'cpuacct.usage')))
-        info['usage']['cpu_usec'] = u // 1000 if isinstance(u, int) else None
-    if pids:
-        d = j(pids, rel) if rel else pids
-        info['limits']['pids'] = _num(read_file(j(d, 'pids.max')))
-        info['usage']['pids_current'] = _num(read_file(j(d, 'pids.current')))
-    raw = read_file(j(procs_dir, 'cgroup.procs')) if procs_dir else None
-    info['procs'] = len(raw.split()) if raw else 0
-    return info
-
-
-def read_cgroup_v2(mount, rel, page=PAGE_SIZE):
-    j = os.path.join
-    d = j(mount, rel) if rel else mount
-    info = {'limits': {}, 'usage': {}, 'events': {}}
-    lim = read_file(j(d, 'memory.max'))
-    info['limits']['memory'] = _mem_norm(lim, page) if lim is not None else None
-    info['usage']['memory_current'] = _num(read_file(j(d, 'memory.current')))
-    info['usage']['memory_peak'] = _num(read_file(j(d, 'memory.peak')))
-    ev = _kv(read_file(j(d, 'memory.events')))
-    info['events']['oom'] = ev.get('oom')
-    info['events']['oom_kill'] = ev.get('oom_kill')
-    info['events']['max'] = ev.get('max')
-    info['limits']['cpu_weight'] = _num(read_file(j(d, 'cpu.weight')))
-    cm = read_file(j(d, 'cpu.max'))
-    if cm:
-        q, _sep, p = cm.strip().partition(' ')
-        info['limits']['cpu_quota'] = UNLIMITED if q == 'max' else int(q)
-        info['limits']['cpu_period'] = int(p) if p else None
-    else:
-        info['limits']['cpu_quota'] = None
-    st = _kv(read_file(j(d, 'cpu.stat')))
-    info['usage']['cpu_usec'] = st.get('usage_usec')
-    info['usage']['nr_throttled'] = st.get('nr_throttled')
-    info['usage']['throttled_usec'] = st.get('throttled_usec')
-    info['limits']['pids'] = _num(read_file(j(d, 'pids.max')))
-    info['usage']['pids_current'] = _num(read_file(j(d, 'pids.current')))
-    raw = read_file(j(d, 'cgroup.procs'))
-    info['procs'] = len(raw.split()) if raw else 0
-    return info
 
 
 # ---------------------------------------------------------------------------- limits
@@ -921,23 +839,29 @@ class CgroupLimit(object):
                 'paths': res.get('paths', {})}
 
 
+class CgroupLimitManager(Manager):
+    """cgroup_limit: one pod (or container) cgroup converged, then recorded in the pod record."""
+
+    def run(self):
+        params, check_mode = self.params, self.check_mode
+        actions = Actions(check_mode)
+        mgr = CgroupLimit(params, actions)
+        if (params.get('state') or 'present') == 'present':
+            res = mgr.present()
+        else:
+            res = mgr.absent()
+        changed = bool(actions)
+        ns, name = params.get('namespace'), params.get('name')
+        if ns and name:
+            changed = _record(params, mgr, res, check_mode) or changed
+        res.pop('changed', None)
+        res.pop('actions', None)
+        return result(changed, actions.planned, mgr.diff, mgr.warnings, **res)
+
+
 def run_limit(params, check_mode=False):
-    """Entry point for the module: returns the result dict (changed, diff, ...)."""
-    from ansible_collections.barepod.linux.plugins.module_utils._common import Actions
-    actions = Actions(check_mode)
-    mgr = CgroupLimit(params, actions)
-    if (params.get('state') or 'present') == 'present':
-        res = mgr.present()
-    else:
-        res = mgr.absent()
-    res['changed'] = bool(actions)
-    res['actions'] = actions.planned
-    res['warnings_'] = mgr.warnings
-    res['diff'] = mgr.diff
-    ns, name = params.get('namespace'), params.get('name')
-    if ns and name:
-        res['changed'] = _record(params, mgr, res, check_mode) or res['changed']
-    return res
+    """CgroupLimitManager(params, check_mode).run()."""
+    return CgroupLimitManager(params, check_mode).run()
 
 
 def _record(params, mgr, res, check_mode):
@@ -965,118 +889,3 @@ def _record(params, mgr, res, check_mode):
     if not check_mode:
         rec.update('cgroups', value, uid=params.get('pod_uid'))
     return True
-
-
-# ---------------------------------------------------------------------------- audit
-
-def node_memory_total(meminfo='/proc/meminfo'):
-    raw = read_file(meminfo) or ''
-    for line in raw.splitlines():
-        if line.startswith('MemTotal:'):
-            parts = line.split()
-            return int(parts[1]) * (1024 if len(parts) > 2 and parts[2] == 'kB' else 1)
-    raise BarepodError('no MemTotal in %s' % meminfo, field='meminfo', value=meminfo)
-
-
-def collect(layout, subtree='', max_depth=None, page=PAGE_SIZE):
-    """Walk the subtree in the primary hierarchy and read every cgroup's files."""
-    v2 = layout.mode == 'v2' or not layout.v1
-    if v2:
-        primary = layout.unified
-    else:
-        primary = layout.v1.get('memory') or sorted(layout.v1.values())[0]
-
-    def reader(r):
-        return read_cgroup_v2(primary, r, page) if v2 else read_cgroup_v1(layout, r, page)
-    top = os.path.join(primary, subtree) if subtree else primary
-    if not os.path.isdir(top):
-        return None
-    out = []
-    for r in walk(top, max_depth):
-        rel = (subtree + '/' + r if r else subtree) if subtree else r
-        info = reader(rel)
-        qos, uid, container = parse_pod_path(rel)
-        info['path'] = rel or '/'
-        info['qos_class'] = qos
-        info['pod_uid'] = uid
-        info['container'] = container
-        out.append(info)
-    return out
-
-
-def audit(cgroups, policy, node_memory, subtree):
-    """Policy checks over collected cgroups -> (summary, violations)."""
-    violations = []
-    pods = [c for c in cgroups if c['pod_uid'] and not c['container']]
-    procs_by_pod = {}
-    for c in cgroups:
-        if c['pod_uid']:
-            procs_by_pod[c['pod_uid']] = procs_by_pod.get(c['pod_uid'], 0) + (c['procs'] or 0)
-    limited = [c for c in pods if isinstance(c['limits'].get('memory'), int)]
-    total = sum(c['limits']['memory'] for c in limited)
-    ceiling = policy.get('memory_limit_ceiling')
-    for c in pods:
-        if policy.get('require_memory_limit', True) and not isinstance(c['limits'].get('memory'), int):
-            violations.append({'path': c['path'], 'reason': 'no_memory_limit', 'pod_uid': c['pod_uid'],
-                               'qos_class': c['qos_class'],
-                               'message': 'pod cgroup has no memory limit'})
-        if policy.get('check_empty_pods', True) and procs_by_pod.get(c['pod_uid'], 0) == 0:
-            violations.append({'path': c['path'], 'reason': 'empty_pod_cgroup', 'pod_uid': c['pod_uid'],
-                               'message': 'pod cgroup holds no processes (left behind?)'})
-    for c in cgroups:
-        if not c['pod_uid']:
-            continue
-        lim = c['limits'].get('memory')
-        if ceiling is not None and isinstance(lim, int) and lim > ceiling:
-            violations.append({'path': c['path'], 'reason': 'memory_limit_above_ceiling', 'pod_uid': c['pod_uid'],
-                               'limit': lim, 'ceiling': ceiling,
-                               'message': 'memory limit %d is above the ceiling %d' % (lim, ceiling)})
-        if policy.get('check_cpu_limit_without_request', True):
-            quota = c['limits'].get('cpu_quota')
-            minimal = (c['limits'].get('cpu_shares') == 2) if 'cpu_shares' in c['limits'] else \
-                (c['limits'].get('cpu_weight') == 1)
-            if isinstance(quota, int) and quota > 0 and minimal:
-                violations.append({'path': c['path'], 'reason': 'cpu_limit_without_request', 'pod_uid': c['pod_uid'],
-                                   'cpu_quota': quota,
-                                   'message': 'cpu quota %d set while cpu shares/weight are at the minimum' % quota})
-    if policy.get('check_node_memory', True) and node_memory and total > node_memory:
-        violations.append({'path': subtree or '/', 'reason': 'pod_limits_exceed_node_memory', 'total': total,
-                           'node_memory': node_memory,
-                           'message': 'sum of pod memory limits %d exceeds node memory %d' % (total, node_memory)})
-    summary = {'cgroups': len(cgroups), 'pods': len(pods), 'memory_limited': len(limited),
-               'memory_unlimited': len(pods) - len(limited), 'memory_limits_total': total,
-               'node_memory': node_memory, 'violations': len(violations),
-               'processes': sum(c['procs'] or 0 for c in cgroups),
-               'oom_kills': sum((c['events'].get('oom_kill') or 0) for c in pods)}
-    return summary, violations
-
-
-def run_info(params):
-    from ansible_collections.barepod.linux.plugins.module_utils._quantity import to_bytes
-    subtree = validate_relpath('path', params.get('path'), allow_empty=True)
-    policy = dict(require_memory_limit=params.get('require_memory_limit', True),
-                  check_empty_pods=params.get('check_empty_pods', True),
-                  check_node_memory=params.get('check_node_memory', True),
-                  check_cpu_limit_without_request=params.get('check_cpu_limit_without_request', True))
-    if params.get('memory_limit_ceiling') is not None:
-        policy['memory_limit_ceiling'] = to_bytes(params['memory_limit_ceiling'], 'memory_limit_ceiling')
-    if params.get('node_memory') is not None:
-        node_memory = to_bytes(params['node_memory'], 'node_memory')
-    else:
-        node_memory = node_memory_total(params.get('meminfo') or '/proc/meminfo')
-    max_depth = params.get('max_depth')
-    layout = detect(params.get('cgroup_root') or DEFAULT_CGROUP_ROOT, params.get('mountinfo') or DEFAULT_MOUNTINFO,
-                    params.get('hierarchy') or 'auto')
-    cgroups = collect(layout, subtree, max_depth)
-    exists = cgroups is not None
-    cgroups = cgroups or []
-    summary, violations = audit(cgroups, policy, node_memory, subtree)
-    report = params.get('report') or 'pods'
-    if report == 'pods':
-        listed = [c for c in cgroups if c['pod_uid']]
-    elif report == 'all':
-        listed = cgroups
-    else:
-        listed = []
-    return {'changed': False, 'exists': exists, 'path': subtree, 'hierarchy': layout.as_dict(),
-            'summary': summary, 'violations': violations, 'cgroups': listed}

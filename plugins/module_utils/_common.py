@@ -11,7 +11,9 @@ writes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import re
@@ -212,6 +214,29 @@ def atomic_write(path, data, mode=0o644, fsync=True):
         except OSError:
             pass
         raise
+
+
+@contextlib.contextmanager
+def exclusive_lock(path, mode=0o644):
+    """flock(LOCK_EX) on path for the with block (closing the fd drops it): the one lock helper
+    of the IPAM store, the pod record and the rootfs directories.
+
+    mode: create path as a lock file with this mode if needed. None: lock an existing file or
+    directory through a read-only fd (taking the lock writes nothing), and lock nothing when it
+    does not exist yet (nothing to race on)."""
+    if mode is None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            yield
+            return
+    else:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def dump_json(obj):

@@ -25,19 +25,18 @@ Pure Python (no Ansible, no netlink): the data dir is a parameter.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import ipaddress
 import os
 import re
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, exclusive_lock
 
 LINE_BREAK = '\r\n'
 LAST_IP_PREFIX = 'last_reserved_ip.'
 LOCK_NAME = 'lock'
-DEFAULT_DATA_DIR = '/var/lib/cni/networks'
+DEFAULT_DATA_DIR = _defaults.CNI_DATA_DIR
 NETWORK_NAME_MAX = 255
 NETWORK_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$')
 
@@ -169,17 +168,11 @@ class Store(object):
         self.dir = os.path.join(data_dir, network)
 
     # -- locking -------------------------------------------------------------------------
-    @contextlib.contextmanager
     def lock(self):
         """flock on <dir>/lock, as go-filemutex does for host-local (creates the dir)."""
         if not os.path.isdir(self.dir):
             os.makedirs(self.dir, 0o755, exist_ok=True)
-        fd = os.open(os.path.join(self.dir, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # closing drops the flock
+        return exclusive_lock(os.path.join(self.dir, LOCK_NAME), 0o644)
 
     # -- reading -------------------------------------------------------------------------
     def allocations(self):

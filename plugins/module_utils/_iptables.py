@@ -134,6 +134,15 @@ class Backend(object):
         self.iptables_cmd = iptables or 'iptables-%s' % mode
         self.restores = 0
 
+    @classmethod
+    def system(cls, save='iptables-save', restore='iptables-restore', iptables='iptables'):
+        """The binaries the host's plain iptables names select (its alternatives), with no detection:
+        what the CNI plugins use (go-iptables runs `iptables` from PATH), so veth_net's masquerade
+        rules land where the bridge plugin's would."""
+        b = cls('nft', save=save, restore=restore, iptables=iptables)
+        b.mode, b.reason = 'system', 'the iptables binaries on PATH, as the CNI plugins use them'
+        return b
+
     def list_chain(self, table, chain):
         """`iptables -S chain` of one table (cheap: no dump of the big tables), '' if absent."""
         p = _run([self.iptables_cmd, '-w', str(WAIT_SECONDS), '-t', table, '-S', chain])

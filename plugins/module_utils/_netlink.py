@@ -31,6 +31,9 @@ except ImportError as e:  # pragma: no cover - reported by the module with missi
     class NetlinkError(Exception):
         code = 0
 
+# what a module needing pyroute2 passes to _module.run_module(requires=...)
+REQUIRES = (('pyroute2', HAS_PYROUTE2, PYROUTE2_IMPORT_ERROR),)
+
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
 IFF_UP = 0x1

@@ -28,9 +28,10 @@ import subprocess
 import tempfile
 import time
 
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
-DEFAULT_PAUSE_DIR = '/var/lib/barepod/pause'
+DEFAULT_PAUSE_DIR = _defaults.PAUSE_DIR
 
 PAUSE_FREESTANDING_C = r'''
 /* barepod pause, freestanding: no libc, a few KiB resident. */

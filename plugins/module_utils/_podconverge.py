@@ -25,8 +25,13 @@ from __future__ import annotations
 
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, Manager, result
 from ansible_collections.barepod.linux.plugins.module_utils._specs import SPECS
+from ansible_collections.barepod.linux.plugins.module_utils._cgroups import CgroupLimitManager
+from ansible_collections.barepod.linux.plugins.module_utils._podstatus import PodStatusManager
+from ansible_collections.barepod.linux.plugins.module_utils._rootfs import ChrootRootfs
+from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
+from ansible_collections.barepod.linux.plugins.module_utils._veth import VethNet
 
 STEPS = ("record", "rootfs", "sandbox", "cgroup_pod", "cgroup_containers", "network", "hosts", "containers", "status")
 
@@ -60,44 +65,25 @@ def module_params(module, args):
     return res.validated_parameters
 
 
-def _iptables():
-    import shutil
-    from ansible_collections.barepod.linux.plugins.module_utils._veth import Iptables
-
-    return Iptables(
-        shutil.which("iptables-save") or "iptables-save", shutil.which("iptables-restore") or "iptables-restore"
-    )
+# module -> its manager (the class its main() hands to _module.run_module)
+MANAGERS = dict(
+    chroot_rootfs=ChrootRootfs,
+    ns_sandbox=SandboxManager,
+    cgroup_limit=CgroupLimitManager,
+    veth_net=VethNet,
+    pod_status=PodStatusManager,
+)
 
 
 def run_module_logic(module, args, check_mode=True, iptables=None):
-    """What plugins/modules/<module>.py does after AnsibleModule: the result dict (with changed)."""
-    p = module_params(module, args)
-    if module == "chroot_rootfs":
-        from ansible_collections.barepod.linux.plugins.module_utils._rootfs import run as run_rootfs
-
-        res = run_rootfs(p, check_mode=check_mode)
-        res.pop("warnings", None)
-    elif module == "ns_sandbox":
-        from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
-
-        res = SandboxManager(p, check_mode=check_mode).run()
-    elif module == "cgroup_limit":
-        from ansible_collections.barepod.linux.plugins.module_utils._cgroups import run_limit
-
-        res = run_limit(p, check_mode=check_mode)
-        res.pop("warnings_", None)
-    elif module == "veth_net":
-        from ansible_collections.barepod.linux.plugins.module_utils._veth import VethNet
-
-        mgr = VethNet(p, check_mode=check_mode, iptables=iptables or _iptables())
-        res = dict(mgr.run(), changed=mgr.changed)
-    elif module == "pod_status":
-        from ansible_collections.barepod.linux.plugins.module_utils._podstatus import PodStatusManager
-
-        res = PodStatusManager(p, check_mode=check_mode).run()
-    else:
+    """What plugins/modules/<module>.py does after AnsibleModule: the manager's result, without
+    diff and warnings. iptables: a backend for veth_net (default: the host's binaries)."""
+    if module not in MANAGERS:
         raise BarepodError("unknown module %r" % module, field="module", value=module)
+    extra = dict(iptables=iptables) if module == "veth_net" and iptables is not None else {}
+    res = MANAGERS[module](module_params(module, args), check_mode=check_mode, **extra).run()
     res.pop("diff", None)
+    res.pop("warnings", None)
     return res
 
 
@@ -185,3 +171,12 @@ def check_many(pods, iptables=None):
         except BarepodError as e:
             raise BarepodError("pods[%d]: %s" % (i, e.msg), field="pods", value=i)
     return out
+
+
+class PodConverged(Manager):
+    """pod_converged: check_steps (steps) or check_many (pods); read-only, never changed."""
+
+    def run(self):
+        if self.params.get("pods") is not None:
+            return result(False, pods=check_many(self.params["pods"]))
+        return result(False, **check_steps(self.params["steps"]))

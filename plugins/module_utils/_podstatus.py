@@ -19,9 +19,9 @@ import calendar
 import os
 import time
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, pid_alive
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, Manager, pid_alive, result
 from ansible_collections.barepod.linux.plugins.module_utils._state import (
-    PodRecord, list_records, DEFAULT_STATE_ROOT)
+    PodRecord, list_records, pod_key, DEFAULT_STATE_ROOT)
 
 MANIFEST_SECTION = 'manifest'
 
@@ -157,12 +157,26 @@ def manifest_summary(manifest):
                 metadata=keep, spec=manifest.get('spec') or {})
 
 
-class PodStatusManager(object):
-    def __init__(self, params, check_mode=False):
+class PodStatusManager(Manager):
+    """pod_status: the pod's status as Kubernetes reports it, from the pod record (and the record's
+    manifest summary kept, or the record removed with state=absent)."""
+
+    def __init__(self, params, check_mode=False, diff=False):
+        super().__init__(params, check_mode, diff)
         self.p = params
-        self.check_mode = check_mode
         self.state_root = params.get('state_root') or DEFAULT_STATE_ROOT
         self.diff = None
+
+    def validate(self):
+        """The names (a valid pod key) and the manifest's metadata.name, before anything is read."""
+        p = self.p
+        if p.get('name'):
+            pod_key(p.get('namespace') or 'default', p['name'])
+        if p.get('manifest') is not None:
+            md = p['manifest'].get('metadata') or {}
+            if md.get('name') not in (None, p.get('name')):
+                raise BarepodError('metadata.name %r does not match name %r' % (md.get('name'), p.get('name')),
+                                   field='manifest', value=md.get('name'))
 
     def _one(self, namespace, name):
         rec = PodRecord(namespace, name, self.state_root)
@@ -205,6 +219,11 @@ class PodStatusManager(object):
         return dict(changed=True, exists=False, pods=[], table=format_table([]))
 
     def run(self):
+        self.validate()
+        out = self._run()
+        return result(out.pop('changed'), (), self.diff, (), **out)
+
+    def _run(self):
         ns, name = self.p.get('namespace') or 'default', self.p.get('name')
         if self.p.get('state') == 'absent':
             return self._absent(ns, name)

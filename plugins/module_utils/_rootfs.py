@@ -17,9 +17,7 @@ observe() -> desired() -> plan() -> apply, as every barepod module.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -29,7 +27,8 @@ import stat
 import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
-    Actions, BarepodError, DNS1123_SUBDOMAIN_RE, dump_json, validate_dns_label, validate_uid, write_if_changed)
+    Actions, BarepodError, DNS1123_SUBDOMAIN_RE, Manager, dump_json, exclusive_lock, result, validate_dns_label,
+    validate_uid, write_if_changed)
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
@@ -905,20 +904,10 @@ class RootfsManager(object):
         shutil.rmtree(path)
 
 
-@contextlib.contextmanager
 def _dir_lock(d):
     """flock on the rootfs's parent directory: two runs on one rootfs take turns. A directory
-    fd opened read-only, so taking the lock writes nothing."""
-    try:
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        yield  # the parent does not exist yet: nothing to race on
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    fd opened read-only, so taking the lock writes nothing (no lock while it does not exist)."""
+    return exclusive_lock(d, None)
 
 
 class _Empty(object):
@@ -926,40 +915,53 @@ class _Empty(object):
         return b''
 
 
+class ChrootRootfs(Manager):
+    """chroot_rootfs: converge one rootfs (RootfsManager), then (with namespace and name) record it
+    in the pod record, section `rootfs`, keyed by container name. roots: RootfsManager's
+    injectable host paths (tests)."""
+
+    def __init__(self, params, check_mode=False, diff=False, **roots):
+        super().__init__(params, check_mode, diff)
+        self.roots = roots
+
+    def run(self):
+        params, check_mode = self.params, self.check_mode
+        if not params.get('path'):
+            # the DESIGN layout: <rootfs_root>/<pod uid>/<container>/
+            from ansible_collections.barepod.linux.plugins.module_utils._state import DEFAULT_ROOTFS_ROOT, rootfs_dir
+            uid, container = params.get('pod_uid'), params.get('container')
+            if not uid or not container:
+                raise BarepodError('give path, or pod_uid and container', field='path', value=None)
+            validate_uid('pod_uid', uid)
+            validate_dns_label('container', container)
+            params = dict(params, path=rootfs_dir(uid, container, params.get('rootfs_root') or DEFAULT_ROOTFS_ROOT))
+        ns, name = params.get('namespace'), params.get('name')
+        if bool(ns) != bool(name):
+            raise BarepodError('namespace and name go together', field='namespace' if not ns else 'name',
+                               value=ns or name)
+        if ns:
+            from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, DEFAULT_STATE_ROOT
+            rec = PodRecord(ns, name, params.get('state_root') or DEFAULT_STATE_ROOT)  # validates the names
+        res = RootfsManager(params, check_mode, **self.roots).run()
+        if ns:
+            container = params.get('container') or os.path.basename(res['path'])
+            sect = dict(rec.section('rootfs') or {})
+            if (params.get('state') or 'present') == 'present':
+                sect[container] = dict(path=res['path'], manifest=res['manifest'],
+                                       mounts=sorted(m['target'] for m in res['mounts']))
+            else:
+                sect.pop(container, None)
+            value = sect or None
+            if rec.section('rootfs') != value:
+                res['changed'] = True
+                res['actions'].append(dict(action='record', target=rec.record_path, section='rootfs',
+                                           container=container))
+                if not check_mode:
+                    rec.update('rootfs', value, uid=params.get('pod_uid'))
+            res['record'] = rec.record_path
+        return result(res.pop('changed'), res.pop('actions'), res.pop('diff'), res.pop('warnings'), **res)
+
+
 def run(params, check_mode=False, **roots):
-    """The module's entry point: converge, then (with namespace and name) record the rootfs in
-    the pod record, section `rootfs`, keyed by container name."""
-    if not params.get('path'):
-        # the DESIGN layout: <rootfs_root>/<pod uid>/<container>/
-        from ansible_collections.barepod.linux.plugins.module_utils._state import DEFAULT_ROOTFS_ROOT, rootfs_dir
-        uid, container = params.get('pod_uid'), params.get('container')
-        if not uid or not container:
-            raise BarepodError('give path, or pod_uid and container', field='path', value=None)
-        validate_uid('pod_uid', uid)
-        validate_dns_label('container', container)
-        params = dict(params, path=rootfs_dir(uid, container, params.get('rootfs_root') or DEFAULT_ROOTFS_ROOT))
-    ns, name = params.get('namespace'), params.get('name')
-    if bool(ns) != bool(name):
-        raise BarepodError('namespace and name go together', field='namespace' if not ns else 'name',
-                           value=ns or name)
-    if ns:
-        from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, DEFAULT_STATE_ROOT
-        rec = PodRecord(ns, name, params.get('state_root') or DEFAULT_STATE_ROOT)  # validates the names
-    res = RootfsManager(params, check_mode, **roots).run()
-    if ns:
-        container = params.get('container') or os.path.basename(res['path'])
-        sect = dict(rec.section('rootfs') or {})
-        if (params.get('state') or 'present') == 'present':
-            sect[container] = dict(path=res['path'], manifest=res['manifest'],
-                                   mounts=sorted(m['target'] for m in res['mounts']))
-        else:
-            sect.pop(container, None)
-        value = sect or None
-        if rec.section('rootfs') != value:
-            res['changed'] = True
-            res['actions'].append(dict(action='record', target=rec.record_path, section='rootfs',
-                                       container=container))
-            if not check_mode:
-                rec.update('rootfs', value, uid=params.get('pod_uid'))
-        res['record'] = rec.record_path
-    return res
+    """ChrootRootfs(params, check_mode, **roots).run()."""
+    return ChrootRootfs(params, check_mode, **roots).run()

@@ -28,8 +28,9 @@ import time
 import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
-    Actions, BarepodError, makedirs, pid_alive, pid_starttime, validate_dns_label, validate_uid)
+    Actions, BarepodError, Manager, makedirs, pid_alive, pid_starttime, result, validate_dns_label, validate_uid)
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._paths import secure_join
 from ansible_collections.barepod.linux.plugins.module_utils._pause import DEFAULT_PAUSE_DIR, pause_argv
@@ -38,7 +39,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._state import (
     pod_key)
 
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
-DEFAULT_GRACE = 30
+DEFAULT_GRACE = _defaults.GRACE_PERIOD
 KILL_WAIT = 10.0
 SHELL_META = set(';&|<>`$\\"\'*?[](){}!#~ \t\n')
 ENV_NAME_FORBIDDEN = set('=\x00')
@@ -229,9 +230,9 @@ def desired(params):
     if state not in ('present', 'absent', 'restarted'):
         raise BarepodError('must be one of present, absent, restarted; got %r' % (state,),
                            field='state', value=state)
-    uid = params.get('uid')
+    uid = params.get('pod_uid')
     if uid is not None:
-        validate_uid('uid', uid)
+        validate_uid('pod_uid', uid)
     namespaces = ns.normalise_namespaces('namespaces', params.get('namespaces'))
     hostname = params.get('hostname') or pod_hostname(name)
     if params.get('hostname'):
@@ -285,7 +286,7 @@ def observe(d):
     uid = d['uid'] or data.get('uid') or default_uid(d['namespace'], d['name'])
     if d['uid'] and data.get('uid') not in (None, d['uid']):
         raise BarepodError('pod %s/%s already exists with uid %s, not %s'
-                           % (d['namespace'], d['name'], data.get('uid'), d['uid']), field='uid', value=d['uid'])
+                           % (d['namespace'], d['name'], data.get('uid'), d['uid']), field='pod_uid', value=d['uid'])
     sb = data.get(SANDBOX_SECTION) or {}
     ctrs = data.get(CONTAINERS_SECTION) or {}
     nspath = sb.get('netns_path') or netns_path(uid, d['netns_dir'])
@@ -784,10 +785,12 @@ def rss_kib(pid):
 
 # ---------------------------------------------------------------- manager
 
-class SandboxManager(object):
-    def __init__(self, params, check_mode=False):
+class SandboxManager(Manager):
+    """ns_sandbox: the pause process holding the pod's namespaces, and its containers."""
+
+    def __init__(self, params, check_mode=False, diff=False):
+        super().__init__(params, check_mode, diff)
         self.d = desired(params)
-        self.check_mode = check_mode
         self.pause = None
 
     def run(self):
@@ -846,18 +849,16 @@ class SandboxManager(object):
             if not self.check_mode and d['state'] != 'absent' and actions and state['sandbox']:
                 self._write_record(rec, state, uid)
 
-        result = dict(changed=bool(actions), actions=actions.planned, uid=uid,
-                      record_path=rec.record_path, netns_path=None, pid=None, sandbox={}, containers=[],
-                      diff=dict(before=before, after=after))
+        facts = dict(uid=uid, record_path=rec.record_path, netns_path=None, pid=None, sandbox={}, containers=[])
         if d['state'] != 'absent':
             sb = state['sandbox']
-            result['netns_path'] = sb.get('netns_path', nspath if 'net' in d['namespaces'] else None)
+            facts['netns_path'] = sb.get('netns_path', nspath if 'net' in d['namespaces'] else None)
             if not self.check_mode or not actions:
-                result['pid'] = sb.get('pid')
-                result['sandbox'] = dict(sb, rss_kib=rss_kib(sb['pid']) if sb.get('pid') else None)
-                result['containers'] = [dict(state['containers'][c['name']], name=c['name'])
-                                        for c in d['containers'] if c['name'] in state['containers']]
-        return result
+                facts['pid'] = sb.get('pid')
+                facts['sandbox'] = dict(sb, rss_kib=rss_kib(sb['pid']) if sb.get('pid') else None)
+                facts['containers'] = [dict(state['containers'][c['name']], name=c['name'])
+                                       for c in d['containers'] if c['name'] in state['containers']]
+        return result(actions, actions.planned, dict(before=before, after=after), **facts)
 
     # -- action bodies (closures run only outside check mode)
 

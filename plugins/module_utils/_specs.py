@@ -1,23 +1,26 @@
 # -*- coding: utf-8 -*-
 # Copyright: barepod.linux developers
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The argument specs of the modules the pod role runs, in one place.
+"""The argument specs of the barepod modules (but kube_svc_rules), in one place.
 
 Each function returns the keyword arguments of AnsibleModule (argument_spec and the
 constraints between options) as a fresh dict. The modules pass them to AnsibleModule; the
 pod_converged check (_podconverge) validates the role's arguments with the very same specs,
 so a converged pod is judged with exactly the types, defaults and constraints a real task
-would use.
+would use. Shared defaults come from _defaults (the module docs are held to these specs by
+tests/unit/plugins/module_utils/test__defaults.py).
 """
 
 from __future__ import annotations
+
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults as D
 
 
 def chroot_rootfs():
     return dict(
         argument_spec=dict(
             path=dict(type='path'),
-            rootfs_root=dict(type='path', default='/var/lib/barepod/rootfs'),
+            rootfs_root=dict(type='path', default=D.ROOTFS_ROOT),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             binaries=dict(type='list', elements='str', default=[]),
             busybox=dict(type='bool', default=False),
@@ -51,7 +54,7 @@ def chroot_rootfs():
             name=dict(type='str'),
             container=dict(type='str'),
             pod_uid=dict(type='str'),
-            state_root=dict(type='path', default='/run/barepod/pods'),
+            state_root=dict(type='path', default=D.STATE_ROOT),
         ),
         required_together=[('namespace', 'name')],
         required_one_of=[('path', 'pod_uid')],
@@ -66,7 +69,7 @@ def cgroup_limit():
             containers=dict(type='list', elements='dict'),
             resources=dict(type='dict'),
             qos_class=dict(type='str', choices=['Guaranteed', 'Burstable', 'BestEffort']),
-            parent=dict(type='str', default='kubepods'),
+            parent=dict(type='str', default=D.CGROUP_PARENT),
             memory_limit=dict(type='str'),
             swap=dict(type='str'),
             swappiness=dict(type='int'),
@@ -79,12 +82,12 @@ def cgroup_limit():
             pids=dict(type='list', elements='int'),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             on_processes=dict(type='str', choices=['fail', 'kill', 'move'], default='fail'),
-            cgroup_root=dict(type='path', default='/sys/fs/cgroup'),
-            mountinfo=dict(type='path', default='/proc/self/mountinfo'),
+            cgroup_root=dict(type='path', default=D.CGROUP_ROOT),
+            mountinfo=dict(type='path', default=D.MOUNTINFO),
             hierarchy=dict(type='str', choices=['auto', 'v1', 'v2', 'hybrid'], default='auto'),
             namespace=dict(type='str'),
             name=dict(type='str'),
-            state_root=dict(type='path', default='/run/barepod/pods'),
+            state_root=dict(type='path', default=D.STATE_ROOT),
         ),
         required_together=[('namespace', 'name')],
     )
@@ -94,29 +97,29 @@ def veth_net():
     return dict(
         argument_spec=dict(
             state=dict(type='str', choices=['present', 'absent'], default='present'),
-            uid=dict(type='str'),
+            pod_uid=dict(type='str', aliases=['uid']),
             container_id=dict(type='str'),
             namespace=dict(type='str'),
             name=dict(type='str'),
-            state_root=dict(type='path', default='/run/barepod/pods'),
+            state_root=dict(type='path', default=D.STATE_ROOT),
             netns=dict(type='path'),
-            network=dict(type='str', default='barepod'),
+            network=dict(type='str', default=D.NETWORK),
             subnet=dict(type='str'),
             range_start=dict(type='str'),
             range_end=dict(type='str'),
             gateway=dict(type='str'),
             ip=dict(type='str'),
-            bridge=dict(type='str', default='cni0'),
-            ifname=dict(type='str', default='eth0'),
+            bridge=dict(type='str', default=D.BRIDGE),
+            ifname=dict(type='str', default=D.IFNAME),
             host_ifname=dict(type='str'),
-            mtu=dict(type='int', default=1500),
+            mtu=dict(type='int', default=D.MTU),
             hairpin_mode=dict(type='bool', default=True),
             ip_masq=dict(type='bool', default=True),
             ip_forward=dict(type='bool', default=True),
-            data_dir=dict(type='path', default='/var/lib/cni/networks'),
+            data_dir=dict(type='path', default=D.CNI_DATA_DIR),
             gc=dict(type='bool', default=False),
         ),
-        required_if=[('state', 'present', ['subnet']), ('state', 'absent', ['uid'])],
+        required_if=[('state', 'present', ['subnet']), ('state', 'absent', ['pod_uid'])],
         required_together=[('namespace', 'name')],
     )
 
@@ -133,7 +136,7 @@ def pod_status():
             update=dict(type='bool', default=True),
             state=dict(type='str', choices=['present', 'absent'], default='present'),
             force=dict(type='bool', default=False),
-            state_root=dict(type='path', default='/run/barepod/pods'),
+            state_root=dict(type='path', default=D.STATE_ROOT),
         ),
         required_by=dict(manifest=['name']),
         required_if=[('state', 'absent', ['name'])],
@@ -145,7 +148,7 @@ def ns_sandbox():
         argument_spec=dict(
             name=dict(type='str', required=True),
             namespace=dict(type='str', default='default'),
-            uid=dict(type='str'),
+            pod_uid=dict(type='str', aliases=['uid']),
             state=dict(type='str', choices=['present', 'absent', 'restarted'], default='present'),
             containers=dict(type='list', elements='dict', default=[], options=dict(
                 name=dict(type='str', required=True),
@@ -164,15 +167,58 @@ def ns_sandbox():
             share_process_namespace=dict(type='bool', default=False, aliases=['shareProcessNamespace']),
             namespaces=dict(type='list', elements='str', default=['pid', 'net', 'mnt', 'uts', 'ipc']),
             hostname=dict(type='str'),
-            grace_period=dict(type='float', default=30, aliases=['terminationGracePeriodSeconds']),
+            grace_period=dict(type='float', default=D.GRACE_PERIOD, aliases=['terminationGracePeriodSeconds']),
             pause=dict(type='str', choices=['auto', 'c', 'busybox'], default='auto'),
-            pause_dir=dict(type='path', default='/var/lib/barepod/pause'),
-            state_root=dict(type='path', default='/run/barepod/pods'),
-            netns_dir=dict(type='path', default='/run/netns'),
-            log_root=dict(type='path', default='/var/log/pods'),
+            pause_dir=dict(type='path', default=D.PAUSE_DIR),
+            state_root=dict(type='path', default=D.STATE_ROOT),
+            netns_dir=dict(type='path', default=D.NETNS_DIR),
+            log_root=dict(type='path', default=D.LOG_ROOT),
         ),
     )
 
 
+def cgroup_info():
+    return dict(
+        argument_spec=dict(
+            path=dict(type='str', default=D.CGROUP_PARENT),
+            max_depth=dict(type='int'),
+            report=dict(type='str', choices=['all', 'pods', 'none'], default='pods'),
+            require_memory_limit=dict(type='bool', default=True),
+            memory_limit_ceiling=dict(type='str'),
+            check_node_memory=dict(type='bool', default=True),
+            node_memory=dict(type='str'),
+            meminfo=dict(type='path', default='/proc/meminfo'),
+            check_empty_pods=dict(type='bool', default=True),
+            check_cpu_limit_without_request=dict(type='bool', default=True),
+            cgroup_root=dict(type='path', default=D.CGROUP_ROOT),
+            mountinfo=dict(type='path', default=D.MOUNTINFO),
+            hierarchy=dict(type='str', choices=['auto', 'v1', 'v2', 'hybrid'], default='auto'),
+        ),
+    )
+
+
+def node_routes():
+    return dict(
+        argument_spec=dict(
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            nodes=dict(type='list', elements='dict', default=[], options=dict(
+                name=dict(type='str'),
+                pod_cidr=dict(type='str', required=True),
+                node_ip=dict(type='str', required=True),
+            )),
+            node_name=dict(type='str'),
+        ),
+    )
+
+
+def pod_converged():
+    return dict(
+        argument_spec=dict(steps=dict(type='dict'), pods=dict(type='list', elements='dict')),
+        mutually_exclusive=[('steps', 'pods')],
+        required_one_of=[('steps', 'pods')],
+    )
+
+
+# The modules the pod role's steps run (pod_converged validates each step's arguments with these).
 SPECS = dict(chroot_rootfs=chroot_rootfs, ns_sandbox=ns_sandbox, cgroup_limit=cgroup_limit,
              veth_net=veth_net, pod_status=pod_status)

@@ -16,21 +16,20 @@ and skipped when the bytes would not change, so a converged second run writes no
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import fcntl
 import json
 import os
 import shutil
 
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
-    BarepodError, dump_json, write_if_changed, validate_dns_label, validate_dns_subdomain)
+    BarepodError, dump_json, exclusive_lock, write_if_changed, validate_dns_label, validate_dns_subdomain)
 
-DEFAULT_STATE_ROOT = '/run/barepod/pods'
-DEFAULT_NETNS_DIR = '/run/netns'
-DEFAULT_ROOTFS_ROOT = '/var/lib/barepod/rootfs'
-DEFAULT_LOG_ROOT = '/var/log/pods'
-DEFAULT_CNI_DATA_DIR = '/var/lib/cni/networks'
+DEFAULT_STATE_ROOT = _defaults.STATE_ROOT
+DEFAULT_NETNS_DIR = _defaults.NETNS_DIR
+DEFAULT_ROOTFS_ROOT = _defaults.ROOTFS_ROOT
+DEFAULT_LOG_ROOT = _defaults.LOG_ROOT
+DEFAULT_CNI_DATA_DIR = _defaults.CNI_DATA_DIR
 
 RECORD_FILE = 'record.json'
 STATUS_FILE = 'status.json'
@@ -97,16 +96,10 @@ class PodRecord(object):
     def section(self, name, default=None):
         return self.load().get(name, default)
 
-    @contextlib.contextmanager
     def lock(self):
         if not os.path.isdir(self.path):
             os.makedirs(self.path, 0o700, exist_ok=True)
-        fd = os.open(os.path.join(self.path, LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        return exclusive_lock(os.path.join(self.path, LOCK_FILE), 0o600)
 
     def would_change(self, section, value):
         return self.load().get(section) != value

@@ -12,32 +12,31 @@
 
 The shape is observe -> plan (Actions, the single check-mode choke point) -> apply. In
 check mode nothing is written (the address comes from Allocator.peek()); a converged run
-plans nothing and writes nothing. `NodeRoutes` adds kindnet-style routes to the other
-nodes' pod CIDRs, owned through a route protocol number.
+plans nothing and writes nothing. (The routes to other nodes' pod CIDRs are _noderoutes.)
 
-The iptables part is a minimal private helper (iptables-save to observe, one
+The iptables part goes through _iptables.Backend (iptables-save to observe, one
 `iptables-restore --noflush` batch to change), owning only rules tagged with its comment.
 """
 
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import os
-import subprocess
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
-    Actions, BarepodError, validate_ifname, validate_uid)
+    Actions, BarepodError, Manager, result, validate_ifname, validate_uid)
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils import _ipam
+from ansible_collections.barepod.linux.plugins.module_utils import _iptables
 from ansible_collections.barepod.linux.plugins.module_utils import _netlink as nl
 from ansible_collections.barepod.linux.plugins.module_utils._state import (
     DEFAULT_CNI_DATA_DIR, DEFAULT_STATE_ROOT, PodRecord, list_records, netns_path)
 
-DEFAULT_NETWORK = 'barepod'
-DEFAULT_BRIDGE = 'cni0'
-DEFAULT_IFNAME = 'eth0'
-DEFAULT_MTU = 1500
+DEFAULT_NETWORK = _defaults.NETWORK
+DEFAULT_BRIDGE = _defaults.BRIDGE
+DEFAULT_IFNAME = _defaults.IFNAME
+DEFAULT_MTU = _defaults.MTU
 MULTICAST_V4 = '224.0.0.0/4'
 CHAIN_PREFIX = 'CNI-'
 MAX_CHAIN = 28  # iptables chain names are at most 28 characters
@@ -84,30 +83,19 @@ def masq_rules(network, container_id, ip, subnet):
 
 
 # --------------------------------------------------------------------------- iptables
-class Iptables(object):
-    """iptables-save / iptables-restore --noflush on the current network namespace."""
+def system_iptables():
+    """The iptables backend veth_net uses: the host's iptables-save / iptables-restore (as the CNI
+    bridge plugin does), through the one wrapper _iptables.Backend."""
+    return _iptables.Backend.system(_iptables.which('iptables-save') or 'iptables-save',
+                                    _iptables.which('iptables-restore') or 'iptables-restore',
+                                    _iptables.which('iptables') or 'iptables')
 
-    def __init__(self, save='iptables-save', restore='iptables-restore'):
-        self.save_bin = save
-        self.restore_bin = restore
 
-    def save_nat(self):
-        """The nat table as iptables-save prints it ('' when iptables is not installed)."""
-        try:
-            p = subprocess.run([self.save_bin, '-t', 'nat'], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, check=False)
-        except FileNotFoundError:
-            return ''
-        if p.returncode != 0:
-            raise BarepodError('%s -t nat failed: %s' % (self.save_bin, p.stderr.decode(errors='replace').strip()))
-        return p.stdout.decode()
-
-    def restore(self, text):
-        p = subprocess.run([self.restore_bin, '-w', '--noflush'], input=text.encode(),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-        if p.returncode != 0:
-            raise BarepodError('%s --noflush failed: %s\ninput:\n%s'
-                               % (self.restore_bin, p.stderr.decode(errors='replace').strip(), text))
+def save_nat(ipt):
+    """The nat table as iptables-save prints it ('' when iptables is not installed)."""
+    if _iptables.which(ipt.save_cmd) is None:
+        return ''
+    return ipt.save('nat')
 
 
 def owned_nat(save_text, network, container_id):
@@ -168,8 +156,8 @@ class Spec(object):
         self.state = _opt(params, 'state', 'present')
         # no uid with state=present: only the node side (bridge with the gateway, ip_forward), for a
         # node that has no pod yet
-        self.bridge_only = self.state == 'present' and params.get('uid') is None
-        self.uid = validate_uid('uid', params.get('uid')) if not self.bridge_only else None
+        self.bridge_only = self.state == 'present' and params.get('pod_uid') is None
+        self.uid = validate_uid('pod_uid', params.get('pod_uid')) if not self.bridge_only else None
         self.container_id = _opt(params, 'container_id', self.uid) if not self.bridge_only else ''
         if not self.bridge_only and (not self.container_id.strip() or '\n' in self.container_id
                                      or '\r' in self.container_id):
@@ -216,7 +204,7 @@ class Spec(object):
         self.record = PodRecord(self.namespace, self.name, self.state_root) if self.namespace else None
         if self.bridge_only and (self.record is not None or self.netns or params.get('ip')):
             raise BarepodError('is required to attach a pod (namespace/name, netns or ip given); without it '
-                               'only the node bridge is converged', field='uid', value=None)
+                               'only the node bridge is converged', field='pod_uid', value=None)
 
     def resolve_netns(self):
         if self.netns:
@@ -276,12 +264,15 @@ def summary(node, pod, ip=None, masq=None):
 
 
 # --------------------------------------------------------------------------- manager
-class VethNet(object):
-    def __init__(self, params, check_mode=False, proc_root='/proc', iptables=None):
+class VethNet(Manager):
+    """veth_net: the pod's veth pair on the node bridge, its address, routes and masquerade rules.
+    iptables: an _iptables.Backend (default: the host's iptables binaries, see system_iptables)."""
+
+    def __init__(self, params, check_mode=False, diff=False, proc_root='/proc', iptables=None):
+        super().__init__(params, check_mode, diff)
         self.spec = Spec(params)
-        self.check_mode = check_mode
         self.proc_root = proc_root
-        self.ipt = iptables or Iptables()
+        self.ipt = iptables or system_iptables()
         self.actions = Actions(check_mode)
         self.before = {}
         self.after = {}
@@ -297,7 +288,9 @@ class VethNet(object):
             self.absent()
         if self.spec.gc:
             self.collect_garbage()
-        return self.result
+        facts = dict(self.result)
+        facts.pop('actions', None)
+        return result(self.changed, self.actions.planned, dict(before=self.before, after=self.after), **facts)
 
     @property
     def changed(self):
@@ -310,7 +303,7 @@ class VethNet(object):
             owner = spec.record.load().get('uid')
             if owner not in (None, spec.uid):
                 raise BarepodError('pod %s already exists with uid %s, not %s' % (spec.record.key, owner, spec.uid),
-                                   field='uid', value=spec.uid)
+                                   field='pod_uid', value=spec.uid)
         ns = spec.resolve_netns()
         if not nl.is_netns(ns):
             raise BarepodError('network namespace %s does not exist' % ns, field='netns', value=ns)
@@ -325,7 +318,7 @@ class VethNet(object):
             stale = alloc.stale(spec.container_id, spec.ifname)
             held = [a for a in store.get_by_id(spec.container_id, spec.ifname) if alloc.rangeset.contains(a)]
             other = [a for a in held if a != ip]
-            have_masq = owned_nat(self.ipt.save_nat(), spec.network, spec.container_id)
+            have_masq = owned_nat(save_nat(self.ipt), spec.network, spec.container_id)
             self.before = summary(node, pod, held[0] if held else None, have_masq[1] or None)
             fresh = not held and not stale  # a first attachment: undone entirely if it fails
             if not self.check_mode and (new or stale or other):
@@ -418,7 +411,7 @@ class VethNet(object):
 
     def _owned_for_rollback(self):
         spec = self.spec
-        exists, have = owned_nat(self.ipt.save_nat(), spec.network, spec.container_id)
+        exists, have = owned_nat(save_nat(self.ipt), spec.network, spec.container_id)
         return have, chain_name(spec.network, spec.container_id), exists
 
     def _desired_summary(self, node, ip, rng, want_masq):
@@ -597,7 +590,7 @@ class VethNet(object):
                 pod_eth = nl.get_link(pipr, spec.ifname)
             try:
                 held = store.get_by_id(spec.container_id, spec.ifname)
-                save = self.ipt.save_nat()
+                save = save_nat(self.ipt)
                 exists, have = owned_nat(save, spec.network, spec.container_id)
                 self.before = dict(host_veth=spec.host_ifname if host else None,
                                    pod_interface=spec.ifname if pod_eth else None,
@@ -661,7 +654,7 @@ class VethNet(object):
                     if store.allocations().get(addr, (None,))[0] == cid:
                         store.release_ip(addr)
         # masquerade chains of this network left behind by pods that are gone
-        save = self.ipt.save_nat()
+        save = save_nat(self.ipt)
         dead_ids = sorted(set(cid for cid in masq_owners(save, spec.network) if not alive(cid, None)))
         for cid in dead_ids:
             exists, have = owned_nat(save, spec.network, cid)
@@ -671,74 +664,3 @@ class VethNet(object):
                 self.ipt.restore(masq_batch(None, have, chain, exists))
         self.result['collected'] = [str(addr) for addr, owner in dead]
         self.result['collected_chains'] = [chain_name(spec.network, cid) for cid in dead_ids]
-
-
-# --------------------------------------------------------------------------- node routes
-class NodeRoutes(object):
-    """kindnet-style routes: every other node's pod CIDR via that node's address.
-
-    Routes are tagged with protocol RTPROT_BAREPOD; any tagged route that is not wanted any
-    more (a node left the list) is removed. A node whose node_ip is a local address of this
-    namespace (or whose name is `node_name`) is this node and gets no route.
-    """
-
-    def __init__(self, params, check_mode=False):
-        self.check_mode = check_mode
-        self.state = _opt(params, 'state', 'present')
-        self.node_name = params.get('node_name')
-        self.nodes = []
-        seen = set()
-        for i, n in enumerate(_opt(params, 'nodes', [])):
-            field = 'nodes[%d]' % i
-            if not isinstance(n, dict) or not n.get('pod_cidr') or not n.get('node_ip'):
-                raise BarepodError('each node needs pod_cidr and node_ip, got %r' % (n,), field=field, value=n)
-            try:
-                cidr = ipaddress.ip_network(n['pod_cidr'], strict=True)
-            except ValueError as e:
-                raise BarepodError('pod_cidr %r is not a valid CIDR: %s' % (n['pod_cidr'], e),
-                                   field=field + '.pod_cidr', value=n['pod_cidr'])
-            node_ip = _ipam.parse_ip(field + '.node_ip', n['node_ip'])
-            if cidr.version != 4 or node_ip.version != 4:
-                raise BarepodError('only IPv4 is supported', field=field, value=n)
-            if cidr in seen:
-                raise BarepodError('pod_cidr %s is listed twice' % cidr, field=field + '.pod_cidr', value=str(cidr))
-            seen.add(cidr)
-            self.nodes.append(dict(name=n.get('name'), pod_cidr=str(cidr), node_ip=str(node_ip)))
-        self.actions = Actions(check_mode)
-        self.before = self.after = None
-
-    def run(self):
-        ipr = nl.open_ipr()
-        try:
-            local = nl.local_addresses(ipr)
-            want = {}
-            if self.state == 'present':
-                for n in self.nodes:
-                    if n['node_ip'] in local or (self.node_name and n['name'] == self.node_name):
-                        continue
-                    want[n['pod_cidr']] = n['node_ip']
-            have = {}
-            for r in nl.routes(ipr, proto=nl.RTPROT_BAREPOD):
-                have.setdefault(r['dst'], []).append(r['gateway'])
-            for dst, gws in sorted(have.items()):
-                if dst not in want or gws != [want[dst]]:
-                    for gw in gws:
-                        self.actions.add('delete route', dst, gateway=gw,
-                                         fn=lambda d=dst, g=gw: nl.del_route(ipr, d, gateway=g,
-                                                                             proto=nl.RTPROT_BAREPOD))
-            for dst, gw in sorted(want.items()):
-                if have.get(dst) != [gw]:
-                    self.actions.add('add route', dst, gateway=gw,
-                                     fn=lambda d=dst, g=gw: nl.add_route(ipr, d, gateway=g,
-                                                                         proto=nl.RTPROT_BAREPOD))
-            self.actions.run()
-            self.before = dict(routes=dict((d, g[0] if len(g) == 1 else g) for d, g in sorted(have.items())))
-            self.after = dict(routes=dict(sorted(want.items())))
-            return dict(routes=[dict(dst=d, gateway=g) for d, g in sorted(want.items())],
-                        actions=self.actions.planned)
-        finally:
-            ipr.close()
-
-    @property
-    def changed(self):
-        return bool(self.actions)

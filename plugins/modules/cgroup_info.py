@@ -120,36 +120,13 @@ cgroups:
   elements: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._cgroups import run_info
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._cgaudit import CgroupInfo
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type='str', default='kubepods'),
-            max_depth=dict(type='int'),
-            report=dict(type='str', choices=['all', 'pods', 'none'], default='pods'),
-            require_memory_limit=dict(type='bool', default=True),
-            memory_limit_ceiling=dict(type='str'),
-            check_node_memory=dict(type='bool', default=True),
-            node_memory=dict(type='str'),
-            meminfo=dict(type='path', default='/proc/meminfo'),
-            check_empty_pods=dict(type='bool', default=True),
-            check_cpu_limit_without_request=dict(type='bool', default=True),
-            cgroup_root=dict(type='path', default='/sys/fs/cgroup'),
-            mountinfo=dict(type='path', default='/proc/self/mountinfo'),
-            hierarchy=dict(type='str', choices=['auto', 'v1', 'v2', 'hybrid'], default='auto'),
-        ),
-        supports_check_mode=True,
-    )
-    try:
-        res = run_info(module.params)
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    module.exit_json(**res)
+    run_module('cgroup_info', _specs.cgroup_info(), CgroupInfo)
 
 
 if __name__ == '__main__':

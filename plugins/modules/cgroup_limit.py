@@ -202,28 +202,13 @@ removed:
   elements: str
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._cgroups import run_limit
 from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._cgroups import CgroupLimitManager
 
 
 def main():
-    module = AnsibleModule(
-        supports_check_mode=True,
-        **_specs.cgroup_limit()
-    )
-    try:
-        res = run_limit(module.params, check_mode=module.check_mode)
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    diff = res.pop('diff')
-    for w in res.pop('warnings_'):
-        module.warn(w)
-    if module._diff:
-        res['diff'] = diff
-    module.exit_json(**res)
+    run_module('cgroup_limit', _specs.cgroup_limit(), CgroupLimitManager)
 
 
 if __name__ == '__main__':

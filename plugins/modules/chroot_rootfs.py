@@ -263,30 +263,13 @@ actions:
   sample: [{"action": "add", "target": "/bin/ls", "kind": "copy", "source": "/usr/bin/ls", "by": ["/bin/ls"]}]
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._rootfs import run as run_rootfs
 from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._rootfs import ChrootRootfs
 
 
 def main():
-    module = AnsibleModule(
-        supports_check_mode=True,
-        **_specs.chroot_rootfs()
-    )
-    try:
-        res = run_rootfs(module.params, check_mode=module.check_mode)
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    except (IOError, OSError) as e:
-        module.fail_json(msg='chroot_rootfs: %s' % e)
-    diff = res.pop('diff')
-    for w in res.pop('warnings'):
-        module.warn(w)
-    if module._diff:
-        res['diff'] = diff
-    module.exit_json(**res)
+    run_module('chroot_rootfs', _specs.chroot_rootfs(), ChrootRootfs)
 
 
 if __name__ == '__main__':

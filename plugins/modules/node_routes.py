@@ -76,38 +76,13 @@ actions:
   elements: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils import _netlink
+from ansible_collections.barepod.linux.plugins.module_utils import _netlink, _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._noderoutes import NodeRoutes
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            nodes=dict(type='list', elements='dict', default=[], options=dict(
-                name=dict(type='str'),
-                pod_cidr=dict(type='str', required=True),
-                node_ip=dict(type='str', required=True),
-            )),
-            node_name=dict(type='str'),
-        ),
-        supports_check_mode=True,
-    )
-    if not _netlink.HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
-
-    from ansible_collections.barepod.linux.plugins.module_utils._veth import NodeRoutes
-    try:
-        mgr = NodeRoutes(module.params, check_mode=module.check_mode)
-        result = mgr.run()
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    out = dict(changed=mgr.changed, **result)
-    if module._diff:
-        out['diff'] = dict(before=mgr.before, after=mgr.after)
-    module.exit_json(**out)
+    run_module('node_routes', _specs.node_routes(), NodeRoutes, requires=_netlink.REQUIRES)
 
 
 if __name__ == '__main__':

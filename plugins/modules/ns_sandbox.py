@@ -38,10 +38,12 @@ options:
       - The pod's Kubernetes namespace (a DNS-1123 label).
     type: str
     default: default
-  uid:
+  pod_uid:
     description:
       - The pod uid. Defaults to the uid in the existing pod record, else a uid derived from namespace and name.
+      - Named as in M(barepod.linux.chroot_rootfs) and M(barepod.linux.cgroup_limit); O(uid) is an alias.
     type: str
+    aliases: [uid]
   state:
     description:
       - V(present) starts what is not running (a dead container is restarted with its restart count increased,
@@ -244,23 +246,13 @@ actions:
   elements: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
 from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
 
 
 def main():
-    module = AnsibleModule(supports_check_mode=True, **_specs.ns_sandbox())
-    try:
-        result = SandboxManager(module.params, check_mode=module.check_mode).run()
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    diff = result.pop('diff')
-    if module._diff:
-        result['diff'] = diff
-    module.exit_json(**result)
+    run_module('ns_sandbox', _specs.ns_sandbox(), SandboxManager)
 
 
 if __name__ == '__main__':

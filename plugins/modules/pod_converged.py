@@ -89,29 +89,13 @@ changes:
   returned: when steps is given
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils import _netlink
-from ansible_collections.barepod.linux.plugins.module_utils._podconverge import check_many, check_steps
+from ansible_collections.barepod.linux.plugins.module_utils import _netlink, _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._podconverge import PodConverged
 
 
 def main():
-    module = AnsibleModule(argument_spec=dict(steps=dict(type='dict'), pods=dict(type='list', elements='dict')),
-                           mutually_exclusive=[('steps', 'pods')], required_one_of=[('steps', 'pods')],
-                           supports_check_mode=True)
-    if not _netlink.HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
-    try:
-        if module.params['pods'] is not None:
-            res = dict(pods=check_many(module.params['pods']))
-        else:
-            res = check_steps(module.params['steps'])
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    except (IOError, OSError) as e:
-        module.fail_json(msg='pod_converged: %s' % e)
-    module.exit_json(changed=False, **res)
+    run_module('pod_converged', _specs.pod_converged(), PodConverged, requires=_netlink.REQUIRES)
 
 
 if __name__ == '__main__':

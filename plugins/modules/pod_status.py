@@ -107,35 +107,13 @@ table:
   elements: str
 '''
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._state import pod_key
-from ansible_collections.barepod.linux.plugins.module_utils._podstatus import PodStatusManager
 from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._podstatus import PodStatusManager
 
 
 def main():
-    module = AnsibleModule(
-        supports_check_mode=True,
-        **_specs.pod_status()
-    )
-    p = module.params
-    try:
-        if p['name']:
-            pod_key(p['namespace'] or 'default', p['name'])
-        if p['manifest'] is not None:
-            md = p['manifest'].get('metadata') or {}
-            if md.get('name') not in (None, p['name']):
-                raise BarepodError('metadata.name %r does not match name %r' % (md.get('name'), p['name']),
-                                   field='manifest', value=md.get('name'))
-        mgr = PodStatusManager(p, check_mode=module.check_mode)
-        result = mgr.run()
-    except BarepodError as e:
-        module.fail_json(msg=str(e))
-    if module._diff and mgr.diff is not None:
-        result['diff'] = mgr.diff
-    module.exit_json(**result)
+    run_module('pod_status', _specs.pod_status(), PodStatusManager)
 
 
 if __name__ == '__main__':

@@ -34,18 +34,20 @@ options:
     type: str
     choices: [present, absent]
     default: present
-  uid:
+  pod_uid:
     description:
-      - The pod uid. The host-side veth name and the default network namespace path
+      - The pod uid (named as in the other pod modules; O(uid) is an alias). The host-side veth name and the
+        default network namespace path
         (C(/run/netns/barepod-<first 8 of uid>)) are derived from it.
       - Required with O(state=absent). Omitted with O(state=present), only the node side is converged
         (the bridge with the gateway address of O(subnet), up, and C(net.ipv4.ip_forward)), for a node
         that has no pod yet; then O(namespace), O(name), O(netns) and O(ip) must not be given.
     type: str
+    aliases: [uid]
   container_id:
     description:
       - The id written into the IPAM files and the masquerade comment (CNI_CONTAINERID).
-      - Defaults to O(uid).
+      - Defaults to O(pod_uid).
     type: str
   namespace:
     description: The pod's Kubernetes namespace; with O(name), selects the pod record to update.
@@ -140,7 +142,7 @@ EXAMPLES = r'''
 
 - name: Attach the pod to cni0 with an address from 10.244.0.0/24
   barepod.linux.veth_net:
-    uid: 6f1c3a52-9a43-4f0e-8d2b-0b7cf3b0f2a1
+    pod_uid: 6f1c3a52-9a43-4f0e-8d2b-0b7cf3b0f2a1
     namespace: default
     name: nginx
     subnet: 10.244.0.0/24
@@ -152,7 +154,7 @@ EXAMPLES = r'''
 
 - name: Detach it again (safe to repeat, also when the netns is gone)
   barepod.linux.veth_net:
-    uid: 6f1c3a52-9a43-4f0e-8d2b-0b7cf3b0f2a1
+    pod_uid: 6f1c3a52-9a43-4f0e-8d2b-0b7cf3b0f2a1
     namespace: default
     name: nginx
     state: absent
@@ -236,33 +238,13 @@ actions:
   elements: dict
 '''
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils import _netlink
-from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils import _netlink, _specs
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
+from ansible_collections.barepod.linux.plugins.module_utils._veth import VethNet
 
 
 def main():
-    module = AnsibleModule(
-        supports_check_mode=True,
-        **_specs.veth_net()
-    )
-    if not _netlink.HAS_PYROUTE2:
-        module.fail_json(msg=missing_required_lib('pyroute2'), exception=str(_netlink.PYROUTE2_IMPORT_ERROR))
-
-    from ansible_collections.barepod.linux.plugins.module_utils._veth import Iptables, VethNet
-    try:
-        ipt = Iptables(module.get_bin_path('iptables-save') or 'iptables-save',
-                       module.get_bin_path('iptables-restore') or 'iptables-restore')
-        mgr = VethNet(module.params, check_mode=module.check_mode, iptables=ipt)
-        result = mgr.run()
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    out = dict(changed=mgr.changed, **result)
-    if module._diff:
-        out['diff'] = dict(before=mgr.before, after=mgr.after)
-    module.exit_json(**out)
+    run_module('veth_net', _specs.veth_net(), VethNet, requires=_netlink.REQUIRES)
 
 
 if __name__ == '__main__':

@@ -299,14 +299,15 @@ def _module_spec(modname):
         captured.update(argument_spec)
         raise _Captured()
 
-    orig = mod.AnsibleModule
-    mod.AnsibleModule = fake
+    runner = importlib.import_module('ansible_collections.barepod.linux.plugins.module_utils._module')
+    orig = runner.AnsibleModule
+    runner.AnsibleModule = fake
     try:
         mod.main()
     except _Captured:
         pass
     finally:
-        mod.AnsibleModule = orig
+        runner.AnsibleModule = orig
     return captured
 
 

@@ -263,7 +263,7 @@ def test_pod_manifest_through_the_managers_in_check_mode(m, roots, tally):
         except BarepodError as e:
             assert _clear_error(e), e
             ok = False
-    sb = dict(name=ident['name'], namespace=ident['namespace'], uid=ident['uid'],
+    sb = dict(name=ident['name'], namespace=ident['namespace'], pod_uid=ident['uid'],
               hostname=spec.get('hostname'), state_root=os.path.join(work, 'state'),
               containers=[dict(s, rootfs=prepared) for s in specs])
     try:
@@ -501,8 +501,8 @@ def test_names_are_rejected_before_they_become_paths(value, reliability_log, tmp
                                                              rootfs_root=str(tmp_path / 'r')), check_mode=True)),
         ('chroot_rootfs pod_uid', lambda: _rootfs.run(dict(pod_uid=value, container='c',
                                                            rootfs_root=str(tmp_path / 'r')), check_mode=True)),
-        ('veth_net uid', lambda: _veth.Spec(dict(uid=value, state='absent'))),
-        ('veth_net network', lambda: _veth.Spec(dict(uid='u1', network=value + '"\n', state='absent'))),
+        ('veth_net uid', lambda: _veth.Spec(dict(pod_uid=value, state='absent'))),
+        ('veth_net network', lambda: _veth.Spec(dict(pod_uid='u1', network=value + '"\n', state='absent'))),
     ]
     for what, fn in checks:
         if value == '' and what in ('ns_sandbox namespace', 'ns_sandbox hostname'):
@@ -628,7 +628,7 @@ def test_masquerade_comment_round_trips_through_iptables(container_id, netns, re
     from ansible_collections.barepod.linux.plugins.module_utils import _veth
     monkeypatch.undo()  # this test runs iptables on purpose, inside its own netns
     try:
-        _veth.Spec(dict(uid='u1', container_id=container_id, state='absent'))
+        _veth.Spec(dict(pod_uid='u1', container_id=container_id, state='absent'))
     except BarepodError as e:
         assert e.field == 'container_id'
         reliability_log('input', 'veth_net container_id %r' % container_id, 'rejected')

@@ -16,7 +16,7 @@ def actual(**kw):
 
 
 def desired(state='present'):
-    return sb.desired(dict(name='p', namespace='default', uid='u', state=state, containers=[], netns_dir='/run/netns',
+    return sb.desired(dict(name='p', namespace='default', pod_uid='u', state=state, containers=[], netns_dir='/run/netns',
                            state_root='/nonexistent', log_root='/nonexistent'))
 
 

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ansible_collections.barepod.linux.plugins.module_utils import _cgroups as cg
+from ansible_collections.barepod.linux.plugins.module_utils import _cgaudit as cga
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
 MOUNTINFO_HYBRID = """\
@@ -291,7 +292,7 @@ def test_audit_fixture(v2tree):
     make_v2_pod(v2tree, 'kubepods/burstable/podleak', memory_max=str(2 ** 20))
     make_v2_pod(v2tree, 'kubepods/burstable/podcpu', memory_max=str(2 ** 20), procs='13\n',
                 cpu_max='50000 100000', weight='1')
-    res = cg.run_info(dict(cgroup_root=v2tree, hierarchy='v2', path='kubepods', node_memory='1Gi',
+    res = cga.run_info(dict(cgroup_root=v2tree, hierarchy='v2', path='kubepods', node_memory='1Gi',
                            memory_limit_ceiling='512Mi', report='all'))
     s = res['summary']
     assert s['pods'] == 4 and s['memory_limited'] == 3 and s['memory_unlimited'] == 1
@@ -314,23 +315,23 @@ def test_audit_fixture(v2tree):
 
 def test_audit_policies_off_and_missing_subtree(v2tree):
     make_v2_pod(v2tree, 'kubepods/besteffort/podb1')
-    res = cg.run_info(dict(cgroup_root=v2tree, hierarchy='v2', node_memory='1Gi', require_memory_limit=False,
+    res = cga.run_info(dict(cgroup_root=v2tree, hierarchy='v2', node_memory='1Gi', require_memory_limit=False,
                            check_empty_pods=False))
     assert res['violations'] == []
-    res = cg.run_info(dict(cgroup_root=v2tree, hierarchy='v2', node_memory='1Gi', path='nothere'))
+    res = cga.run_info(dict(cgroup_root=v2tree, hierarchy='v2', node_memory='1Gi', path='nothere'))
     assert res['exists'] is False and res['summary']['cgroups'] == 0
 
 
 def test_audit_bad_path(v2tree):
     with pytest.raises(BarepodError) as e:
-        cg.run_info(dict(cgroup_root=v2tree, hierarchy='v2', node_memory='1Gi', path='../x'))
+        cga.run_info(dict(cgroup_root=v2tree, hierarchy='v2', node_memory='1Gi', path='../x'))
     assert 'path' in str(e.value)
 
 
 def test_node_memory_total(tmp_path):
     p = tmp_path / 'meminfo'
     p.write_text('MemTotal:       16303528 kB\nMemFree: 1 kB\n')
-    assert cg.node_memory_total(str(p)) == 16303528 * 1024
+    assert cga.node_memory_total(str(p)) == 16303528 * 1024
 
 
 def test_walk_max_depth(tmp_path):

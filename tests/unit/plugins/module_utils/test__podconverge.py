@@ -31,20 +31,22 @@ class _Captured(Exception):
 
 
 def module_spec(name, whole=False):
-    """The argument_spec (whole: every keyword argument) the module's main() hands to AnsibleModule."""
+    """The argument_spec (whole: every keyword argument) the module's main() hands to AnsibleModule
+    (through _module.run_module, where AnsibleModule is called)."""
     mod = importlib.import_module('ansible_collections.barepod.linux.plugins.modules.' + name)
+    runner = importlib.import_module('ansible_collections.barepod.linux.plugins.module_utils._module')
     got = {}
 
     def fake(**kw):
         got.update(kw)
         raise _Captured()
-    orig = mod.AnsibleModule
-    mod.AnsibleModule = fake
+    orig = runner.AnsibleModule
+    runner.AnsibleModule = fake
     try:
         with pytest.raises(_Captured):
             mod.main()
     finally:
-        mod.AnsibleModule = orig
+        runner.AnsibleModule = orig
     return got if whole else got['argument_spec']
 
 

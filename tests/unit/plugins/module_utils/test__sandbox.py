@@ -71,7 +71,7 @@ def test_env_overrides_defaults_and_user_fields(rootfs):
     ('name', dict(name='Pod')),
     ('namespace', dict(namespace='kube system')),
     ('namespace', dict(namespace='../etc')),
-    ('uid', dict(uid='../../x')),
+    ('uid', dict(pod_uid='../../x')),
     ('namespaces', dict(namespaces=['pid', 'bogus'])),
     ('state', dict(state='running')),
     ('grace_period', dict(grace_period=-1)),

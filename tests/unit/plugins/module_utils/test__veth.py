@@ -69,7 +69,7 @@ def test_masq_batch_repairs_and_removes():
 
 
 def params(**kw):
-    p = dict(state='present', uid=UID, subnet='10.244.0.0/24')
+    p = dict(state='present', pod_uid=UID, subnet='10.244.0.0/24')
     p.update(kw)
     return p
 
@@ -83,7 +83,7 @@ def params(**kw):
     (dict(ifname='averyveryverylongname'), 'ifname'),
     (dict(host_ifname='veth-1234567890ab'), 'host_ifname'),
     (dict(bridge='a/b'), 'bridge'),
-    (dict(uid='bad uid!'), 'uid'),
+    (dict(pod_uid='bad uid!'), 'uid'),
     (dict(mtu=10), 'mtu'),
     (dict(netns='relative/path'), 'netns'),
     (dict(namespace='default'), 'name'),
@@ -108,7 +108,7 @@ def test_spec_defaults_and_netns_resolution(tmp_path):
 
 
 def test_absent_needs_no_subnet():
-    s = _veth.Spec(dict(state='absent', uid=UID))
+    s = _veth.Spec(dict(state='absent', pod_uid=UID))
     assert s.subnet is None
 
 
@@ -118,16 +118,3 @@ def test_paired():
     assert _veth.paired(h, e)
     assert not _veth.paired(h, dict(e, link=9))
     assert not _veth.paired(None, e) and not _veth.paired(h, None)
-
-
-@pytest.mark.parametrize('nodes', [
-    [dict(name='a', pod_cidr='10.244.0.0/33', node_ip='1.1.1.1')],
-    [dict(name='a', pod_cidr='10.244.0.0/24', node_ip='nope')],
-    [dict(name='a', pod_cidr='10.244.0.0/24')],
-    [dict(name='a', pod_cidr='10.244.0.0/24', node_ip='1.1.1.1'),
-     dict(name='b', pod_cidr='10.244.0.0/24', node_ip='1.1.1.2')],
-])
-def test_node_routes_bad_input(nodes):
-    with pytest.raises(BarepodError) as e:
-        _veth.NodeRoutes(dict(nodes=nodes))
-    assert 'nodes[' in str(e.value)
