@@ -302,7 +302,7 @@ except ImportError:
     YAML_IMPORT_ERROR = traceback.format_exc()
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._kubeproxy import sync_service_rules
+from ansible_collections.barepod.linux.plugins.module_utils._kpsync import sync_service_rules
 
 
 ECHO_OBJECTS_MAX = 100
