@@ -213,7 +213,7 @@ def render(objects, settings, track=None):
 def _render(svc_ports, endpoints_map, st, large=None, track=None, on_new=None):
     """large: force kube-proxy's large-cluster mode (a partial render of some Services must use
     the mode of the whole set). track: a dict filled with what each Service (namespace/name)
-    contributes - [aggregate rules, own nat chains, endpoints, ports, filter rules, nat rules].
+    contributes (a Contribution).
     on_new(table, chain): called as each chain is created (see Ruleset)."""
     p = st.chain_prefix
     cn = chain_names(p)
@@ -487,13 +487,26 @@ def _render(svc_ports, endpoints_map, st, large=None, track=None, on_new=None):
     return rs
 
 
+class Contribution(object):
+    """What one Service (namespace/name) put into the ruleset, kept for the partial sync:
+    contrib: its rules in the shared chains (each run of them headed by 'table.chain' indices);
+    chains: its own nat chains (SVC, SVL, EXT, FW, SEP); endpoints, ports: how many it had;
+    filter_rules, nat_rules: how many rules it wrote in each table."""
+
+    __slots__ = ('contrib', 'chains', 'endpoints', 'ports', 'filter_rules', 'nat_rules')
+
+    def __init__(self):
+        self.contrib = []
+        self.chains = []
+        self.endpoints = self.ports = self.filter_rules = self.nat_rules = 0
+
+
 def _track(track, sp, aggregates, lengths, nat_chains, all_eps, reachable, own):
     key = '%s/%s' % (sp.namespace, sp.name)
     t = track.get(key)
     if t is None:
-        t = track[key] = [[], [], 0, 0, 0, 0]
-    contrib = t[0]
-    n_filter = 0
+        t = track[key] = Contribution()
+    contrib = t.contrib
     for ti, cs in enumerate(aggregates):
         for ci, c in enumerate(cs):
             n0 = lengths[ti][ci]
@@ -501,22 +514,21 @@ def _track(track, sp, aggregates, lengths, nat_chains, all_eps, reachable, own):
                 contrib.append('%d.%d' % (ti, ci))
                 contrib.extend(r for _k, r in c[n0:])
                 if ti == 0:
-                    n_filter += len(c) - n0
+                    t.filter_rules += len(c) - n0
                 else:
-                    t[5] += len(c) - n0
-    chains = t[1]
+                    t.nat_rules += len(c) - n0
+    chains = t.chains
     for c in own:
         if c in nat_chains and c not in chains:
             chains.append(c)
-            t[5] += len(nat_chains[c])
+            t.nat_rules += len(nat_chains[c])
     for e in reachable:
         c = '%s-SEP-%s' % (own[0].split('-SVC-')[0], e.chain_hash)
         if c not in chains:
             chains.append(c)
-            t[5] += len(nat_chains[c])
-    t[2] += len(all_eps)
-    t[3] += 1
-    t[4] += n_filter
+            t.nat_rules += len(nat_chains[c])
+    t.endpoints += len(all_eps)
+    t.ports += 1
 
 
 def _service_to_endpoints(rs, sp, chain_name, endpoints, large):

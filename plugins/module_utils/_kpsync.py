@@ -237,7 +237,7 @@ def changed_by_group(old, groups):
         entry = old.get(key)
         if entry is None:
             return None
-        if entry[0] != fp:
+        if entry[REC_FP] != fp:
             changed[key] = fp
     return changed
 
@@ -499,11 +499,7 @@ def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream
             if groups is not None:
                 services = {}
                 for key, fp in groups.items():
-                    t = track.get(key)
-                    if t is None:   # headless, ExternalName, IPv6: no rules
-                        services[key] = [fp, '', 0, [], 0, 0, 0, 1]
-                    else:
-                        services[key] = [fp, _contrib_fp(t[0]), t[2], t[1], t[3], t[4], t[5], 0]
+                    services[key] = record_entry(fp, track.get(key))
             record = (dict(version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
                            jumps=_jumps_by_chain(jumps), settings_fp=settings_fp, input_fp=input_fp,
                            full_sync_at=now if sync == 'iptables-save' else head.get('full_sync_at'),
@@ -608,6 +604,21 @@ def _contrib_fp(contrib):
     return _sha1('\n'.join(contrib).encode('utf-8')).hexdigest()[:24]
 
 
+# The record's entry for one Service, a plain list (marshal writes lists), read by these indices:
+# the fingerprint of its objects, of what it put into the shared chains, its endpoints, its own
+# nat chains, its ports, its filter and nat rules, and 1 when it wrote no rules at all.
+(REC_FP, REC_CONTRIB_FP, REC_ENDPOINTS, REC_CHAINS, REC_PORTS, REC_FILTER_RULES, REC_NAT_RULES,
+ REC_NO_RULES) = range(8)
+
+
+def record_entry(fp, contribution):
+    """A Service's record entry from its Contribution (None: headless, ExternalName, IPv6 - no rules)."""
+    t = contribution
+    if t is None:
+        return [fp, '', 0, [], 0, 0, 0, 1]
+    return [fp, _contrib_fp(t.contrib), t.endpoints, t.chains, t.ports, t.filter_rules, t.nat_rules, 0]
+
+
 def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, members, input_fp, _iptables,
              objrec):
     """Only some Services changed (kube-proxy's partial sync, from the record): render those
@@ -623,7 +634,7 @@ def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, 
         entry = old.get(key)
         if entry is None:
             return None            # a Service added (or renamed): the shared chains change
-        if entry[7]:
+        if entry[REC_NO_RULES]:
             return None            # it had no rules (headless...): let the full render decide
         changed.append(key)
     sub = []
@@ -633,7 +644,7 @@ def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, 
     if skipped:
         return None
     facts = dict(head['facts'])
-    total = facts['endpoints'] - sum(old[k][2] for k in changed) + sum(
+    total = facts['endpoints'] - sum(old[k][REC_ENDPOINTS] for k in changed) + sum(
         len(endpoints.get((sp.name_string, sp.protocol), ())) for sp in svc_ports)
     large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
     if large != facts['large_cluster_mode']:
@@ -642,17 +653,17 @@ def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, 
     rs = _render(svc_ports, endpoints, settings, large=large, track=track)
     for key in changed:
         t = track.get(key)
-        if t is None or _contrib_fp(t[0]) != old[key][1]:
+        if t is None or _contrib_fp(t.contrib) != old[key][REC_CONTRIB_FP]:
             return None            # its cluster IP, ports, node ports... changed: full sync
     nat = _iptables.Table('nat')
     tables = body['tables']
     for key in changed:
-        for c in old[key][3]:
+        for c in old[key][REC_CHAINS]:
             nat.chains[c] = '-'
             nat.rules[c] = tables['nat'].get(c, '')
     want = {}
     for key in changed:
-        for c in track[key][1]:
+        for c in track[key].chains:
             want[c] = rs.saved_rules('nat', c)
     want = dict((c, want[c]) for c in sorted(want))
     hashes = {'nat': dict((c, _iptables.chain_hash(r)) for c, r in want.items())}
@@ -663,9 +674,9 @@ def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, 
     for key in changed:
         e = old[key]
         t = track[key]
-        facts['services'] += t[3] - e[4]
-        facts['rules'] = dict(facts['rules'], filter=facts['rules']['filter'] + t[4] - e[5],
-                              nat=facts['rules']['nat'] + t[5] - e[6])
+        facts['services'] += t.ports - e[REC_PORTS]
+        facts['rules'] = dict(facts['rules'], filter=facts['rules']['filter'] + t.filter_rules - e[REC_FILTER_RULES],
+                              nat=facts['rules']['nat'] + t.nat_rules - e[REC_NAT_RULES])
     facts['endpoints'] = total
     result = dict(facts, changed=bool(plan), chain_prefix=prefix, backend=backend.mode,
                   backend_reason=backend.reason, sync='recorded', render='partial (%d of %d Services)'
@@ -677,10 +688,9 @@ def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, 
             backend.restore(plan.payload)
         nat_hashes = tables['nat']
         for key in changed:
-            for c in old[key][3]:
+            for c in old[key][REC_CHAINS]:
                 nat_hashes.pop(c, None)
-            old[key] = [new_fps[key], old[key][1], track[key][2], track[key][1], track[key][3], track[key][4],
-                        track[key][5], 0]
+            old[key] = record_entry(new_fps[key], track[key])
         nat_hashes.update(hashes['nat'])
         head = dict(head, input_fp=input_fp, facts=dict((k, facts[k]) for k in FACT_KEYS))
         _write_record(paths, head, dict(objrec, tables=tables, services=old))

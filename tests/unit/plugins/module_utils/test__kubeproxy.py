@@ -459,17 +459,17 @@ def test_tracked_contributions_add_up_to_the_full_render():
     rs = kpr.render(objs, fake_proxier_settings(), track=track)
     counts = rs.rule_count()
     fixed = kpr.render([], fake_proxier_settings()).rule_count()
-    assert sum(t[4] for t in track.values()) == counts['filter'] - fixed['filter']
-    assert sum(t[5] for t in track.values()) == counts['nat'] - fixed['nat']
-    own = set(c for t in track.values() for c in t[1])
+    assert sum(t.filter_rules for t in track.values()) == counts['filter'] - fixed['filter']
+    assert sum(t.nat_rules for t in track.values()) == counts['nat'] - fixed['nat']
+    own = set(c for t in track.values() for c in t.chains)
     assert own == set(c for c in rs.chains['nat'] if kpr.is_service_chain('KUBE', c))
-    assert sum(t[3] for t in track.values()) == rs.services
+    assert sum(t.ports for t in track.values()) == rs.services
     fps, members = kps.group_by_service(objs, kps.object_digests(objs))
     for key, group in members.items():
         alone = {}
         kpr.render(group, fake_proxier_settings(), track=alone)
         if key in track:
-            assert alone[key][:2] == track[key][:2], key
+            assert (alone[key].contrib, alone[key].chains) == (track[key].contrib, track[key].chains), key
 
 
 class FakeBackend(object):
