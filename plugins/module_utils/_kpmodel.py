@@ -394,8 +394,9 @@ def parse_slice(field, obj, node_name):
     return key, result
 
 
-def load(objects, node_name=None):
-    """objects -> (sorted [ServicePort], {svc port name string: [Endpoint]}, skipped)."""
+def load(objects, node_name=None, warnings=None):
+    """objects -> (sorted [ServicePort], {svc port name string: [Endpoint]}, skipped).
+    warnings: a list that gets what was accepted only as kube-proxy accepts it."""
     services = {}
     slices = []
     skipped = []

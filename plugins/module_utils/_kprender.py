@@ -202,9 +202,9 @@ def _jump_specs(prefix, localhost_fw):
     return out
 
 
-def render(objects, settings, track=None):
+def render(objects, settings, track=None, warnings=None):
     """Services + EndpointSlices -> Ruleset, exactly as kube-proxy's syncProxyRules."""
-    svc_ports, endpoints, skipped = load(objects, settings.node_name)
+    svc_ports, endpoints, skipped = load(objects, settings.node_name, warnings=warnings)
     rs = _render(svc_ports, endpoints, settings, track=track)
     rs.skipped = skipped
     return rs

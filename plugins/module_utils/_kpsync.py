@@ -24,7 +24,7 @@ import uuid
 
 from ansible_collections.barepod.linux.plugins.module_utils import _iptables
 from ansible_collections.barepod.linux.plugins.module_utils._common import atomic_write, failpoint, failpoint_armed
-from ansible_collections.barepod.linux.plugins.module_utils._common import makedirs
+from ansible_collections.barepod.linux.plugins.module_utils._common import Manager, makedirs, result
 from ansible_collections.barepod.linux.plugins.module_utils._kpmodel import (
     LARGE_CLUSTER_ENDPOINTS_THRESHOLD, SERVICE_NAME_LABEL, Settings, _err, load)
 from ansible_collections.barepod.linux.plugins.module_utils._kprender import (
@@ -242,20 +242,6 @@ def changed_by_group(old, groups):
     return changed
 
 
-def sync_service_rules(params, check_mode=False, want_diff=False, yaml_mod=None, backend=None, stream=True):
-    """The kube_svc_rules module: render, observe, plan the partial sync, apply once.
-    stream=False: never stream a first sync into iptables-restore (tests compare both ways)."""
-    # Tens of thousands of short-lived rule strings and objects: the cyclic collector would
-    # rescan them again and again (a third of the run time at 10,000 Services) for no gain.
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream)
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _settings(params, apply_, proc_root):
     liberal = params.get('conntrack_tcp_be_liberal')
     if liberal is None:
@@ -280,241 +266,406 @@ def settings_fingerprint(st):
                        st.conntrack_tcp_be_liberal, st.nfacct)).encode('utf-8')).hexdigest()[:24]
 
 
-def _sync_service_rules(params, check_mode, want_diff, yaml_mod, backend, stream=True):
-    state = params.get('state') or 'present'
-    if state not in ('present', 'absent'):
-        raise _err('must be present or absent', 'state', state)
-    resync = params.get('resync') or 'auto'
-    if resync not in ('auto', 'always'):
-        raise _err('must be auto or always', 'resync', resync)
-    inline = params.get('objects') or []
-    texts = read_source_texts(params.get('src')) if state == 'present' else []
-    proc_root = params.get('proc_root') or '/proc'
-    apply_ = params.get('apply', True)
-    return_payload = params.get('return_payload', True)
-    settings = _settings(params, apply_, proc_root)
-    prefix = settings.chain_prefix
+class SvcRules(Manager):
+    """The kube_svc_rules manager: render, observe, plan kube-proxy's (partial) sync, apply once.
 
-    if not apply_:
-        rs = render(list(inline) + parse_source_texts(texts, yaml_mod), settings)
-        result = _facts(rs, prefix)
-        if return_payload:
-            result['payload'] = rs.payload()
-        result['chains'] = dict(desired=['%s/%s' % (t, c) for t in TABLES for c in rs.ordered_chains(t)])
-        return result
+    yaml_mod: PyYAML, for the src files; backend: an _iptables.Backend (tests pass fakes);
+    stream=False: never stream a first sync into iptables-restore (tests compare both ways).
+    run() -> _common.result(changed, actions, diff, warnings, **the facts in RETURN)."""
 
-    if backend is None:
-        backend = _iptables.Backend(params.get('backend') or 'auto', save=params.get('iptables_save'),
-                                    restore=params.get('iptables_restore'), iptables=params.get('iptables'),
-                                    proc_net=os.path.join(proc_root, 'net'))
-    canary = prefix + '-PROXY-CANARY'
-    paths = _record_paths(params.get('state_dir') or DEFAULT_STATE_DIR, proc_root, backend.mode, prefix)
+    def __init__(self, params, check_mode=False, diff=False, yaml_mod=None, backend=None, stream=True):
+        super(SvcRules, self).__init__(params, check_mode=check_mode, diff=diff)
+        self.yaml_mod = yaml_mod
+        self.backend = backend
+        self.stream = stream
+        self.warnings = []
 
-    # What is there: kube-proxy keeps it in memory and trusts it while its canary chain
-    # survives; we keep it in a record (a small head and a body with every chain's fingerprint
-    # and what each Service contributed), trusted the same way (resync=auto). Otherwise, and
-    # always for --diff, iptables-save is the truth.
-    # Like kube-proxy, compare with the kernel again every full_sync_period (FullSyncPeriod, an
-    # hour) - except in large cluster mode, where kube-proxy skips the periodic full sync too.
-    period = params.get('full_sync_period')
-    period = 3600 if period is None else period
-    if isinstance(period, bool) or not isinstance(period, int) or period < 0:
-        raise _err('must be a number of seconds (0: never)', 'full_sync_period', period)
-    head = _load_json(paths[0]) if (resync == 'auto' and not want_diff) else None
-    trusted = False
-    now = time.time()
-    reason = '--diff' if want_diff else 'resync=always' if resync == 'always' else 'no record'
-    if head is not None:
-        token = _iptables.canary_token(backend.list_chain('mangle', canary), canary)
-        trusted = token is not None and token == head.get('token')
-        reason = 'record trusted (canary token matches)' if trusted else 'canary token differs from the record'
-        age = now - (head.get('full_sync_at') or 0)
-        if trusted and period and age > period and not (head.get('facts') or {}).get('large_cluster_mode'):
-            trusted = False
-            reason = 'periodic full sync (last one %d s ago)' % age
-        if not trusted:
-            head = None
+    def run(self):
+        # Tens of thousands of short-lived rule strings and objects: the cyclic collector would
+        # rescan them again and again (a third of the run time at 10,000 Services) for no gain.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            res = self._sync()
+        finally:
+            if enabled:
+                gc.enable()
+        changed = res.pop('changed')
+        diff = res.pop('diff', None)
+        return result(changed, _actions(res) if changed else (), diff, self.warnings, **res)
 
-    # Fast paths (Services and EndpointSlices unchanged, or only some Services changed): from
-    # the record, without rendering everything, without iptables-save.
-    settings_fp = settings_fingerprint(settings)
-    objects = list(inline)
-    # Without a trusted record the digests serve only the next record: computed while the
-    # restore runs (below), not before.
-    input_fp = digests = None
-    if state == 'present' and trusted:
-        digests = object_digests(inline)
-        input_fp = _input_fingerprint(digests, texts, settings_fp)
-        if not return_payload and head.get('input_fp') == input_fp:
-            result = dict(head['facts'], changed=False, chain_prefix=prefix, backend=backend.mode,
-                          backend_reason=backend.reason, sync='recorded', sync_reason=reason, render='none',
-                          restore_payload='', chains=_iptables.SyncPlan().summary(), restores=0)
-            return result
-    if texts:
-        more = parse_source_texts(texts, yaml_mod)
-        objects += more
-        if digests is not None:
-            digests = digests + object_digests(more)
-    body = None
-    groups = members = okeys = None
-    if state == 'present' and trusted:
-        tried = False
-        if not return_payload and head.get('settings_fp') == settings_fp:
-            body = _load_body(paths[1])
-            if body is None or body.get('id') != head.get('body_id'):
-                body = None
-            else:
+    # ----------------------------------------------------------------------- the steps
+
+    def _sync(self):
+        params = self.params
+        self.state = _choice(params, 'state', ('present', 'absent'))
+        self.resync = _choice(params, 'resync', ('auto', 'always'))
+        inline = params.get('objects') or []
+        self.n_inline = len(inline)
+        self.texts = read_source_texts(params.get('src')) if self.state == 'present' else []
+        proc_root = params.get('proc_root') or '/proc'
+        apply_ = params.get('apply', True)
+        self.return_payload = params.get('return_payload', True)
+        self.settings = _settings(params, apply_, proc_root)
+        self.prefix = self.settings.chain_prefix
+        if not apply_:
+            return self._render_only(inline)
+        if self.backend is None:
+            self.backend = _iptables.Backend(params.get('backend') or 'auto', save=params.get('iptables_save'),
+                                             restore=params.get('iptables_restore'), iptables=params.get('iptables'),
+                                             proc_net=os.path.join(proc_root, 'net'))
+        self.canary = self.prefix + '-PROXY-CANARY'
+        self.paths = _record_paths(params.get('state_dir') or DEFAULT_STATE_DIR, proc_root, self.backend.mode,
+                                   self.prefix)
+        self._trust_record()
+        self.settings_fp = settings_fingerprint(self.settings)
+        res = self._from_record(inline)
+        return res if res is not None else self._full_sync()
+
+    def _render_only(self, inline):
+        """apply=false: the rules, nothing observed."""
+        rs = render(list(inline) + parse_source_texts(self.texts, self.yaml_mod), self.settings,
+                    warnings=self.warnings)
+        res = _facts(rs, self.prefix)
+        if self.return_payload:
+            res['payload'] = rs.payload()
+        res['chains'] = dict(desired=['%s/%s' % (t, c) for t in TABLES for c in rs.ordered_chains(t)])
+        return res
+
+    def _trust_record(self):
+        """What is there: kube-proxy keeps it in memory and trusts it while its canary chain
+        survives; we keep it in a record (a small head and a body with every chain's fingerprint
+        and what each Service contributed), trusted the same way (resync=auto). Otherwise, and
+        always for --diff, iptables-save is the truth. Like kube-proxy, compare with the kernel
+        again every full_sync_period (FullSyncPeriod, an hour) - except in large cluster mode,
+        where kube-proxy skips the periodic full sync too. Sets head (None unless trusted),
+        trusted, reason and now."""
+        period = self.params.get('full_sync_period')
+        period = 3600 if period is None else period
+        if isinstance(period, bool) or not isinstance(period, int) or period < 0:
+            raise _err('must be a number of seconds (0: never)', 'full_sync_period', period)
+        head = _load_json(self.paths[0]) if (self.resync == 'auto' and not self.want_diff) else None
+        trusted = False
+        self.now = time.time()
+        reason = '--diff' if self.want_diff else 'resync=always' if self.resync == 'always' else 'no record'
+        if head is not None:
+            token = _iptables.canary_token(self.backend.list_chain('mangle', self.canary), self.canary)
+            trusted = token is not None and token == head.get('token')
+            reason = 'record trusted (canary token matches)' if trusted else 'canary token differs from the record'
+            age = self.now - (head.get('full_sync_at') or 0)
+            if trusted and period and age > period and not (head.get('facts') or {}).get('large_cluster_mode'):
+                trusted = False
+                reason = 'periodic full sync (last one %d s ago)' % age
+            if not trusted:
+                head = None
+        self.head, self.trusted, self.reason = head, trusted, reason
+
+    def _from_record(self, inline):
+        """The fast paths (Services and EndpointSlices unchanged, or only some Services changed):
+        from the record, without rendering everything, without iptables-save. None: a full
+        sync follows (with what was learned here: objects, digests, groups, body)."""
+        head = self.head
+        recorded = self.state == 'present' and self.trusted
+        objects = list(inline)
+        # Without a trusted record the digests serve only the next record: computed while the
+        # restore runs (in _full_sync), not before.
+        self.input_fp = digests = None
+        if recorded:
+            digests = object_digests(inline)
+            self.input_fp = _input_fingerprint(digests, self.texts, self.settings_fp)
+            if not self.return_payload and head.get('input_fp') == self.input_fp:
+                return dict(head['facts'], changed=False, chain_prefix=self.prefix, backend=self.backend.mode,
+                            backend_reason=self.backend.reason, sync='recorded', sync_reason=self.reason,
+                            render='none', restore_payload='', chains=_iptables.SyncPlan().summary(), restores=0)
+        if self.texts:
+            more = parse_source_texts(self.texts, self.yaml_mod)
+            objects += more
+            if digests is not None:
+                digests = digests + object_digests(more)
+        self.objects, self.digests = objects, digests
+        self.body = self.groups = self.okeys = None
+        if not recorded:
+            return None
+        res = None
+        by_object = False
+        if not self.return_payload and head.get('settings_fp') == self.settings_fp:
+            body = _load_body(self.paths[1])
+            if body is not None and body.get('id') == head.get('body_id'):
+                self.body = body
                 hit = changed_by_object(objects, digests, body)
                 if hit is not None:
-                    tried = True
-                    res = _partial(params, check_mode, settings, backend, paths, head, body, hit[0], hit[1],
-                                   input_fp, _iptables, hit[2])
-                    if res is not None:
-                        res['sync_reason'] = reason
-                        return res
-        okeys = []
-        groups, members = group_by_service(objects, digests, keys=okeys)
-        if body is not None and groups is not None and not tried:
-            changed = changed_by_group(body.get('services'), groups)
-            if changed is not None:
-                res = _partial(params, check_mode, settings, backend, paths, head, body, changed, members,
-                               input_fp, _iptables, object_record(objects, digests, okeys))
-                if res is not None:
-                    res['sync_reason'] = reason
-                    return res
+                    by_object = True
+                    res = self._partial(*hit)
+        if res is None:
+            self.okeys = []
+            self.groups, members = group_by_service(objects, digests, keys=self.okeys)
+            if self.body is not None and self.groups is not None and not by_object:
+                changed = changed_by_group(self.body.get('services'), self.groups)
+                if changed is not None:
+                    res = self._partial(changed, members, object_record(objects, digests, self.okeys))
+        if res is not None:
+            res['sync_reason'] = self.reason
+        return res
 
-    # Full sync. Without a trusted record the kernel is the truth: iptables-save runs while the
-    # input is validated.
-    save_proc = None if trusted else backend.start_save()
-    try:
-        model = load(objects, settings.node_name) if state == 'present' else None
-    except BaseException:
-        if save_proc is not None:
-            save_proc.kill()
-            save_proc.communicate()
-        raise
-    existing = None
-    record = None
-    if trusted:
-        if body is None:
-            body = _load_body(paths[1])
-        if body is not None and body.get('id') == head.get('body_id'):
-            record = dict(head, tables=body.get('tables'))
-            existing = _iptables.tables_from_record(record)
-    sync = 'recorded' if existing is not None else 'iptables-save'
-    if trusted and existing is None:
-        reason = 'record body missing or stale'
-    canary_present = existing is not None
-    if existing is None:
-        text = backend.collect_save(save_proc) if save_proc is not None else backend.save()
-        existing = _iptables.parse_save(text, tables=TABLES)
-        canary_present = (':%s ' % canary) in text
-        record = None
-        found = _iptables.canary_token(text, canary)
-        if found and found.startswith('barepod kube_svc_rules '):
-            record = dict(token=found)  # the canary stays; the record is rewritten after a sync
-    # KUBE-FIREWALL and KUBE-MARK-MASQ are shared with kubelet: kube-proxy's CleanupLeftovers
-    # leaves them. We remove them only where we created them (they did not exist before our
-    # first sync, as the record and the canary token say), so a barepod-only host is left clean.
-    created = _created_shared(prefix, record, existing, token_found=record.get('token') if record else None)
-    keep = set((t, c) for t, c in shared_chains(prefix) if '%s/%s' % (t, c) not in created)
-    token = record.get('token') if record else None
+    def _partial(self, new_fps, members, objrec):
+        """Only some Services changed (kube-proxy's partial sync, from the record): render those
+        alone, and when what they put into the shared chains (KUBE-SERVICES, KUBE-NODEPORTS, the
+        filter chains) is unchanged, plan and write only their own chains. None: do a full sync.
+        new_fps: {key: new fingerprint} of the changed Services; members: {key: [objects]};
+        objrec: the per-object part of the next record."""
+        old = self.body.get('services')
+        if not isinstance(old, dict):
+            return None
+        for key in new_fps:
+            entry = old.get(key)
+            if entry is None:
+                return None            # a Service added (or renamed): the shared chains change
+            if entry[REC_NO_RULES]:
+                return None            # it had no rules (headless...): let the full render decide
+        changed = list(new_fps)
+        sub = [o for key in changed for o in members[key]]
+        warnings = []
+        svc_ports, endpoints, skipped = load(sub, self.settings.node_name, warnings=warnings)  # validates
+        if skipped:
+            return None
+        facts = dict(self.head['facts'])
+        total = facts['endpoints'] - sum(old[k][REC_ENDPOINTS] for k in changed) + sum(
+            len(endpoints.get((sp.name_string, sp.protocol), ())) for sp in svc_ports)
+        large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
+        if large != facts['large_cluster_mode']:
+            return None
+        track = {}
+        rs = _render(svc_ports, endpoints, self.settings, large=large, track=track)
+        for key in changed:
+            t = track.get(key)
+            if t is None or _contrib_fp(t.contrib) != old[key][REC_CONTRIB_FP]:
+                return None            # its cluster IP, ports, node ports... changed: full sync
+        self.warnings.extend(warnings)
+        plan, hashes = self._plan_own_chains(rs, [old[key][REC_CHAINS] for key in changed],
+                                             [track[key].chains for key in changed])
+        for key in changed:
+            e, t = old[key], track[key]
+            facts['services'] += t.ports - e[REC_PORTS]
+            facts['rules'] = dict(facts['rules'], filter=facts['rules']['filter'] + t.filter_rules - e[REC_FILTER_RULES],
+                                  nat=facts['rules']['nat'] + t.nat_rules - e[REC_NAT_RULES])
+        facts['endpoints'] = total
+        backend = self.backend
+        res = dict(facts, changed=bool(plan), chain_prefix=self.prefix, backend=backend.mode,
+                   backend_reason=backend.reason, sync='recorded', render='partial (%d of %d Services)'
+                   % (len(changed), len(old)), restore_payload=plan.payload, chains=plan.summary())
+        if not self.check_mode:
+            if plan:
+                _remove_record(self.paths)
+                failpoint('rules-before-restore')
+                backend.restore(plan.payload)
+            tables = self.body['tables']
+            nat_hashes = tables['nat']
+            for key in changed:
+                for c in old[key][REC_CHAINS]:
+                    nat_hashes.pop(c, None)
+                old[key] = record_entry(new_fps[key], track[key])
+            nat_hashes.update(hashes)
+            head = dict(self.head, input_fp=self.input_fp, facts=dict((k, facts[k]) for k in FACT_KEYS))
+            _write_record(self.paths, head, dict(objrec, tables=tables, services=old))
+        res['restores'] = backend.restores
+        return res
 
-    def owns(table, chain):
-        return owns_chain(prefix, table, chain)
+    def _plan_own_chains(self, rs, old_chains, new_chains):
+        """The partial sync's plan: the changed Services' own nat chains as recorded -> as
+        rendered. -> (SyncPlan, {chain: hash} of the rendered ones)."""
+        nat = _iptables.Table('nat')
+        recorded = self.body['tables']['nat']
+        for chains in old_chains:
+            for c in chains:
+                nat.chains[c] = '-'
+                nat.rules[c] = recorded.get(c, '')
+        want = {}
+        for chains in new_chains:
+            for c in chains:
+                want[c] = rs.saved_rules('nat', c)
+        want = dict((c, want[c]) for c in sorted(want))
+        hashes = dict((c, _iptables.chain_hash(r)) for c, r in want.items())
+        prefix = self.prefix
+        plan = _iptables.plan_sync({'nat': nat}, {'nat': want}, [], owns=lambda t, c: owns_chain(prefix, t, c),
+                                   tables=('nat',), hashes={'nat': hashes},
+                                   write=lambda t, c: [k for k, _s in rs.chains[t][c]])
+        return plan, hashes
 
-    track = {} if state == 'present' else None
-    nat_now = existing.get('nat')
-    # A first sync (the nat table holds none of our chains) on iptables-legacy: every nat chain
-    # is new, so the restore can start now and parse the chains as they are rendered. Not on
-    # nft: iptables-nft-restore wants the declarations sorted (in render order it takes 63 s
-    # instead of 14.6 s for 10,000 Services), and there the restore dwarfs our work anyway.
-    streamed = (state == 'present' and stream and backend.mode == 'legacy' and sync == 'iptables-save'
-                and not check_mode and not want_diff
-                and not any(owns('nat', c) for c in (nat_now.chains if nat_now else ())))
-    if streamed:
-        _remove_record(paths)
-        failpoint('rules-before-restore')
-        rs, plan, token, stream_ = _stream_first_sync(backend, model, settings, existing, keep, owns, token,
-                                                      created, track)
-        payload = plan.payload
-        desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
-        jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
-        hashes = None
-    else:
-        if state == 'present':
-            rs = _render(model[0], model[1], settings, track=track)
-            rs.skipped = model[2]
+    def _full_sync(self):
+        """Every chain planned against the kernel (iptables-save) or the trusted record, one
+        batch; streamed into iptables-restore on a first sync on iptables-legacy."""
+        model, existing, sync, canary_present, token, created = self._observe()
+        prefix, state, backend = self.prefix, self.state, self.backend
+        # KUBE-FIREWALL and KUBE-MARK-MASQ are shared with kubelet: kube-proxy's CleanupLeftovers
+        # leaves them. We remove them only where we created them (they did not exist before our
+        # first sync, as the record and the canary token say), so a barepod-only host is left clean.
+        keep = set((t, c) for t, c in shared_chains(prefix) if '%s/%s' % (t, c) not in created)
+
+        def owns(table, chain):
+            return owns_chain(prefix, table, chain)
+
+        track = {} if state == 'present' else None
+        stream_ = None
+        if self._streams(existing, sync):
+            _remove_record(self.paths)
+            failpoint('rules-before-restore')
+            rs, plan, token, stream_ = _stream_first_sync(backend, model, self.settings, existing, keep, owns, token,
+                                                          created, track)
+            payload = plan.payload
+            desired = _desired(rs)
+            hashes = None
         else:
-            rs = Ruleset(prefix)
-            rs.skipped = []
-        desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
-        jumps = [(t, src, saved) for t, src, _kp, saved in rs.jumps]
-        # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
-        # iptables-save's
-        hashes = _chain_hashes(desired) if sync == 'recorded' else None
-        plan = _iptables.plan_sync(existing, desired, jumps, owns=owns, keep=keep, tables=TABLES, hashes=hashes,
-                                   sides=want_diff, write=lambda t, c: [k for k, _s in rs.chains[t][c]])
-        payload = plan.payload
-        if plan:
-            if state == 'present' and not token:
-                token = _new_token(created)
-                payload = _iptables.add_canary(payload, 'mangle', canary, token)
-            elif state == 'absent' and canary_present:
-                payload = _iptables.remove_canary(payload, 'mangle', canary)
-    result = _facts(rs, prefix)
-    result['render'] = 'full' if state == 'present' else 'none'
-    result['backend'] = backend.mode
-    result['backend_reason'] = backend.reason
-    result['sync'] = sync
-    result['sync_reason'] = reason
-    result['chains'] = plan.summary()
-    result['restore_payload'] = payload
-    result['changed'] = bool(plan)
-    if want_diff:
-        before, after = _iptables.diff_text(plan)
-        result['diff'] = dict(before=before, after=after)
-    write_record = state == 'present' and not check_mode and resync == 'auto' and not want_diff and token and (
-        plan or not trusted or head.get('input_fp') != input_fp)
-    if plan and not check_mode and not streamed:
-        # The record goes first: should the restore fail half-way (iptables-legacy commits table
-        # by table) or the run die, the next run compares with iptables-save instead of
-        # trusting a record that no longer describes the kernel.
-        _remove_record(paths)
-        failpoint('rules-before-restore')
-        backend.restore(payload)
-        if state == 'absent':
-            _remove_record(paths)
-    record = None
-    try:
-        if write_record:
-            # (after a streamed sync this runs while iptables-restore parses and commits)
-            if digests is None:
-                digests = object_digests(objects)
-                input_fp = _input_fingerprint(digests[:len(inline)], texts, settings_fp)
-            if groups is None and okeys is None:
-                okeys = []
-                groups, _members = group_by_service(objects, digests, keys=okeys)
-            services = None
-            if groups is not None:
-                services = {}
-                for key, fp in groups.items():
-                    services[key] = record_entry(fp, track.get(key))
-            record = (dict(version=RECORD_VERSION, backend=backend.mode, prefix=prefix, token=token, created=created,
-                           jumps=_jumps_by_chain(jumps), settings_fp=settings_fp, input_fp=input_fp,
-                           full_sync_at=now if sync == 'iptables-save' else head.get('full_sync_at'),
-                           facts=dict((k, result[k]) for k in FACT_KEYS)),
-                      dict(object_record(objects, digests, okeys) if groups is not None else {},
-                           tables=hashes or _chain_hashes(desired), services=services))
-    finally:
-        if streamed:
-            stream_.finish()   # raises when the restore failed: then no record
-    if record is not None:
-        _write_record(paths, *record)
-    if return_payload:
-        result['payload'] = rs.payload() if state == 'present' else ''
-    result['restores'] = backend.restores
-    return result
+            if state == 'present':
+                rs = _render(model[0], model[1], self.settings, track=track)
+                rs.skipped = model[2]
+            else:
+                rs = Ruleset(prefix)
+                rs.skipped = []
+            # written in kube-proxy's own spelling (the batch reads like kube-proxy's), compared in
+            # iptables-save's
+            desired = _desired(rs)
+            hashes = _chain_hashes(desired) if sync == 'recorded' else None
+            plan = _iptables.plan_sync(existing, desired, _saved_jumps(rs), owns=owns, keep=keep, tables=TABLES,
+                                       hashes=hashes, sides=self.want_diff,
+                                       write=lambda t, c: [k for k, _s in rs.chains[t][c]])
+            payload = plan.payload
+            if plan:
+                if state == 'present' and not token:
+                    token = _new_token(created)
+                    payload = _iptables.add_canary(payload, 'mangle', self.canary, token)
+                elif state == 'absent' and canary_present:
+                    payload = _iptables.remove_canary(payload, 'mangle', self.canary)
+        res = self._full_result(rs, sync, plan, payload)
+        write_record = state == 'present' and not self.check_mode and self.resync == 'auto' and not self.want_diff \
+            and token and (plan or not self.trusted or self.head.get('input_fp') != self.input_fp)
+        if plan and not self.check_mode and stream_ is None:
+            # The record goes first: should the restore fail half-way (iptables-legacy commits table
+            # by table) or the run die, the next run compares with iptables-save instead of
+            # trusting a record that no longer describes the kernel.
+            _remove_record(self.paths)
+            failpoint('rules-before-restore')
+            backend.restore(payload)
+            if state == 'absent':
+                _remove_record(self.paths)
+        record = None
+        try:
+            if write_record:
+                # (after a streamed sync this runs while iptables-restore parses and commits)
+                record = self._next_record(res, rs, sync, token, created, hashes or _chain_hashes(desired), track)
+        finally:
+            if stream_ is not None:
+                stream_.finish()   # raises when the restore failed: then no record
+        if record is not None:
+            _write_record(self.paths, *record)
+        if self.return_payload:
+            res['payload'] = rs.payload() if state == 'present' else ''
+        res['restores'] = backend.restores
+        return res
+
+    def _observe(self):
+        """The input validated and the current rules: without a trusted record the kernel is the
+        truth, and iptables-save runs while the input is validated.
+        -> (model, existing tables, sync, canary present, token, shared chains we created)."""
+        backend = self.backend
+        save_proc = None if self.trusted else backend.start_save()
+        try:
+            model = load(self.objects, self.settings.node_name, warnings=self.warnings) \
+                if self.state == 'present' else None
+        except BaseException:
+            if save_proc is not None:
+                save_proc.kill()
+                save_proc.communicate()
+            raise
+        existing = record = None
+        if self.trusted:
+            body = self.body if self.body is not None else _load_body(self.paths[1])
+            if body is not None and body.get('id') == self.head.get('body_id'):
+                record = dict(self.head, tables=body.get('tables'))
+                existing = _iptables.tables_from_record(record)
+        sync = 'recorded' if existing is not None else 'iptables-save'
+        if self.trusted and existing is None:
+            self.reason = 'record body missing or stale'
+        canary_present = existing is not None
+        if existing is None:
+            text = backend.collect_save(save_proc) if save_proc is not None else backend.save()
+            existing = _iptables.parse_save(text, tables=TABLES)
+            canary_present = (':%s ' % self.canary) in text
+            record = None
+            found = _iptables.canary_token(text, self.canary)
+            if found and found.startswith('barepod kube_svc_rules '):
+                record = dict(token=found)  # the canary stays; the record is rewritten after a sync
+        token = record.get('token') if record else None
+        created = _created_shared(self.prefix, record, existing, token_found=token)
+        return model, existing, sync, canary_present, token, created
+
+    def _streams(self, existing, sync):
+        """A first sync (the nat table holds none of our chains) on iptables-legacy: every nat chain
+        is new, so the restore can start now and parse the chains as they are rendered. Not on
+        nft: iptables-nft-restore wants the declarations sorted (in render order it takes 63 s
+        instead of 14.6 s for 10,000 Services), and there the restore dwarfs our work anyway."""
+        nat_now = existing.get('nat')
+        return (self.state == 'present' and self.stream and self.backend.mode == 'legacy' and sync == 'iptables-save'
+                and not self.check_mode and not self.want_diff
+                and not any(owns_chain(self.prefix, 'nat', c) for c in (nat_now.chains if nat_now else ())))
+
+    def _full_result(self, rs, sync, plan, payload):
+        res = _facts(rs, self.prefix)
+        res.update(render='full' if self.state == 'present' else 'none', backend=self.backend.mode,
+                   backend_reason=self.backend.reason, sync=sync, sync_reason=self.reason, chains=plan.summary(),
+                   restore_payload=payload, changed=bool(plan))
+        if self.want_diff:
+            before, after = _iptables.diff_text(plan)
+            res['diff'] = dict(before=before, after=after)
+        return res
+
+    def _next_record(self, res, rs, sync, token, created, hashes, track):
+        """hashes: table -> {chain: hash} of the rules now in place."""
+        digests = self.digests
+        if digests is None:
+            digests = object_digests(self.objects)
+            self.input_fp = _input_fingerprint(digests[:self.n_inline], self.texts, self.settings_fp)
+        groups, okeys = self.groups, self.okeys
+        if groups is None and okeys is None:
+            okeys = []
+            groups, _members = group_by_service(self.objects, digests, keys=okeys)
+        services = None
+        if groups is not None:
+            services = dict((key, record_entry(fp, track.get(key))) for key, fp in groups.items())
+        head = dict(version=RECORD_VERSION, backend=self.backend.mode, prefix=self.prefix, token=token, created=created,
+                    jumps=_jumps_by_chain(_saved_jumps(rs)), settings_fp=self.settings_fp, input_fp=self.input_fp,
+                    full_sync_at=self.now if sync == 'iptables-save' else self.head.get('full_sync_at'),
+                    facts=dict((k, res[k]) for k in FACT_KEYS))
+        body = dict(object_record(self.objects, digests, okeys) if groups is not None else {},
+                    tables=hashes, services=services)
+        return head, body
+
+
+def sync_service_rules(params, check_mode=False, diff=False, yaml_mod=None, backend=None, stream=True):
+    """The manager's result in one call (tests and the bench use it)."""
+    return SvcRules(params, check_mode=check_mode, diff=diff, yaml_mod=yaml_mod, backend=backend, stream=stream).run()
+
+
+def _choice(params, name, choices):
+    value = params.get(name) or choices[0]
+    if value not in choices:
+        raise _err('must be %s' % ' or '.join(choices), name, value)
+    return value
+
+
+def _desired(rs):
+    """table -> {chain: [rules in iptables-save's spelling]}, in kube-proxy's order."""
+    return dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in TABLES)
+
+
+def _saved_jumps(rs):
+    return [(t, src, saved) for t, src, _kp, saved in rs.jumps]
+
+
+def _actions(res):
+    """The one action of a sync that changes something: the iptables-restore batch."""
+    chains = res.get('chains') or {}
+    n = sum(len(chains.get(k) or ()) for k in ('added', 'changed', 'removed', 'jumps_added', 'jumps_removed'))
+    return [dict(action='iptables-restore', target=res.get('backend') or 'iptables', chains=n)]
 
 
 def _input_fingerprint(inline_digests, texts, settings_fp):
@@ -617,85 +768,6 @@ def record_entry(fp, contribution):
     if t is None:
         return [fp, '', 0, [], 0, 0, 0, 1]
     return [fp, _contrib_fp(t.contrib), t.endpoints, t.chains, t.ports, t.filter_rules, t.nat_rules, 0]
-
-
-def _partial(params, check_mode, settings, backend, paths, head, body, new_fps, members, input_fp, _iptables,
-             objrec):
-    """Only some Services changed (kube-proxy's partial sync, from the record): render those
-    alone, and when what they put into the shared chains (KUBE-SERVICES, KUBE-NODEPORTS, the
-    filter chains) is unchanged, plan and write only their own chains. None: do a full sync.
-    new_fps: {key: new fingerprint} of the changed Services (all in the record); objrec: the
-    per-object part of the next record."""
-    old = body.get('services')
-    if not isinstance(old, dict):
-        return None
-    changed = []
-    for key in new_fps:
-        entry = old.get(key)
-        if entry is None:
-            return None            # a Service added (or renamed): the shared chains change
-        if entry[REC_NO_RULES]:
-            return None            # it had no rules (headless...): let the full render decide
-        changed.append(key)
-    sub = []
-    for key in changed:
-        sub.extend(members[key])
-    svc_ports, endpoints, skipped = load(sub, settings.node_name)   # validates the changed input
-    if skipped:
-        return None
-    facts = dict(head['facts'])
-    total = facts['endpoints'] - sum(old[k][REC_ENDPOINTS] for k in changed) + sum(
-        len(endpoints.get((sp.name_string, sp.protocol), ())) for sp in svc_ports)
-    large = total > LARGE_CLUSTER_ENDPOINTS_THRESHOLD
-    if large != facts['large_cluster_mode']:
-        return None
-    track = {}
-    rs = _render(svc_ports, endpoints, settings, large=large, track=track)
-    for key in changed:
-        t = track.get(key)
-        if t is None or _contrib_fp(t.contrib) != old[key][REC_CONTRIB_FP]:
-            return None            # its cluster IP, ports, node ports... changed: full sync
-    nat = _iptables.Table('nat')
-    tables = body['tables']
-    for key in changed:
-        for c in old[key][REC_CHAINS]:
-            nat.chains[c] = '-'
-            nat.rules[c] = tables['nat'].get(c, '')
-    want = {}
-    for key in changed:
-        for c in track[key].chains:
-            want[c] = rs.saved_rules('nat', c)
-    want = dict((c, want[c]) for c in sorted(want))
-    hashes = {'nat': dict((c, _iptables.chain_hash(r)) for c, r in want.items())}
-    prefix = settings.chain_prefix
-    plan = _iptables.plan_sync({'nat': nat}, {'nat': want}, [], owns=lambda t, c: owns_chain(prefix, t, c),
-                               tables=('nat',), hashes=hashes,
-                               write=lambda t, c: [k for k, _s in rs.chains[t][c]])
-    for key in changed:
-        e = old[key]
-        t = track[key]
-        facts['services'] += t.ports - e[REC_PORTS]
-        facts['rules'] = dict(facts['rules'], filter=facts['rules']['filter'] + t.filter_rules - e[REC_FILTER_RULES],
-                              nat=facts['rules']['nat'] + t.nat_rules - e[REC_NAT_RULES])
-    facts['endpoints'] = total
-    result = dict(facts, changed=bool(plan), chain_prefix=prefix, backend=backend.mode,
-                  backend_reason=backend.reason, sync='recorded', render='partial (%d of %d Services)'
-                  % (len(changed), len(old)), restore_payload=plan.payload, chains=plan.summary())
-    if not check_mode:
-        if plan:
-            _remove_record(paths)
-            failpoint('rules-before-restore')
-            backend.restore(plan.payload)
-        nat_hashes = tables['nat']
-        for key in changed:
-            for c in old[key][REC_CHAINS]:
-                nat_hashes.pop(c, None)
-            old[key] = record_entry(new_fps[key], track[key])
-        nat_hashes.update(hashes['nat'])
-        head = dict(head, input_fp=input_fp, facts=dict((k, facts[k]) for k in FACT_KEYS))
-        _write_record(paths, head, dict(objrec, tables=tables, services=old))
-    result['restores'] = backend.restores
-    return result
 
 
 DEFAULT_STATE_DIR = '/run/barepod/kube_svc_rules'
