@@ -75,8 +75,27 @@ class _V4(str):
     version = 4
 
 
-def _ipv4(field, value):
-    """An IP address: a _V4 string for IPv4 (fast path), an ipaddress object otherwise."""
+_SLOPPY_IPV4_RE = re.compile(r'^([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)\Z')
+
+
+def parse_ipv4_sloppy(text):
+    """k8s.io/utils/net ParseIPSloppy for a dotted quad: Go's ParseIP as it was before Go 1.17,
+    which kube-proxy keeps for the addresses the API server once accepted. Each part is decimal
+    (leading zeros allowed, and not octal: 010 is 10) and at most 255. -> the canonical
+    address, or None."""
+    m = _SLOPPY_IPV4_RE.match(text)
+    if m is None:
+        return None
+    parts = [int(p) for p in m.groups()]
+    if max(parts) > 255:
+        return None
+    return '%d.%d.%d.%d' % tuple(parts)
+
+
+def _ipv4(field, value, warnings=None):
+    """An IP address: a _V4 string for IPv4 (fast path), an ipaddress object otherwise.
+    warnings: a list for an address of a Kubernetes object, which is read as kube-proxy reads
+    it (ParseIPSloppy: leading zeros accepted, decimal), with a warning; None: strict."""
     if isinstance(value, str) and _IPV4_RE.match(value):
         return _V4(value)
     if not isinstance(value, str) or not value:
@@ -84,7 +103,12 @@ def _ipv4(field, value):
     try:
         ip = ipaddress.ip_address(value.strip())
     except ValueError:
-        raise _err('%r is not a valid IP address' % (value,), field, value)
+        sloppy = parse_ipv4_sloppy(value.strip()) if warnings is not None else None
+        if sloppy is None:
+            raise _err('%r is not a valid IP address' % (value,), field, value)
+        warnings.append('%s: %r has leading zeros: read as %s, in decimal as kube-proxy reads it (ParseIPSloppy), '
+                        'not in octal as iptables would' % (field, value, sloppy))
+        return _V4(sloppy)
     return _V4(str(ip)) if ip.version == 4 else ip
 
 
@@ -194,7 +218,7 @@ class Endpoint(object):
     __slots__ = ('ip', 'port', 'local', 'ready', 'serving', 'terminating', 'string', 'chain_hash')
 
 
-def parse_service(field, obj, skipped):
+def parse_service(field, obj, skipped, warnings=None):
     meta = obj.get('metadata') or {}
     if not isinstance(meta, dict):
         raise _err('must be a mapping', field + '.metadata', meta)
@@ -223,7 +247,7 @@ def parse_service(field, obj, skipped):
     if cluster_ip == 'None':
         skipped.append(dict(service=key, reason='headless (clusterIP None)'))
         return key, []
-    ip = _ipv4(field + '.spec.clusterIP', cluster_ip)
+    ip = _ipv4(field + '.spec.clusterIP', cluster_ip, warnings)
     if ip.version != 4:
         skipped.append(dict(service=key, reason='IPv6 cluster IP %s (this proxier is IPv4)' % ip))
         return key, []
@@ -254,7 +278,7 @@ def parse_service(field, obj, skipped):
 
     external_ips = []
     for i, e in enumerate(_list(field + '.spec.externalIPs', spec.get('externalIPs'))):
-        eip = _ipv4('%s.spec.externalIPs[%d]' % (field, i), e)
+        eip = _ipv4('%s.spec.externalIPs[%d]' % (field, i), e, warnings)
         if eip.version == 4:
             external_ips.append(str(eip))
     lb_vips = []
@@ -266,7 +290,7 @@ def parse_service(field, obj, skipped):
                 continue
             if ing.get('ipMode') == 'Proxy':
                 continue
-            vip = _ipv4('%s.status.loadBalancer.ingress[%d].ip' % (field, i), ing['ip'])
+            vip = _ipv4('%s.status.loadBalancer.ingress[%d].ip' % (field, i), ing['ip'], warnings)
             if vip.version == 4:
                 lb_vips.append(str(vip))
     source_ranges = []
@@ -324,7 +348,7 @@ def parse_service(field, obj, skipped):
     return key, out
 
 
-def parse_slice(field, obj, node_name):
+def parse_slice(field, obj, node_name, warnings=None):
     """-> (service key, {(port name, protocol): [Endpoint]}) following EndpointSliceCache."""
     meta = obj.get('metadata') or {}
     namespace = _str(field + '.metadata.namespace', meta.get('namespace'), 'default') or 'default'
@@ -353,7 +377,7 @@ def parse_slice(field, obj, node_name):
             continue
         a = addrs[0] if isinstance(addrs, list) else None
         if not (isinstance(a, str) and match(a)):
-            a = _ipv4('%s.endpoints[%d].addresses[0]' % (field, i), a)
+            a = _ipv4('%s.endpoints[%d].addresses[0]' % (field, i), a, warnings)
             if a.version != 4:
                 continue
         cond = ep.get('conditions')
@@ -397,18 +421,20 @@ def parse_slice(field, obj, node_name):
 def load(objects, node_name=None, warnings=None):
     """objects -> (sorted [ServicePort], {svc port name string: [Endpoint]}, skipped).
     warnings: a list that gets what was accepted only as kube-proxy accepts it."""
+    if warnings is None:
+        warnings = []
     services = {}
     slices = []
     skipped = []
     for field, obj in flatten_objects(objects):
         kind = obj.get('kind')
         if kind == 'Service':
-            key, ports = parse_service(field, obj, skipped)
+            key, ports = parse_service(field, obj, skipped, warnings)
             if key in services:
                 raise _err('Service %s is given twice' % key, field, key)
             services[key] = ports
         elif kind == 'EndpointSlice':
-            slices.append(parse_slice(field, obj, node_name) + (field,))
+            slices.append(parse_slice(field, obj, node_name, warnings) + (field,))
         elif kind in ('Endpoints',):
             skipped.append(dict(object=field, reason='v1 Endpoints are ignored; kube-proxy reads EndpointSlices'))
         else:

@@ -181,6 +181,8 @@ author:
   - barepod.linux developers (@barepod)
 notes:
   - IPv4 only (the IPv4 proxier); IPv6 Services and endpoints are skipped. Topology hints are not used.
+  - Addresses in Services and EndpointSlices are read as kube-proxy reads them (ParseIPSloppy) - IPv4 with leading
+    zeros, which the API server once accepted, in decimal (C(172.30.0.041) is C(172.30.0.41)) - with a warning.
   - Of kube-proxy's canary chains only C(<prefix>-PROXY-CANARY) in the mangle table is created, holding one
     comment-only rule with the sync record's token (see O(resync)); C(KUBE-KUBELET-CANARY) is kubelet's.
   - With more than 1000 endpoints the comments of the per-endpoint rules are dropped, as kube-proxy's

@@ -339,6 +339,48 @@ def test_endpoint_with_bad_address_and_port():
         kpr.render([BASE, eps('ns', 's', [], [dict(name='p80', port=99999)])], kpm.Settings())
 
 
+@pytest.mark.parametrize('text,want', [
+    # k8s.io/utils/net ParseIPSloppy (Go's ParseIP before 1.17, kept for stored objects): each
+    # part decimal, leading zeros allowed and not octal, at most 255 (its ip_test.go cases)
+    ('127.001.002.003', '127.1.2.3'), ('127.007.008.009', '127.7.8.9'), ('127.010.020.030', '127.10.20.30'),
+    ('172.30.0.041', '172.30.0.41'), ('0000000010.0.0.1', '10.0.0.1'), ('10.0.0.1', '10.0.0.1'),
+    ('127.0.0.256', None), ('127.0.0.0256', None), ('-0.0.0.0', None), ('0.-1.0.0', None), ('1.2.3', None),
+    ('1.2.3.4.5', None), ('1.2.3.', None), ('abc', None), ('', None), ('1.2.3.4\n', None), ('1.2.3.0x4', None),
+    ('1.2.3.\u0664', None), ('1_0.0.0.1', None),
+])
+def test_parse_ipv4_sloppy_reads_leading_zeros_as_decimal(text, want):
+    assert kpm.parse_ipv4_sloppy(text) == want
+
+
+def test_leading_zero_addresses_are_read_as_kube_proxy_reads_them_with_a_warning():
+    """kube-proxy's TestBadIPs: addresses the API server accepted before Go 1.17 (leading
+    zeros) are proxied as their decimal reading, not rejected; the module says so."""
+    lb = dict(loadBalancer=dict(ingress=[dict(ip='001.002.003.004')]))
+    sloppy = [svc('ns', 's', '172.30.0.041', [dict(name='p80', port=80, nodePort=30080)], type='LoadBalancer',
+                  externalIPs=['192.168.099.011'], status=lb),
+              eps('ns', 's', [dict(addresses=['10.180.00.001'])], P80)]
+    clean = [svc('ns', 's', '172.30.0.41', [dict(name='p80', port=80, nodePort=30080)], type='LoadBalancer',
+                 externalIPs=['192.168.99.11'], status=dict(loadBalancer=dict(ingress=[dict(ip='1.2.3.4')]))),
+             eps('ns', 's', [dict(addresses=['10.180.0.1'])], P80)]
+    res = kps.sync_service_rules(dict(objects=sloppy, apply=False, return_payload=True))
+    assert res['payload'] == kpr.render(clean, kpm.Settings()).payload()
+    assert '172.30.0.41' in res['payload'] and '10.180.0.1:80' in res['payload']
+    fields = ['objects[0].spec.clusterIP', 'objects[0].spec.externalIPs[0]',
+              'objects[0].status.loadBalancer.ingress[0].ip', 'objects[1].endpoints[0].addresses[0]']
+    assert len(res['warnings']) == len(fields)
+    for field, w in zip(fields, res['warnings'], strict=True):
+        assert w.startswith(field + ': ') and 'leading zeros' in w
+    assert "'172.30.0.041'" in res['warnings'][0] and '172.30.0.41' in res['warnings'][0]
+    # the node's own flags stay strict (they are not stored API objects)
+    with pytest.raises(BarepodError) as e:
+        kpm.Settings(node_ip='192.168.000.2')
+    assert e.value.field == 'node_ip'
+    # and what is not even a sloppy address still names its field
+    with pytest.raises(BarepodError) as e:
+        kpr.render([svc('ns', 's', '172.30.0.0256', P80)], kpm.Settings())
+    assert e.value.field == 'objects[0].spec.clusterIP'
+
+
 @pytest.mark.parametrize('kw,field', [
     (dict(chain_prefix='kube'), 'chain_prefix'), (dict(chain_prefix='TOOLONGX'), 'chain_prefix'),
     (dict(chain_prefix='KUBE-'), 'chain_prefix'), (dict(masquerade_bit=32), 'masquerade_bit'),
