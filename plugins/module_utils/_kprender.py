@@ -198,7 +198,8 @@ class Rule(object):
     Rule(template)(*values in the order of the placeholders' first appearance) -> (kp, saved).
     """
 
-    __slots__ = ('template', 'params', 'comment_at', 'derived', 'kp', 'kp_args', 'saved', 'saved_args', 'make')
+    __slots__ = ('template', 'params', 'comment_at', 'derived', 'kp', 'kp_quoted', 'kp_args', 'saved', 'saved_args',
+                 'make')
 
     def __init__(self, template, params=None):
         self.template = template
@@ -240,8 +241,9 @@ class Rule(object):
         names = list(self.params)
         if '{comment}' in template:
             self.comment_at = names.index('comment')
-            names.append('kcomment')
-        kp, kp_names = _positional(template.replace('{comment}', '{kcomment}'))
+        # kube-proxy quotes a comment only when it holds a space: two formats, one picked per call
+        kp, kp_names = _positional(template)
+        self.kp_quoted = _positional(template.replace('{comment}', '"{comment}"'))[0]
         saved, saved_names = _positional(saved.replace('{comment}', '"{comment}"').replace(
             '{mark}', '{smark}').replace('{prob}', '{sprob}'))
         derived = []
@@ -253,7 +255,8 @@ class Rule(object):
         self.derived = tuple(derived)
         self.kp, self.kp_args = kp, _getter([names.index(n) for n in kp_names])
         self.saved, self.saved_args = saved, _getter([names.index(n) for n in saved_names])
-        self.make = _maker(self.kp, self.kp_args, self.saved, self.saved_args, self.comment_at, self.derived)
+        self.make = _maker(self.kp, self.kp_quoted, self.kp_args, self.saved, self.saved_args, self.comment_at,
+                           self.derived)
 
     @staticmethod
     def _saved_match(m):
@@ -283,7 +286,7 @@ class Rule(object):
         return self.make(*args)
 
 
-def _maker(kp, kp_args, saved, saved_args, at, derived):
+def _maker(kp, kp_quoted, kp_args, saved, saved_args, at, derived):
     """Rule.make: a plain function (a call through a class's __call__ costs a fifth more, and
     the rules are many), specialised for what the rule needs derived."""
     if at is None and not derived:
@@ -291,16 +294,13 @@ def _maker(kp, kp_args, saved, saved_args, at, derived):
             return kp % kp_args(args), saved % saved_args(args)
     elif not derived:
         def make(*args):
-            c = args[at]
-            args += ('"%s"' % c if ' ' in c else c,)     # kp_comment, inline
-            return kp % kp_args(args), saved % saved_args(args)
+            return (kp_quoted if ' ' in args[at] else kp) % kp_args(args), saved % saved_args(args)
     else:
         def make(*args):
-            if at is not None:
-                args += (kp_comment(args[at]),)
+            k = kp_quoted if at is not None and ' ' in args[at] else kp
             for src, fn in derived:
                 args += (fn(args[src]),)
-            return kp % kp_args(args), saved % saved_args(args)
+            return k % kp_args(args), saved % saved_args(args)
     return make
 
 
