@@ -87,15 +87,6 @@ def owns_chain(prefix, table, chain):
 
 # --------------------------------------------------------------------------- quoting
 
-def kp_comment(text):
-    """kube-proxy wraps comments holding spaces in literal double quotes."""
-    return '"%s"' % text if ' ' in text else text
-
-
-def saved_comment(text):
-    return '"%s"' % text
-
-
 def split_rule(line):
     """Split an iptables-save rule into tokens, honouring double quotes."""
     out = []
