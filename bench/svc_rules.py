@@ -51,7 +51,9 @@ CLONE_NEWNET = 0x40000000
 
 from _collection import COLLECTIONS  # noqa: E402 - puts it on sys.path
 
-from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp  # noqa: E402
+from ansible_collections.barepod.linux.plugins.module_utils import _kpmodel as kpm  # noqa: E402
+from ansible_collections.barepod.linux.plugins.module_utils import _kprender as kpr  # noqa: E402
+from ansible_collections.barepod.linux.plugins.module_utils import _kpsync as kps  # noqa: E402
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _made = []
@@ -125,7 +127,7 @@ def timed(wall, fn):
 
 def sync(backend, objs, wall, **kw):
     params = dict(PARAMS, objects=objs, backend=backend, **kw)
-    return timed(wall, lambda: kp.sync_service_rules(params))
+    return timed(wall, lambda: kps.sync_service_rules(params))
 
 
 def raw(argv, wall, stdin=None):
@@ -165,22 +167,22 @@ def med(xs):
 def breakdown(n, reps, backend):
     """The pieces of the module's own work on a one-service change, timed one by one."""
     objs = json.loads(json.dumps(make_objects(n, moved=n // 2)))   # as Ansible hands them over
-    st = kp.Settings(cluster_cidr=PARAMS['cluster_cidr'], node_name='bench-node')
+    st = kpm.Settings(cluster_cidr=PARAMS['cluster_cidr'], node_name='bench-node')
     bodies = [os.path.join(STATE_DIR, f) for f in os.listdir(STATE_DIR) if f.endswith('.body')]
     with open(max(bodies, key=os.path.getsize), 'rb') as f:
         body_bytes = f.read()
     body = marshal.loads(body_bytes)
-    digests = kp.object_digests(objs)
-    hit = kp.changed_by_object(objs, digests, body)
+    digests = kps.object_digests(objs)
+    hit = kps.changed_by_object(objs, digests, body)
     assert hit is not None and list(hit[0]) == ['bench/svc-%05d' % (n // 2)], hit and list(hit[0])
     one = hit[1]['bench/svc-%05d' % (n // 2)]
     steps = [
-        ('encode every object (marshal)', lambda: kp.object_digests(objs)),
+        ('encode every object (marshal)', lambda: kps.object_digests(objs)),
         ('find the changed Service from the per-object fingerprints',
-         lambda: kp.changed_by_object(objs, digests, body)),
-        ('(only when objects moved: group all by Service instead)', lambda: kp.group_by_service(objs, digests)),
+         lambda: kps.changed_by_object(objs, digests, body)),
+        ('(only when objects moved: group all by Service instead)', lambda: kps.group_by_service(objs, digests)),
         ('validate and render the one changed Service',
-         lambda: kp._render(*kp.load(one, 'bench-node')[:2], st, large=True, track={})),
+         lambda: kpr._render(*kpm.load(one, 'bench-node')[:2], st, large=True, track={})),
         ('read the record body (%d bytes of marshal)' % len(body_bytes), lambda: marshal.loads(body_bytes)),
         ('write the record body', lambda: marshal.dumps(body, 2)),
         ('iptables -S of the canary chain (fork+exec)', lambda: subprocess.run(
@@ -226,7 +228,7 @@ def main():
             results['backends'][backend] = {}
             for n in sizes:
                 objs = make_objects(n)
-                payload = kp.render(objs, kp.Settings(cluster_cidr=PARAMS['cluster_cidr'],
+                payload = kpr.render(objs, kpm.Settings(cluster_cidr=PARAMS['cluster_cidr'],
                                                       node_name='bench-node')).payload()
                 reps = args.reps if (backend == 'legacy' or n < 5000) else args.big_reps
                 ours, peer = [], []
@@ -271,15 +273,15 @@ def main():
                 modes.append(res.get('render'))
                 # the same partial payload, raw: first put the old state back, then time it
                 back_params = dict(PARAMS, objects=objs, backend=backend)
-                kp.sync_service_rules(back_params)
+                kps.sync_service_rules(back_params)
                 raw(restore, peer, res['restore_payload'])
-                kp.sync_service_rules(back_params)
+                kps.sync_service_rules(back_params)
                 res2 = module_process(backend, moved, proc)
                 assert res2['changed'] and res2['restores'] == 1, res2
-                kp.sync_service_rules(back_params)
+                kps.sync_service_rules(back_params)
                 res2 = module_process(backend, [], proc_src, src=[write_src(moved)])
                 assert res2['changed'] and res2['restores'] == 1, res2
-                kp.sync_service_rules(back_params)
+                kps.sync_service_rules(back_params)
             row(backend, 'one-service change %d svc' % n, change, 'raw restore of same partial payload', peer,
                 dict(chains=res['chains'], render=modes))
             row(backend, 'one-service change %d svc, module process' % n, proc,

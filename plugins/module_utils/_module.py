@@ -27,16 +27,21 @@ def module_result(res, want_diff, warn):
     return out
 
 
-def run_module(name, spec, manager, requires=()):
+def run_module(name, spec, manager, requires=(), echo=None):
     """main() of a barepod module.
 
     spec: the AnsibleModule keyword arguments (argument_spec and constraints, from _specs);
     manager: a callable ``(params, check_mode=, diff=)`` returning an object with ``run()``;
-    requires: ``(library name, available, import error)`` triples checked before anything runs.
+    requires: ``(library name, available, import error)`` triples checked before anything runs,
+    or ``(library name, available, import error, needed)`` where ``needed(params)`` says whether
+    this run uses the library at all;
+    echo: ``echo(params)`` -> the module_args to return as the invocation instead of all the
+    parameters (None: Ansible's own), for arguments too large to echo back.
     """
     module = AnsibleModule(supports_check_mode=True, **spec)
-    for lib, ok, err in requires:
-        if not ok:
+    for req in requires:
+        lib, ok, err = req[:3]
+        if not ok and (len(req) < 4 or req[3](module.params)):
             module.fail_json(msg=missing_required_lib(lib), exception=str(err))
     try:
         res = manager(module.params, check_mode=module.check_mode, diff=module._diff).run()
@@ -44,4 +49,8 @@ def run_module(name, spec, manager, requires=()):
         module.fail_json(msg=e.msg)
     except (IOError, OSError) as e:
         module.fail_json(msg='%s: %s' % (name, e))
-    module.exit_json(**module_result(res, module._diff, module.warn))
+    out = module_result(res, module._diff, module.warn)
+    args = echo(module.params) if echo is not None else None
+    if args is not None:
+        out['invocation'] = dict(module_args=args)
+    module.exit_json(**out)

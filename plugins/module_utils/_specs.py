@@ -222,3 +222,34 @@ def pod_converged():
 # The modules the pod role's steps run (pod_converged validates each step's arguments with these).
 SPECS = dict(chroot_rootfs=chroot_rootfs, ns_sandbox=ns_sandbox, cgroup_limit=cgroup_limit,
              veth_net=veth_net, pod_status=pod_status)
+
+
+def kube_svc_rules():
+    return dict(
+        argument_spec=dict(
+            objects=dict(type='list', elements='dict', default=[]),
+            src=dict(type='list', elements='path', default=[]),
+            state=dict(type='str', choices=['present', 'absent'], default='present'),
+            chain_prefix=dict(type='str', default='KUBE'),
+            node_name=dict(type='str'),
+            node_ip=dict(type='str'),
+            cluster_cidr=dict(type='str'),
+            masquerade_bit=dict(type='int', default=14),
+            masquerade_all=dict(type='bool', default=False),
+            nodeport_addresses=dict(type='list', elements='str', default=[]),
+            nodeport_ips=dict(type='list', elements='str'),
+            localhost_nodeports=dict(type='bool', default=True),
+            random_fully=dict(type='bool', default=True),
+            conntrack_tcp_be_liberal=dict(type='bool'),
+            nfacct=dict(type='bool', default=False),
+            apply=dict(type='bool', default=True),
+            backend=dict(type='str', choices=['auto', 'nft', 'legacy'], default='auto'),
+            iptables_save=dict(type='path'),
+            iptables_restore=dict(type='path'),
+            iptables=dict(type='path'),
+            return_payload=dict(type='bool', default=True),
+            resync=dict(type='str', choices=['auto', 'always'], default='auto'),
+            full_sync_period=dict(type='int', default=3600),
+            state_dir=dict(type='path', default='/run/barepod/kube_svc_rules'),
+        ),
+    )

@@ -181,6 +181,8 @@ author:
   - barepod.linux developers (@barepod)
 notes:
   - IPv4 only (the IPv4 proxier); IPv6 Services and endpoints are skipped. Topology hints are not used.
+  - Addresses in Services and EndpointSlices are read as kube-proxy reads them (ParseIPSloppy) - IPv4 with leading
+    zeros, which the API server once accepted, in decimal (C(172.30.0.041) is C(172.30.0.41)) - with a warning.
   - Of kube-proxy's canary chains only C(<prefix>-PROXY-CANARY) in the mangle table is created, holding one
     comment-only rule with the sync record's token (see O(resync)); C(KUBE-KUBELET-CANARY) is kubelet's.
   - With more than 1000 endpoints the comments of the per-endpoint rules are dropped, as kube-proxy's
@@ -288,9 +290,8 @@ render:
   type: str
 '''
 
+import functools
 import traceback
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 try:
     import yaml
@@ -301,56 +302,26 @@ except ImportError:
     HAS_YAML = False
     YAML_IMPORT_ERROR = traceback.format_exc()
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._kubeproxy import sync_service_rules
+from ansible_collections.barepod.linux.plugins.module_utils import _specs
+from ansible_collections.barepod.linux.plugins.module_utils._kpsync import SvcRules
+from ansible_collections.barepod.linux.plugins.module_utils._module import run_module
 
 
 ECHO_OBJECTS_MAX = 100
 
 
+def _echo(params):
+    """Ansible echoes every argument back (and deep-copies it twice on the way): at thousands of
+    objects that is most of the module's run time, so they are counted instead."""
+    objects = params['objects'] or []
+    if len(objects) <= ECHO_OBJECTS_MAX:
+        return None
+    return dict(params, objects='(%d objects, not echoed)' % len(objects))
+
+
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            objects=dict(type='list', elements='dict', default=[]),
-            src=dict(type='list', elements='path', default=[]),
-            state=dict(type='str', choices=['present', 'absent'], default='present'),
-            chain_prefix=dict(type='str', default='KUBE'),
-            node_name=dict(type='str'),
-            node_ip=dict(type='str'),
-            cluster_cidr=dict(type='str'),
-            masquerade_bit=dict(type='int', default=14),
-            masquerade_all=dict(type='bool', default=False),
-            nodeport_addresses=dict(type='list', elements='str', default=[]),
-            nodeport_ips=dict(type='list', elements='str'),
-            localhost_nodeports=dict(type='bool', default=True),
-            random_fully=dict(type='bool', default=True),
-            conntrack_tcp_be_liberal=dict(type='bool'),
-            nfacct=dict(type='bool', default=False),
-            apply=dict(type='bool', default=True),
-            backend=dict(type='str', choices=['auto', 'nft', 'legacy'], default='auto'),
-            iptables_save=dict(type='path'),
-            iptables_restore=dict(type='path'),
-            iptables=dict(type='path'),
-            return_payload=dict(type='bool', default=True),
-            resync=dict(type='str', choices=['auto', 'always'], default='auto'),
-            full_sync_period=dict(type='int', default=3600),
-            state_dir=dict(type='path', default='/run/barepod/kube_svc_rules'),
-        ),
-        supports_check_mode=True,
-    )
-    if module.params['src'] and not HAS_YAML:
-        module.fail_json(msg=missing_required_lib('PyYAML'), exception=YAML_IMPORT_ERROR)
-    try:
-        res = sync_service_rules(module.params, check_mode=module.check_mode, want_diff=module._diff,
-                                 yaml_mod=yaml)
-    except BarepodError as e:
-        module.fail_json(msg=e.msg)
-    objects = module.params['objects'] or []
-    if len(objects) > ECHO_OBJECTS_MAX:
-        # Ansible echoes every argument back (and deep-copies it twice on the way): at
-        # thousands of objects that is most of the module's run time, so they are counted instead.
-        res['invocation'] = dict(module_args=dict(module.params, objects='(%d objects, not echoed)' % len(objects)))
-    module.exit_json(**res)
+    run_module('kube_svc_rules', _specs.kube_svc_rules(), functools.partial(SvcRules, yaml_mod=yaml),
+               requires=[('PyYAML', HAS_YAML, YAML_IMPORT_ERROR, lambda params: params['src'])], echo=_echo)
 
 
 if __name__ == '__main__':

@@ -632,8 +632,8 @@ def test_nodeport_and_loadbalancer_source_ranges(node):
 def run_unstreamed(node, **args):
     """The module's sync with streaming turned off (the batch handed over whole), in the node."""
     code = ('import json, sys\n'
-            'from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp\n'
-            'print(json.dumps(kp.sync_service_rules(json.load(sys.stdin), stream=False)))\n')
+            'from ansible_collections.barepod.linux.plugins.module_utils import _kpsync as kps\n'
+            'print(json.dumps(kps.sync_service_rules(json.load(sys.stdin), stream=False)))\n')
     p = subprocess.run(['ip', 'netns', 'exec', node.node, sys.executable, '-c', code],
                        input=json.dumps(node.args(**args)),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False,

@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from _hostile import run_module
 
 from ansible_collections.barepod.linux.plugins.filter import pod as podf
-from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy, _rootfs, _sandbox, _state
+from ansible_collections.barepod.linux.plugins.module_utils import _kpsync, _rootfs, _sandbox, _state
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
-from ansible_collections.barepod.linux.plugins.module_utils._kubeproxy import split_rule, sync_service_rules
+from ansible_collections.barepod.linux.plugins.module_utils._kprender import split_rule
+from ansible_collections.barepod.linux.plugins.module_utils._kpsync import sync_service_rules
 
 pytestmark = pytest.mark.reliability
 
@@ -607,7 +608,7 @@ def test_module_arguments_as_ansible_runs_them(module, tally, no_subprocess, mon
 
 def test_no_subprocess_guard_is_active(no_subprocess):
     with pytest.raises(AssertionError):
-        _kubeproxy.subprocess.run(['true'])
+        _kpsync.subprocess.run(['true'])
     with pytest.raises(AssertionError):
         os.system('true')
     assert no_subprocess == [['true'], 'true']

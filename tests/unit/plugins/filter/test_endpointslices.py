@@ -14,7 +14,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.barepod.linux.plugins.filter.endpointslices import (
     endpointslices, FilterModule, ALPHANUMS)
-from ansible_collections.barepod.linux.plugins.module_utils._kubeproxy import render, Settings
+from ansible_collections.barepod.linux.plugins.module_utils._kprender import render
+from ansible_collections.barepod.linux.plugins.module_utils._kpmodel import Settings
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
 

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from ansible_collections.barepod.linux.plugins.module_utils import _iptables as ipt
-from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp
+from ansible_collections.barepod.linux.plugins.module_utils import _kpmodel as kpm
+from ansible_collections.barepod.linux.plugins.module_utils import _kprender as kpr
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'kubeproxy')
@@ -43,7 +44,7 @@ def as_saved(rs, base=FOREIGN, applied=True):
     """What iptables-save would print after the rule set was applied on top of `base`."""
     tables = ipt.parse_save(base)
     if applied:
-        for table in kp.TABLES:
+        for table in kpr.TABLES:
             t = tables.setdefault(table, ipt.Table(table))
             for chain in rs.ordered_chains(table):
                 t.chains[chain] = '-'
@@ -62,10 +63,10 @@ def as_saved(rs, base=FOREIGN, applied=True):
 
 
 def plan_for(rs, saved_text, prefix='KUBE'):
-    desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in kp.TABLES)
+    desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in kpr.TABLES)
     jumps = [(t, s, sv) for t, s, _k, sv in rs.jumps]
     return ipt.plan_sync(ipt.parse_save(saved_text), desired, jumps,
-                         owns=lambda t, c: kp.owns_chain(prefix, t, c))
+                         owns=lambda t, c: kpr.owns_chain(prefix, t, c))
 
 
 def test_parse_save_chains_rules_and_policies():
@@ -156,7 +157,7 @@ def test_detect_backend_never_creates_legacy_tables(tmp_path):
 
 
 def test_first_sync_adds_everything_and_keeps_foreign():
-    rs = kp.render(objects(), kp.Settings(cluster_cidr='10.0.0.0/8'))
+    rs = kpr.render(objects(), kpm.Settings(cluster_cidr='10.0.0.0/8'))
     plan = plan_for(rs, FOREIGN)
     assert plan
     assert 'nat/KUBE-SVC-XPGD46QRK7WJZT7O' in plan.added
@@ -169,7 +170,7 @@ def test_first_sync_adds_everything_and_keeps_foreign():
 
 
 def test_converged_plan_is_empty():
-    rs = kp.render(objects(), kp.Settings(cluster_cidr='10.0.0.0/8'))
+    rs = kpr.render(objects(), kpm.Settings(cluster_cidr='10.0.0.0/8'))
     plan = plan_for(rs, as_saved(rs))
     assert not plan
     assert plan.payload == ''
@@ -178,12 +179,12 @@ def test_converged_plan_is_empty():
 
 def test_partial_sync_endpoint_change_touches_only_that_service():
     objs = objects()
-    rs = kp.render(objs, kp.Settings(cluster_cidr='10.0.0.0/8'))
+    rs = kpr.render(objs, kpm.Settings(cluster_cidr='10.0.0.0/8'))
     saved = as_saved(rs)
     objs[3]['endpoints'][0]['addresses'] = ['10.0.2.2']  # svc2's endpoint moves
-    rs2 = kp.render(objs, kp.Settings(cluster_cidr='10.0.0.0/8'))
+    rs2 = kpr.render(objs, kpm.Settings(cluster_cidr='10.0.0.0/8'))
     plan = plan_for(rs2, saved)
-    new_sep = 'KUBE-SEP-' + kp.endpoint_hash('ns2/svc2:p8080', 'tcp', '10.0.2.2:8080')
+    new_sep = 'KUBE-SEP-' + kpm.endpoint_hash('ns2/svc2:p8080', 'tcp', '10.0.2.2:8080')
     assert plan.added == ['nat/' + new_sep]
     assert plan.changed == ['nat/KUBE-SVC-2VJB64SDSIJUP5T6']
     assert plan.removed == ['nat/KUBE-SEP-UHEGFW77JX3KXTOV']
@@ -199,19 +200,19 @@ def test_partial_sync_endpoint_change_touches_only_that_service():
 
 def test_service_removed_deletes_its_chains():
     objs = objects()
-    rs = kp.render(objs, kp.Settings())
+    rs = kpr.render(objs, kpm.Settings())
     saved = as_saved(rs)
-    rs2 = kp.render([objs[0], objs[2]], kp.Settings())
+    rs2 = kpr.render([objs[0], objs[2]], kpm.Settings())
     plan = plan_for(rs2, saved)
     assert sorted(plan.removed) == ['nat/KUBE-SEP-UHEGFW77JX3KXTOV', 'nat/KUBE-SVC-2VJB64SDSIJUP5T6']
     assert plan.changed == ['nat/KUBE-SERVICES']
 
 
 def test_absent_removes_owned_chains_and_jumps_only():
-    rs = kp.render(objects(), kp.Settings())
+    rs = kpr.render(objects(), kpm.Settings())
     saved = as_saved(rs)
-    empty = kp.Ruleset('KUBE')
-    plan = ipt.plan_sync(ipt.parse_save(saved), {}, [], owns=lambda t, c: kp.owns_chain('KUBE', t, c),
+    empty = kpr.Ruleset('KUBE')
+    plan = ipt.plan_sync(ipt.parse_save(saved), {}, [], owns=lambda t, c: kpr.owns_chain('KUBE', t, c),
                          keep={('filter', 'KUBE-FIREWALL'), ('nat', 'KUBE-MARK-MASQ')})
     assert empty.jumps == []
     removed = set(plan.removed)
@@ -225,9 +226,9 @@ def test_absent_removes_owned_chains_and_jumps_only():
 
 
 def test_prefixes_never_touch_each_other():
-    kube = kp.render(objects(), kp.Settings())
+    kube = kpr.render(objects(), kpm.Settings())
     saved = as_saved(kube)
-    bpod = kp.render(objects(), kp.Settings(chain_prefix='BPOD'))
+    bpod = kpr.render(objects(), kpm.Settings(chain_prefix='BPOD'))
     plan = plan_for(bpod, saved, prefix='BPOD')
     assert not plan.removed and not plan.changed and not plan.jumps_removed
     assert 'KUBE-' not in plan.payload
@@ -235,13 +236,13 @@ def test_prefixes_never_touch_each_other():
     # kube-proxy's view of the same tables: its own rules converged, ours invisible to it
     assert not plan_for(kube, both)
     # and BPOD's absent removes only BPOD
-    gone = ipt.plan_sync(ipt.parse_save(both), {}, [], owns=lambda t, c: kp.owns_chain('BPOD', t, c))
+    gone = ipt.plan_sync(ipt.parse_save(both), {}, [], owns=lambda t, c: kpr.owns_chain('BPOD', t, c))
     assert gone.removed and all('/BPOD-' in c for c in gone.removed)
     assert all('-j BPOD-' in j for j in gone.jumps_removed)
 
 
 def test_tampered_chain_is_rewritten():
-    rs = kp.render(objects(), kp.Settings())
+    rs = kpr.render(objects(), kpm.Settings())
     saved = as_saved(rs).replace('--to-destination 10.0.1.1:80', '--to-destination 10.6.6.6:80')
     plan = plan_for(rs, saved)
     assert plan.changed == ['nat/KUBE-SEP-SNQ3ZNILQDEJNDQO']
@@ -345,20 +346,20 @@ def test_start_save_runs_beside_the_caller(tmp_path):
 
 def test_recorded_sync_plans_from_fingerprints():
     objs = objects()
-    rs = kp.render(objs, kp.Settings())
-    desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in kp.TABLES)
-    record = dict(tables=dict((t, dict((c, ipt.chain_hash(r)) for c, r in desired[t].items())) for t in kp.TABLES),
+    rs = kpr.render(objs, kpm.Settings())
+    desired = dict((t, dict((c, rs.saved_rules(t, c)) for c in rs.ordered_chains(t))) for t in kpr.TABLES)
+    record = dict(tables=dict((t, dict((c, ipt.chain_hash(r)) for c, r in desired[t].items())) for t in kpr.TABLES),
                   jumps={'nat': {'PREROUTING': [j[3] for j in rs.jumps if j[1] == 'PREROUTING']}})
     have = ipt.tables_from_record(record)
     jumps = [(t, s, sv) for t, s, _k, sv in rs.jumps]
 
     def owns(table, chain):
-        return kp.owns_chain('KUBE', table, chain)
+        return kpr.owns_chain('KUBE', table, chain)
 
     plan = ipt.plan_sync(have, desired, [j for j in jumps if j[1] == 'PREROUTING'], owns=owns)
     assert not plan
-    rs2 = kp.render([objs[0], objs[2]], kp.Settings())          # svc2 goes away
-    desired2 = dict((t, dict((c, rs2.saved_rules(t, c)) for c in rs2.ordered_chains(t))) for t in kp.TABLES)
+    rs2 = kpr.render([objs[0], objs[2]], kpm.Settings())          # svc2 goes away
+    desired2 = dict((t, dict((c, rs2.saved_rules(t, c)) for c in rs2.ordered_chains(t))) for t in kpr.TABLES)
     plan = ipt.plan_sync(have, desired2, [], owns=owns)
     assert plan.changed == ['nat/KUBE-SERVICES']
     assert sorted(plan.removed) == ['nat/KUBE-SEP-UHEGFW77JX3KXTOV', 'nat/KUBE-SVC-2VJB64SDSIJUP5T6']

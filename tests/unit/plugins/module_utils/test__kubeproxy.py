@@ -7,7 +7,9 @@ import os
 import pytest
 import yaml
 
-from ansible_collections.barepod.linux.plugins.module_utils import _kubeproxy as kp
+from ansible_collections.barepod.linux.plugins.module_utils import _kpmodel as kpm
+from ansible_collections.barepod.linux.plugins.module_utils import _kprender as kpr
+from ansible_collections.barepod.linux.plugins.module_utils import _kpsync as kps
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
 FIXTURES = os.path.join(os.path.dirname(__file__), 'fixtures', 'kubeproxy')
@@ -23,13 +25,13 @@ def fake_proxier_settings(**kw):
     localhost NodePorts, no --random-fully."""
     args = dict(node_name='test-node', node_ip='192.168.0.2', cluster_cidr='10.0.0.0/8', random_fully=False)
     args.update(kw)
-    return kp.Settings(**args)
+    return kpm.Settings(**args)
 
 
 def golden_payload(objs, **kw):
     # The fake proxier hard-codes masqueradeMark "0x4000"; a real kube-proxy formats
     # 1<<14 with %#08x, which is "0x00004000" (and what we write). iptables reads both alike.
-    return kp.render(objs, fake_proxier_settings(**kw)).payload().replace('0x00004000', '0x4000')
+    return kpr.render(objs, fake_proxier_settings(**kw)).payload().replace('0x00004000', '0x4000')
 
 
 def svc(ns, name, ip, ports, **spec):
@@ -72,16 +74,16 @@ def test_golden_sync_proxy_rules_repeated_first_sync():
 
 def test_chain_names_of_the_repeated_test():
     # names kube-proxy's TestSyncProxyRulesRepeated expects after its later syncs
-    assert kp.port_proto_hash('ns3/svc3:p80', 'tcp') == 'X27LE4BHSL4DOUIK'
-    assert kp.endpoint_hash('ns3/svc3:p80', 'tcp', '10.0.3.1:80') == 'BSWRHOQ77KEXZLNL'
-    assert kp.endpoint_hash('ns3/svc3:p80', 'tcp', '10.0.3.2:80') == 'DKCFIS26GWF2WLWC'
-    assert kp.port_proto_hash('ns4/svc4:p80', 'tcp') == '4SW47YFZTEDKD3PK'
-    assert kp.endpoint_hash('ns4/svc4:p80', 'tcp', '10.0.4.1:80') == 'AYCN5HPXMIRJNJXU'
+    assert kpm.port_proto_hash('ns3/svc3:p80', 'tcp') == 'X27LE4BHSL4DOUIK'
+    assert kpm.endpoint_hash('ns3/svc3:p80', 'tcp', '10.0.3.1:80') == 'BSWRHOQ77KEXZLNL'
+    assert kpm.endpoint_hash('ns3/svc3:p80', 'tcp', '10.0.3.2:80') == 'DKCFIS26GWF2WLWC'
+    assert kpm.port_proto_hash('ns4/svc4:p80', 'tcp') == '4SW47YFZTEDKD3PK'
+    assert kpm.endpoint_hash('ns4/svc4:p80', 'tcp', '10.0.4.1:80') == 'AYCN5HPXMIRJNJXU'
 
 
 def test_no_endpoints_reject_line_of_the_repeated_test():
     objs = [svc('ns4', 'svc4', '172.30.0.44', P80, type='ClusterIP')]
-    rs = kp.render(objs, fake_proxier_settings())
+    rs = kpr.render(objs, fake_proxier_settings())
     assert chain_rules(rs, 'filter', 'KUBE-SERVICES') == [
         '-m comment --comment "ns4/svc4:p80 has no endpoints" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j REJECT']
     assert rs.saved_rules('filter', 'KUBE-SERVICES') == [
@@ -95,8 +97,8 @@ def test_no_endpoints_reject_line_of_the_repeated_test():
 def test_probabilities_for_three_endpoints():
     objs = [svc('ns', 's', '10.96.0.10', P80),
             eps('ns', 's', [dict(addresses=['10.1.0.%d' % i]) for i in (3, 1, 2)], P80)]
-    rs = kp.render(objs, kp.Settings())
-    chain = 'KUBE-SVC-' + kp.port_proto_hash('ns/s:p80', 'tcp')
+    rs = kpr.render(objs, kpm.Settings())
+    chain = 'KUBE-SVC-' + kpm.port_proto_hash('ns/s:p80', 'tcp')
     rules = chain_rules(rs, 'nat', chain)
     # no cluster CIDR: no masquerade rule, just the three endpoint rules in ip:port order
     assert [r.split('"')[1] for r in rules] == [
@@ -110,8 +112,8 @@ def test_probabilities_for_three_endpoints():
 
 
 def test_compute_probability_matches_go_format():
-    assert kp.compute_probability(7) == '0.1428571429'
-    assert kp.saved_probability('0.5000000000') == '0.50000000000'
+    assert kpr.compute_probability(7) == '0.1428571429'
+    assert kpr.saved_probability('0.5000000000') == '0.50000000000'
 
 
 def test_multiple_ports_and_protocols():
@@ -122,30 +124,30 @@ def test_multiple_ports_and_protocols():
               dict(name='dns-tcp', port=5353, protocol='TCP'), dict(name='dns-sctp', port=53, protocol='SCTP')]
     objs = [svc('ns2', 'svc2', '172.30.0.42', ports),
             eps('ns2', 'svc2', [dict(addresses=['10.180.0.1']), dict(addresses=['10.180.2.1'])], eports)]
-    rs = kp.render(objs, fake_proxier_settings())
+    rs = kpr.render(objs, fake_proxier_settings())
     services = chain_rules(rs, 'nat', 'KUBE-SERVICES')
     assert len(services) == 5  # four ports + the nodeports tail rule
     assert any('-m udp -p udp -d 172.30.0.42 --dport 53' in r for r in services)
     assert any('-m sctp -p sctp -d 172.30.0.42 --dport 53' in r for r in services)
     assert services[-1].startswith('-m comment --comment "kubernetes service nodeports')
     # UDP and TCP on the same port name differ by protocol in the hash
-    sep_tcp = 'KUBE-SEP-' + kp.endpoint_hash('ns2/svc2:dns-tcp', 'tcp', '10.180.0.1:5353')
+    sep_tcp = 'KUBE-SEP-' + kpm.endpoint_hash('ns2/svc2:dns-tcp', 'tcp', '10.180.0.1:5353')
     assert chain_rules(rs, 'nat', sep_tcp)[1].endswith('-m tcp -p tcp -j DNAT --to-destination 10.180.0.1:5353')
-    sep_udp = 'KUBE-SEP-' + kp.endpoint_hash('ns2/svc2:dns-udp', 'udp', '10.180.0.1:53')
+    sep_udp = 'KUBE-SEP-' + kpm.endpoint_hash('ns2/svc2:dns-udp', 'udp', '10.180.0.1:53')
     assert chain_rules(rs, 'nat', sep_udp)[1].endswith('-m udp -p udp -j DNAT --to-destination 10.180.0.1:53')
 
 
 def test_unnamed_single_port_uses_plain_service_name():
     objs = [svc('kube-system', 'dns', '10.96.0.10', [dict(port=53, protocol='UDP')]),
             eps('kube-system', 'dns', [dict(addresses=['10.244.0.5'])], [dict(port=53, protocol='UDP')])]
-    rs = kp.render(objs, kp.Settings())
+    rs = kpr.render(objs, kpm.Settings())
     assert '"kube-system/dns cluster IP"' in chain_rules(rs, 'nat', 'KUBE-SERVICES')[0]
 
 
 def test_endpoint_conditions_ready_then_serving_terminating():
     def render(endpoints):
-        rs = kp.render([svc('ns', 's', '10.96.0.1', P80), eps('ns', 's', endpoints, P80)], kp.Settings())
-        chain = 'KUBE-SVC-' + kp.port_proto_hash('ns/s:p80', 'tcp')
+        rs = kpr.render([svc('ns', 's', '10.96.0.1', P80), eps('ns', 's', endpoints, P80)], kpm.Settings())
+        chain = 'KUBE-SVC-' + kpm.port_proto_hash('ns/s:p80', 'tcp')
         return [r.split('-> ')[1].split('"')[0] for r in chain_rules(rs, 'nat', chain)] if chain in rs.chains['nat'] \
             else chain_rules(rs, 'filter', 'KUBE-SERVICES')
 
@@ -163,18 +165,18 @@ def test_duplicate_endpoints_across_slices_deduplicated():
     objs = [svc('ns', 's', '10.96.0.1', P80),
             eps('ns', 's', [dict(addresses=['10.0.0.1'])], P80, name='a'),
             eps('ns', 's', [dict(addresses=['10.0.0.1']), dict(addresses=['10.0.0.2'])], P80, name='b')]
-    rs = kp.render(objs, kp.Settings())
+    rs = kpr.render(objs, kpm.Settings())
     assert rs.endpoints == 2
 
 
 def test_internal_traffic_policy_local_without_local_endpoints_drops():
     objs = [svc('ns', 's', '10.96.0.1', P80, internalTrafficPolicy='Local'),
             eps('ns', 's', [dict(addresses=['10.0.0.1'], nodeName='other')], P80)]
-    rs = kp.render(objs, kp.Settings(node_name='me'))
+    rs = kpr.render(objs, kpm.Settings(node_name='me'))
     assert chain_rules(rs, 'filter', 'KUBE-SERVICES') == [
         '-m comment --comment "ns/s:p80 has no local endpoints" -m tcp -p tcp -d 10.96.0.1 --dport 80 -j DROP']
-    rs = kp.render(objs, kp.Settings(node_name='other'))
-    svl = 'KUBE-SVL-' + kp.port_proto_hash('ns/s:p80', 'tcp')
+    rs = kpr.render(objs, kpm.Settings(node_name='other'))
+    svl = 'KUBE-SVL-' + kpm.port_proto_hash('ns/s:p80', 'tcp')
     assert chain_rules(rs, 'nat', 'KUBE-SERVICES')[0].endswith('-j ' + svl)
 
 
@@ -182,8 +184,8 @@ def test_external_traffic_policy_local_nodeport_uses_svl():
     ports = [dict(name='p80', port=80, protocol='TCP', nodePort=30080)]
     objs = [svc('ns', 's', '10.96.0.1', ports, type='NodePort', externalTrafficPolicy='Local'),
             eps('ns', 's', [dict(addresses=['10.0.0.1'], nodeName='me'), dict(addresses=['10.0.0.2'])], P80)]
-    rs = kp.render(objs, kp.Settings(node_name='me', cluster_cidr='10.0.0.0/16'))
-    h = kp.port_proto_hash('ns/s:p80', 'tcp')
+    rs = kpr.render(objs, kpm.Settings(node_name='me', cluster_cidr='10.0.0.0/16'))
+    h = kpm.port_proto_hash('ns/s:p80', 'tcp')
     ext = chain_rules(rs, 'nat', 'KUBE-EXT-' + h)
     assert ext[-1] == '-j KUBE-SVL-' + h
     assert ext[0] == ('-m comment --comment "pod traffic for ns/s:p80 external destinations" -s 10.0.0.0/16 '
@@ -199,10 +201,10 @@ def test_session_affinity_timeout_and_recent_rules():
     objs = [svc('ns', 's', '10.96.0.1', P80, sessionAffinity='ClientIP',
                 sessionAffinityConfig=dict(clientIP=dict(timeoutSeconds=30))),
             eps('ns', 's', [dict(addresses=['10.0.0.1']), dict(addresses=['10.0.0.2'])], P80)]
-    rs = kp.render(objs, kp.Settings())
-    h = kp.port_proto_hash('ns/s:p80', 'tcp')
+    rs = kpr.render(objs, kpm.Settings())
+    h = kpm.port_proto_hash('ns/s:p80', 'tcp')
     rules = chain_rules(rs, 'nat', 'KUBE-SVC-' + h)
-    sep1 = 'KUBE-SEP-' + kp.endpoint_hash('ns/s:p80', 'tcp', '10.0.0.1:80')
+    sep1 = 'KUBE-SEP-' + kpm.endpoint_hash('ns/s:p80', 'tcp', '10.0.0.1:80')
     assert rules[0] == ('-m comment --comment "ns/s:p80 -> 10.0.0.1:80" -m recent --name %s --rcheck '
                         '--seconds 30 --reap -j %s' % (sep1, sep1))
     assert len(rules) == 4
@@ -213,8 +215,8 @@ def test_session_affinity_timeout_and_recent_rules():
 
 def test_masquerade_all_and_mark_bit():
     objs = [svc('ns', 's', '10.96.0.1', P80), eps('ns', 's', [dict(addresses=['10.0.0.1'])], P80)]
-    rs = kp.render(objs, kp.Settings(masquerade_all=True, masquerade_bit=3))
-    h = kp.port_proto_hash('ns/s:p80', 'tcp')
+    rs = kpr.render(objs, kpm.Settings(masquerade_all=True, masquerade_bit=3))
+    h = kpm.port_proto_hash('ns/s:p80', 'tcp')
     assert chain_rules(rs, 'nat', 'KUBE-SVC-' + h)[0].endswith('--dport 80 -j KUBE-MARK-MASQ')
     assert chain_rules(rs, 'nat', 'KUBE-MARK-MASQ') == ['-j MARK --or-mark 0x00000008']
     assert rs.saved_rules('nat', 'KUBE-MARK-MASQ') == ['-j MARK --set-xmark 0x8/0x8']
@@ -222,11 +224,11 @@ def test_masquerade_all_and_mark_bit():
 
 
 def test_localhost_nodeports_off_and_nodeport_addresses():
-    rs = kp.render([], kp.Settings(localhost_nodeports=False))
+    rs = kpr.render([], kpm.Settings(localhost_nodeports=False))
     assert chain_rules(rs, 'nat', 'KUBE-SERVICES')[-1].endswith(
         '-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j KUBE-NODEPORTS')
     assert 'KUBE-FIREWALL' not in rs.chains['filter']
-    rs = kp.render([], kp.Settings(nodeport_addresses=['192.168.0.0/24'],
+    rs = kpr.render([], kpm.Settings(nodeport_addresses=['192.168.0.0/24'],
                                    nodeport_ips=['192.168.0.2', '10.1.1.1', '127.0.0.1']))
     assert chain_rules(rs, 'nat', 'KUBE-SERVICES') == [
         '-m comment --comment "kubernetes service nodeports; NOTE: this must be the last rule in this chain" '
@@ -237,7 +239,7 @@ def test_localhost_nodeports_off_and_nodeport_addresses():
 def test_large_cluster_mode_drops_endpoint_comments():
     objs = [svc('ns', 's', '10.96.0.1', P80),
             eps('ns', 's', [dict(addresses=['10.%d.%d.1' % (i // 250, i % 250)]) for i in range(1001)], P80)]
-    rs = kp.render(objs, kp.Settings())
+    rs = kpr.render(objs, kpm.Settings())
     assert rs.large_cluster_mode
     sep = [c for c in rs.chains['nat'] if c.startswith('KUBE-SEP-')][0]
     assert 'comment' not in ' '.join(chain_rules(rs, 'nat', sep))
@@ -246,10 +248,10 @@ def test_large_cluster_mode_drops_endpoint_comments():
 
 def test_chain_prefix_renames_every_chain_and_jump():
     objs = list(yaml.safe_load_all(fixture('overall.yaml')))
-    rs = kp.render(objs, fake_proxier_settings(chain_prefix='BPOD'))
+    rs = kpr.render(objs, fake_proxier_settings(chain_prefix='BPOD'))
     text = rs.payload()
     assert 'KUBE-' not in text
-    assert all(c.startswith('BPOD-') for t in kp.TABLES for c in rs.chains[t])
+    assert all(c.startswith('BPOD-') for t in kpr.TABLES for c in rs.chains[t])
     assert all(j[3].rsplit('-j ', 1)[1].startswith('BPOD-') for j in rs.jumps)
     # the hash does not depend on the prefix
     assert 'BPOD-SVC-XPGD46QRK7WJZT7O' in rs.chains['nat']
@@ -258,18 +260,18 @@ def test_chain_prefix_renames_every_chain_and_jump():
 def test_headless_externalname_and_endpoints_are_skipped():
     external = dict(kind='Service', metadata=dict(name='x'), spec=dict(type='ExternalName', externalName='example.com'))
     objs = [svc('ns', 'h', 'None', P80), external, dict(kind='Endpoints', metadata=dict(name='h'))]
-    rs = kp.render(objs, kp.Settings())
+    rs = kpr.render(objs, kpm.Settings())
     assert rs.services == 0
     assert len(rs.skipped) == 3
 
 
 def test_list_objects_are_expanded():
     objs = [dict(kind='List', items=[svc('ns', 's', '10.96.0.1', P80)])]
-    assert kp.render(objs, kp.Settings()).services == 1
+    assert kpr.render(objs, kpm.Settings()).services == 1
 
 
 def test_jump_rules_match_kube_proxy_order():
-    rs = kp.render([], kp.Settings())
+    rs = kpr.render([], kpm.Settings())
     assert [(t, src, kpr.rsplit('-j ', 1)[1]) for t, src, kpr, _s in rs.jumps][:3] == [
         ('filter', 'INPUT', 'KUBE-EXTERNAL-SERVICES'), ('filter', 'FORWARD', 'KUBE-EXTERNAL-SERVICES'),
         ('filter', 'INPUT', 'KUBE-NODEPORTS')]
@@ -311,14 +313,14 @@ def bad(mutate):
 ])
 def test_bad_service_names_field(obj, field):
     with pytest.raises(BarepodError) as e:
-        kp.render([obj], kp.Settings())
+        kpr.render([obj], kpm.Settings())
     assert e.value.field == field
     assert field in str(e.value)
 
 
 def test_endpointslice_naming_missing_service():
     with pytest.raises(BarepodError) as e:
-        kp.render([BASE, eps('ns', 'ghost', [dict(addresses=['10.0.0.1'])], P80)], kp.Settings())
+        kpr.render([BASE, eps('ns', 'ghost', [dict(addresses=['10.0.0.1'])], P80)], kpm.Settings())
     assert 'ns/ghost' in str(e.value)
     assert e.value.field == 'objects[1].metadata.labels.kubernetes.io/service-name'
 
@@ -327,14 +329,56 @@ def test_endpointslice_without_service_label():
     s = eps('ns', 's', [], P80)
     s['metadata']['labels'] = {}
     with pytest.raises(BarepodError, match='kubernetes.io/service-name'):
-        kp.render([BASE, s], kp.Settings())
+        kpr.render([BASE, s], kpm.Settings())
 
 
 def test_endpoint_with_bad_address_and_port():
     with pytest.raises(BarepodError, match=r'objects\[1\]\.endpoints\[0\]\.addresses\[0\]'):
-        kp.render([BASE, eps('ns', 's', [dict(addresses=['10.0.0.999'])], P80)], kp.Settings())
+        kpr.render([BASE, eps('ns', 's', [dict(addresses=['10.0.0.999'])], P80)], kpm.Settings())
     with pytest.raises(BarepodError, match=r'objects\[1\]\.ports\[0\]\.port'):
-        kp.render([BASE, eps('ns', 's', [], [dict(name='p80', port=99999)])], kp.Settings())
+        kpr.render([BASE, eps('ns', 's', [], [dict(name='p80', port=99999)])], kpm.Settings())
+
+
+@pytest.mark.parametrize('text,want', [
+    # k8s.io/utils/net ParseIPSloppy (Go's ParseIP before 1.17, kept for stored objects): each
+    # part decimal, leading zeros allowed and not octal, at most 255 (its ip_test.go cases)
+    ('127.001.002.003', '127.1.2.3'), ('127.007.008.009', '127.7.8.9'), ('127.010.020.030', '127.10.20.30'),
+    ('172.30.0.041', '172.30.0.41'), ('0000000010.0.0.1', '10.0.0.1'), ('10.0.0.1', '10.0.0.1'),
+    ('127.0.0.256', None), ('127.0.0.0256', None), ('-0.0.0.0', None), ('0.-1.0.0', None), ('1.2.3', None),
+    ('1.2.3.4.5', None), ('1.2.3.', None), ('abc', None), ('', None), ('1.2.3.4\n', None), ('1.2.3.0x4', None),
+    ('1.2.3.\u0664', None), ('1_0.0.0.1', None),
+])
+def test_parse_ipv4_sloppy_reads_leading_zeros_as_decimal(text, want):
+    assert kpm.parse_ipv4_sloppy(text) == want
+
+
+def test_leading_zero_addresses_are_read_as_kube_proxy_reads_them_with_a_warning():
+    """kube-proxy's TestBadIPs: addresses the API server accepted before Go 1.17 (leading
+    zeros) are proxied as their decimal reading, not rejected; the module says so."""
+    lb = dict(loadBalancer=dict(ingress=[dict(ip='001.002.003.004')]))
+    sloppy = [svc('ns', 's', '172.30.0.041', [dict(name='p80', port=80, nodePort=30080)], type='LoadBalancer',
+                  externalIPs=['192.168.099.011'], status=lb),
+              eps('ns', 's', [dict(addresses=['10.180.00.001'])], P80)]
+    clean = [svc('ns', 's', '172.30.0.41', [dict(name='p80', port=80, nodePort=30080)], type='LoadBalancer',
+                 externalIPs=['192.168.99.11'], status=dict(loadBalancer=dict(ingress=[dict(ip='1.2.3.4')]))),
+             eps('ns', 's', [dict(addresses=['10.180.0.1'])], P80)]
+    res = kps.sync_service_rules(dict(objects=sloppy, apply=False, return_payload=True))
+    assert res['payload'] == kpr.render(clean, kpm.Settings()).payload()
+    assert '172.30.0.41' in res['payload'] and '10.180.0.1:80' in res['payload']
+    fields = ['objects[0].spec.clusterIP', 'objects[0].spec.externalIPs[0]',
+              'objects[0].status.loadBalancer.ingress[0].ip', 'objects[1].endpoints[0].addresses[0]']
+    assert len(res['warnings']) == len(fields)
+    for field, w in zip(fields, res['warnings'], strict=True):
+        assert w.startswith(field + ': ') and 'leading zeros' in w
+    assert "'172.30.0.041'" in res['warnings'][0] and '172.30.0.41' in res['warnings'][0]
+    # the node's own flags stay strict (they are not stored API objects)
+    with pytest.raises(BarepodError) as e:
+        kpm.Settings(node_ip='192.168.000.2')
+    assert e.value.field == 'node_ip'
+    # and what is not even a sloppy address still names its field
+    with pytest.raises(BarepodError) as e:
+        kpr.render([svc('ns', 's', '172.30.0.0256', P80)], kpm.Settings())
+    assert e.value.field == 'objects[0].spec.clusterIP'
 
 
 @pytest.mark.parametrize('kw,field', [
@@ -345,17 +389,17 @@ def test_endpoint_with_bad_address_and_port():
 ])
 def test_bad_settings(kw, field):
     with pytest.raises(BarepodError) as e:
-        kp.Settings(**kw)
+        kpm.Settings(**kw)
     assert e.value.field == field
 
 
 def test_duplicate_service_rejected():
     with pytest.raises(BarepodError, match='given twice'):
-        kp.render([BASE, BASE], kp.Settings())
+        kpr.render([BASE, BASE], kpm.Settings())
 
 
 def test_offline_module_manager_renders_without_iptables():
-    res = kp.sync_service_rules(dict(objects=list(yaml.safe_load_all(fixture('repeated.yaml'))), apply=False,
+    res = kps.sync_service_rules(dict(objects=list(yaml.safe_load_all(fixture('repeated.yaml'))), apply=False,
                                      cluster_cidr='10.0.0.0/8', random_fully=False, conntrack_tcp_be_liberal=False))
     assert res['changed'] is False
     assert res['payload'].replace('0x00004000', '0x4000') == fixture('repeated.expected')
@@ -366,14 +410,14 @@ def test_offline_module_manager_renders_without_iptables():
 def test_src_files_and_yaml_errors(tmp_path):
     p = tmp_path / 'objs.yaml'
     p.write_text(fixture('repeated.yaml'))
-    res = kp.sync_service_rules(dict(src=[str(p)], apply=False), yaml_mod=yaml)
+    res = kps.sync_service_rules(dict(src=[str(p)], apply=False), yaml_mod=yaml)
     assert res['services'] == 2
     bad_yaml = tmp_path / 'bad.yaml'
     bad_yaml.write_text('kind: [unclosed\n')
     with pytest.raises(BarepodError, match=r'src\[0\]'):
-        kp.sync_service_rules(dict(src=[str(bad_yaml)], apply=False), yaml_mod=yaml)
+        kps.sync_service_rules(dict(src=[str(bad_yaml)], apply=False), yaml_mod=yaml)
     with pytest.raises(BarepodError, match=r'src\[0\]'):
-        kp.sync_service_rules(dict(src=[str(tmp_path / 'missing.yaml')], apply=False), yaml_mod=yaml)
+        kps.sync_service_rules(dict(src=[str(tmp_path / 'missing.yaml')], apply=False), yaml_mod=yaml)
 
 
 def test_chapter_kube_dns_example_reproduces_the_books_rules():
@@ -383,7 +427,7 @@ def test_chapter_kube_dns_example_reproduces_the_books_rules():
     path = os.path.join(here, '..', '..', '..', '..', 'examples', 'kube-dns-service.yaml')
     with open(path) as f:
         objs = list(yaml.safe_load_all(f))
-    rs = kp.render(objs, kp.Settings(node_name='kind-control-plane', cluster_cidr='10.244.0.0/16'))
+    rs = kpr.render(objs, kpm.Settings(node_name='kind-control-plane', cluster_cidr='10.244.0.0/16'))
     assert rs.services == 3 and rs.endpoints == 6
     assert rs.saved_rules('nat', 'KUBE-SEP-IT2ZTR26TO4XFPTO') == [
         '-s 10.244.0.2/32 -m comment --comment "kube-system/kube-dns:dns-tcp" -j KUBE-MARK-MASQ',
@@ -400,14 +444,14 @@ def test_src_json_and_yaml_give_the_same_objects(tmp_path):
     j.write_text(json.dumps(dict(kind='List', items=objs)))
     y = tmp_path / 'objs.yaml'
     y.write_text(fixture('repeated.yaml'))
-    a = kp.sync_service_rules(dict(src=[str(j)], apply=False), yaml_mod=yaml)
-    b = kp.sync_service_rules(dict(src=[str(y)], apply=False), yaml_mod=yaml)
+    a = kps.sync_service_rules(dict(src=[str(j)], apply=False), yaml_mod=yaml)
+    b = kps.sync_service_rules(dict(src=[str(y)], apply=False), yaml_mod=yaml)
     assert a['payload'] == b['payload'] and a['services'] == 2
 
 
 def test_group_by_service_fingerprints_each_service_with_its_slices():
     objs = list(yaml.safe_load_all(fixture('repeated.yaml')))
-    fps, members = kp.group_by_service(objs, kp.object_digests(objs))
+    fps, members = kps.group_by_service(objs, kps.object_digests(objs))
     assert sorted(fps) == sorted(members) and len(fps) == 2
     for group in members.values():
         assert group[0]['kind'] == 'Service'
@@ -415,15 +459,15 @@ def test_group_by_service_fingerprints_each_service_with_its_slices():
     changed = copy.deepcopy(objs)
     sl = next(o for o in changed if o['kind'] == 'EndpointSlice')
     sl['endpoints'][0]['addresses'] = ['10.180.0.99']
-    fps2, _m = kp.group_by_service(changed, kp.object_digests(changed))
-    key = '%s/%s' % (sl['metadata']['namespace'], sl['metadata']['labels'][kp.SERVICE_NAME_LABEL])
+    fps2, _m = kps.group_by_service(changed, kps.object_digests(changed))
+    key = '%s/%s' % (sl['metadata']['namespace'], sl['metadata']['labels'][kpm.SERVICE_NAME_LABEL])
     assert [k for k in fps if fps[k] != fps2[k]] == [key]
     # anything but plain Services and EndpointSlices of given Services: only the full render
     for extra in (dict(kind='List', items=[]), dict(kind='Endpoints', metadata=dict(name='x')), 'x',
-                  dict(kind='EndpointSlice', metadata=dict(name='s', labels={kp.SERVICE_NAME_LABEL: 'none'}))):
+                  dict(kind='EndpointSlice', metadata=dict(name='s', labels={kpm.SERVICE_NAME_LABEL: 'none'}))):
         more = objs + [extra]
-        assert kp.group_by_service(more, kp.object_digests(more)) == (None, None)
-    assert kp.group_by_service(objs + objs[:1], kp.object_digests(objs + objs[:1])) == (None, None)
+        assert kps.group_by_service(more, kps.object_digests(more)) == (None, None)
+    assert kps.group_by_service(objs + objs[:1], kps.object_digests(objs + objs[:1])) == (None, None)
 
 
 def test_object_encodings_depend_on_values_only():
@@ -436,16 +480,16 @@ def test_object_encodings_depend_on_values_only():
     shared = 'x' * 20
     a = [dict(kind='Service', metadata=dict(name=shared, namespace=shared))]
     b = [dict(kind='Service', metadata=dict(name='x' * 20, namespace=''.join(['x'] * 20)))]
-    assert kp.object_digests(a) == kp.object_digests(b)
-    assert kp.object_digests(objs) == kp.object_digests(json.loads(json.dumps(objs)))
+    assert kps.object_digests(a) == kps.object_digests(b)
+    assert kps.object_digests(objs) == kps.object_digests(json.loads(json.dumps(objs)))
     variants = [dict(v=1), dict(v=True), dict(v='1'), dict(v=1.0), dict(v=[1]), dict(w=1)]
-    enc = kp.object_digests(variants)
+    enc = kps.object_digests(variants)
     assert len(set(enc)) == len(variants)
     ts = [dict(kind='Service', metadata=dict(creationTimestamp=datetime.datetime(2024, 1, 2)))]
-    enc1 = kp.object_digests(objs + ts)
-    assert enc1 == kp.object_digests(copy.deepcopy(objs + ts)) and enc1[-1] != enc1[0]
+    enc1 = kps.object_digests(objs + ts)
+    assert enc1 == kps.object_digests(copy.deepcopy(objs + ts)) and enc1[-1] != enc1[0]
     ts2 = [dict(kind='Service', metadata=dict(creationTimestamp=datetime.datetime(2024, 1, 3)))]
-    assert kp.object_digests(objs + ts2)[-1] != enc1[-1]
+    assert kps.object_digests(objs + ts2)[-1] != enc1[-1]
 
 
 def test_tracked_contributions_add_up_to_the_full_render():
@@ -454,20 +498,20 @@ def test_tracked_contributions_add_up_to_the_full_render():
     objs = yaml.safe_load_all(fixture('overall.yaml'))
     objs = list(objs)
     track = {}
-    rs = kp.render(objs, fake_proxier_settings(), track=track)
+    rs = kpr.render(objs, fake_proxier_settings(), track=track)
     counts = rs.rule_count()
-    fixed = kp.render([], fake_proxier_settings()).rule_count()
-    assert sum(t[4] for t in track.values()) == counts['filter'] - fixed['filter']
-    assert sum(t[5] for t in track.values()) == counts['nat'] - fixed['nat']
-    own = set(c for t in track.values() for c in t[1])
-    assert own == set(c for c in rs.chains['nat'] if kp.is_service_chain('KUBE', c))
-    assert sum(t[3] for t in track.values()) == rs.services
-    fps, members = kp.group_by_service(objs, kp.object_digests(objs))
+    fixed = kpr.render([], fake_proxier_settings()).rule_count()
+    assert sum(t.filter_rules for t in track.values()) == counts['filter'] - fixed['filter']
+    assert sum(t.nat_rules for t in track.values()) == counts['nat'] - fixed['nat']
+    own = set(c for t in track.values() for c in t.chains)
+    assert own == set(c for c in rs.chains['nat'] if kpr.is_service_chain('KUBE', c))
+    assert sum(t.ports for t in track.values()) == rs.services
+    fps, members = kps.group_by_service(objs, kps.object_digests(objs))
     for key, group in members.items():
         alone = {}
-        kp.render(group, fake_proxier_settings(), track=alone)
+        kpr.render(group, fake_proxier_settings(), track=alone)
         if key in track:
-            assert alone[key][:2] == track[key][:2], key
+            assert (alone[key].contrib, alone[key].chains) == (track[key].contrib, track[key].chains), key
 
 
 class FakeBackend(object):
@@ -559,7 +603,7 @@ def services_with_slices(n, moved=None):
             ips[1] = '10.180.1.1'
         out.append(dict(kind='EndpointSlice', addressType='IPv4',
                         metadata=dict(namespace='ns', name='s%d-x' % i,
-                                      labels={kp.SERVICE_NAME_LABEL: 's%d' % i}),
+                                      labels={kpm.SERVICE_NAME_LABEL: 's%d' % i}),
                         endpoints=[dict(addresses=[a]) for a in ips], ports=[dict(name='p', port=8080)]))
     return out
 
@@ -572,13 +616,13 @@ def test_unchanged_src_is_not_parsed_and_one_service_is_rendered_alone(tmp_path)
     fake = FakeBackend()
     params = dict(src=[str(src)], return_payload=False, state_dir=str(tmp_path / 'state'),
                   conntrack_tcp_be_liberal=False, cluster_cidr='10.0.0.0/8')
-    r = kp.sync_service_rules(params, yaml_mod=yaml, backend=fake)
+    r = kps.sync_service_rules(params, yaml_mod=yaml, backend=fake)
     assert r['changed'] and r['render'] == 'full' and fake.restores == 1 and fake.token
-    r = kp.sync_service_rules(params, yaml_mod=NoYaml, backend=fake)
+    r = kps.sync_service_rules(params, yaml_mod=NoYaml, backend=fake)
     assert not r['changed'] and r['render'] == 'none' and fake.restores == 1
     assert (r['services'], r['endpoints']) == (5, 10)
     src.write_text(yaml.safe_dump_all(objs(moved=True)))
-    r = kp.sync_service_rules(params, yaml_mod=yaml, backend=fake)
+    r = kps.sync_service_rules(params, yaml_mod=yaml, backend=fake)
     assert r['changed'] and r['render'] == 'partial (1 of 5 Services)' and fake.restores == 2
     ch = r['chains']
     assert len(ch['changed']) == 1 and len(ch['added']) == 1 and len(ch['removed']) == 1
@@ -586,13 +630,13 @@ def test_unchanged_src_is_not_parsed_and_one_service_is_rendered_alone(tmp_path)
     assert 'KUBE-SERVICES' not in fake.payloads[-1] and fake.payloads[-1].count('COMMIT') == 1
     # check mode on the next change plans the same way and writes nothing
     src.write_text(yaml.safe_dump_all(objs()))
-    r = kp.sync_service_rules(params, check_mode=True, yaml_mod=yaml, backend=fake)
+    r = kps.sync_service_rules(params, check_mode=True, yaml_mod=yaml, backend=fake)
     assert r['changed'] and r['render'].startswith('partial') and fake.restores == 2
     # what the record now says equals a from-scratch render of the moved objects
     # (the same objects with their keys in another order: re-rendered, nothing changes)
-    r = kp.sync_service_rules(dict(params, src=[], objects=objs(moved=True)), backend=fake)
+    r = kps.sync_service_rules(dict(params, src=[], objects=objs(moved=True)), backend=fake)
     assert not r['changed'] and r['render'] == 'partial (5 of 5 Services)' and fake.restores == 2
-    full = kp.render(objs(moved=True), kp.Settings(cluster_cidr='10.0.0.0/8'))
+    full = kpr.render(objs(moved=True), kpm.Settings(cluster_cidr='10.0.0.0/8'))
     assert (r['services'], r['endpoints'], r['rules']) == (full.services, full.endpoints, full.rule_count())
 
 
@@ -604,34 +648,34 @@ def test_changed_by_object_finds_the_changed_services_like_group_by_service():
     # slices before their Services: members still come Service first
     objs = [o for o in objs if o['kind'] == 'EndpointSlice'] + [o for o in objs if o['kind'] == 'Service']
     keys = []
-    fps, members = kp.group_by_service(objs, kp.object_digests(objs), keys=keys)
+    fps, members = kps.group_by_service(objs, kps.object_digests(objs), keys=keys)
     assert fps is not None and len(keys) == len(objs)
-    body = kp.object_record(objs, kp.object_digests(objs), keys)
-    same = kp.changed_by_object(objs, kp.object_digests(objs), body)
+    body = kps.object_record(objs, kps.object_digests(objs), keys)
+    same = kps.changed_by_object(objs, kps.object_digests(objs), body)
     assert same[0] == {} and same[1] == {}
     changed = copy.deepcopy(objs)
     sl = changed[0]
     sl['endpoints'][0]['addresses'] = ['10.180.0.99']
-    key = '%s/%s' % (sl['metadata']['namespace'], sl['metadata']['labels'][kp.SERVICE_NAME_LABEL])
-    d2 = kp.object_digests(changed)
-    hit = kp.changed_by_object(changed, d2, body)
-    fps2, members2 = kp.group_by_service(changed, d2)
+    key = '%s/%s' % (sl['metadata']['namespace'], sl['metadata']['labels'][kpm.SERVICE_NAME_LABEL])
+    d2 = kps.object_digests(changed)
+    hit = kps.changed_by_object(changed, d2, body)
+    fps2, members2 = kps.group_by_service(changed, d2)
     assert hit is not None and list(hit[0]) == [key]
     assert hit[0][key] == fps2[key] != fps[key]
     assert hit[1][key] == members2[key] and hit[1][key][0]['kind'] == 'Service'
-    assert hit[2]['objects'] == kp.object_record(changed, d2, keys)['objects']
+    assert hit[2]['objects'] == kps.object_record(changed, d2, keys)['objects']
     # a slice relabelled to another Service, one object more or less, kinds swapped: None
     moved = copy.deepcopy(objs)
     other = next(o for o in moved if o['kind'] == 'Service' and o['metadata']['name'] != key.split('/')[1])
-    moved[0]['metadata']['labels'][kp.SERVICE_NAME_LABEL] = other['metadata']['name']
+    moved[0]['metadata']['labels'][kpm.SERVICE_NAME_LABEL] = other['metadata']['name']
     moved[0]['metadata']['namespace'] = other['metadata'].get('namespace')
-    assert kp.changed_by_object(moved, kp.object_digests(moved), body) is None
-    assert kp.changed_by_object(objs[:-1], kp.object_digests(objs[:-1]), body) is None
+    assert kps.changed_by_object(moved, kps.object_digests(moved), body) is None
+    assert kps.changed_by_object(objs[:-1], kps.object_digests(objs[:-1]), body) is None
     swapped = objs[:]
     i = next(j for j, o in enumerate(swapped) if o['kind'] == 'Service')
     swapped[0], swapped[i] = swapped[i], swapped[0]
-    assert kp.changed_by_object(swapped, kp.object_digests(swapped), body) is None
-    assert kp.changed_by_object(objs, kp.object_digests(objs), {}) is None
+    assert kps.changed_by_object(swapped, kps.object_digests(swapped), body) is None
+    assert kps.changed_by_object(objs, kps.object_digests(objs), {}) is None
 
 
 def test_partial_sync_through_either_path_leaves_the_same_record(tmp_path):
@@ -645,12 +689,12 @@ def test_partial_sync_through_either_path_leaves_the_same_record(tmp_path):
         fake = FakeBackend()
         params = dict(return_payload=False, state_dir=str(tmp_path / str(len(results))),
                       conntrack_tcp_be_liberal=False, cluster_cidr='10.0.0.0/8')
-        assert kp.sync_service_rules(dict(params, objects=objs()), backend=fake)['render'] == 'full'
-        r = kp.sync_service_rules(dict(params, objects=order(objs(moved=True))), backend=fake)
+        assert kps.sync_service_rules(dict(params, objects=objs()), backend=fake)['render'] == 'full'
+        r = kps.sync_service_rules(dict(params, objects=order(objs(moved=True))), backend=fake)
         assert r['changed'] and r['render'] == 'partial (1 of 4 Services)' and fake.restores == 2
-        again = kp.sync_service_rules(dict(params, objects=order(objs(moved=True))), backend=fake)
+        again = kps.sync_service_rules(dict(params, objects=order(objs(moved=True))), backend=fake)
         assert not again['changed'] and again['render'] == 'none' and fake.restores == 2
-        back = kp.sync_service_rules(dict(params, objects=objs()), backend=fake)
+        back = kps.sync_service_rules(dict(params, objects=objs()), backend=fake)
         assert back['changed'] and back['render'] == 'partial (1 of 4 Services)'
         results.append((fake.payloads[1], r['chains'], r['rules']))
     assert results[0] == results[1]
@@ -663,7 +707,7 @@ def test_periodic_full_sync_decision(tmp_path):
     objs = list(yaml.safe_load_all(fixture('repeated.yaml')))
     fake = FakeBackend()
     params = dict(objects=objs, return_payload=False, state_dir=str(tmp_path), conntrack_tcp_be_liberal=False)
-    assert kp.sync_service_rules(params, backend=fake)['sync_reason'] == 'no record'
+    assert kps.sync_service_rules(params, backend=fake)['sync_reason'] == 'no record'
     head_path = [os.path.join(str(tmp_path), f) for f in os.listdir(str(tmp_path)) if f.endswith('.json')][0]
 
     def age(seconds, large=None):
@@ -674,17 +718,17 @@ def test_periodic_full_sync_decision(tmp_path):
             head['facts']['large_cluster_mode'] = large
         with open(head_path, 'w') as f:
             json.dump(head, f)
-    assert kp.sync_service_rules(params, backend=fake)['sync'] == 'recorded'
+    assert kps.sync_service_rules(params, backend=fake)['sync'] == 'recorded'
     age(4000, large=True)
-    r = kp.sync_service_rules(params, backend=fake)
+    r = kps.sync_service_rules(params, backend=fake)
     assert r['sync'] == 'recorded' and r['render'] == 'none'
     age(0, large=False)
-    assert kp.sync_service_rules(dict(params, full_sync_period=0), backend=fake)['sync'] == 'recorded'
-    r = kp.sync_service_rules(params, backend=fake)
+    assert kps.sync_service_rules(dict(params, full_sync_period=0), backend=fake)['sync'] == 'recorded'
+    r = kps.sync_service_rules(params, backend=fake)
     assert r['sync'] == 'iptables-save' and r['sync_reason'].startswith('periodic full sync (last one 4')
     # the comparison renews the record's time: the next run trusts it again
-    assert kp.sync_service_rules(params, backend=fake)['sync'] == 'recorded'
+    assert kps.sync_service_rules(params, backend=fake)['sync'] == 'recorded'
     for bad in (-1, 'x', True):
         with pytest.raises(BarepodError) as e:
-            kp.sync_service_rules(dict(params, full_sync_period=bad), backend=fake)
+            kps.sync_service_rules(dict(params, full_sync_period=bad), backend=fake)
         assert e.value.field == 'full_sync_period'
