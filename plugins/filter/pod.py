@@ -55,8 +55,8 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 
-NAME_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
-SUBDOMAIN_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+NAME_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z')
+SUBDOMAIN_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z')
 # uuid5 namespace for pods without metadata.uid (stable across runs and hosts)
 BAREPOD_NS = uuid.UUID('6ba7b811-9dad-11d1-80b4-00c04fd430c8')  # RFC 4122 URL namespace
 
@@ -66,9 +66,9 @@ def _fail(field, msg):
 
 
 # label keys and values (k8s.io/apimachinery IsQualifiedName, IsValidLabelValue) and uids
-QUALIFIED_NAME_RE = re.compile(r'^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$')
-LABEL_VALUE_RE = re.compile(r'^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')
-UID_RE = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}$')
+QUALIFIED_NAME_RE = re.compile(r'^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z')
+LABEL_VALUE_RE = re.compile(r'^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z')
+UID_RE = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}\Z')
 
 
 def _check_label_key(field, k):

@@ -42,8 +42,8 @@ KNOWN_CONTROLLERS = frozenset((
 PAGE_SIZE = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
 UNLIMITED = 'max'
 
-_SEG_RE = re.compile(r'^[A-Za-z0-9_.:@-]+$')
-_CPULIST_RE = re.compile(r'^\d+(-\d+)?(,\d+(-\d+)?)*$')
+_SEG_RE = re.compile(r'^[A-Za-z0-9_.:@-]+\Z')
+_CPULIST_RE = re.compile(r'^\d+(-\d+)?(,\d+(-\d+)?)*\Z')
 
 
 # ---------------------------------------------------------------------------- detection
@@ -182,7 +182,7 @@ def pod_relpath(parent, qos, uid, container=None):
     return '/'.join(parts)
 
 
-_POD_SEG_RE = re.compile(r'^(?:kubepods-(?:(burstable|besteffort)-)?)?pod([0-9a-zA-Z_-]+?)(?:\.slice)?$')
+_POD_SEG_RE = re.compile(r'^(?:kubepods-(?:(burstable|besteffort)-)?)?pod([0-9a-zA-Z_-]+?)(?:\.slice)?\Z')
 
 
 def parse_pod_path(rel):

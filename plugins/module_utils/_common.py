@@ -20,10 +20,10 @@ import re
 import tempfile
 
 # Kubernetes name rules (k8s.io/apimachinery/pkg/util/validation).
-DNS1123_LABEL_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')
+DNS1123_LABEL_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z')
 DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_RE = re.compile(
-    r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')
+    r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z')
 DNS1123_SUBDOMAIN_MAX = 253
 IFNAMSIZ = 16  # includes the trailing NUL: interface names are at most 15 bytes
 
@@ -72,7 +72,7 @@ def validate_dns_subdomain(field, value):
     return value
 
 
-UID_RE = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}$')
+UID_RE = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}\Z')
 
 
 def validate_uid(field, value):

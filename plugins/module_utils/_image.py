@@ -34,7 +34,7 @@ WHITEOUT_PREFIX = '.wh.'
 WHITEOUT_OPAQUE = '.wh..wh..opq'
 FORMATS = ('auto', 'dir', 'tar', 'oci', 'docker-archive')
 IMAGE_TOP = frozenset(['manifest.json', 'index.json', 'oci-layout', 'repositories', 'blobs'])
-_HEX_TOP = re.compile(r'^[0-9a-f]{64}(\.json)?$')
+_HEX_TOP = re.compile(r'^[0-9a-f]{64}(\.json)?\Z')
 
 
 def _tar_members(path):

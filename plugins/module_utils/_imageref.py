@@ -42,15 +42,15 @@ _TAG = r'[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}'
 _DIGEST = r'[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}'
 _NAME = r'(?:(' + _DOMAIN + r')/)?(' + _PATH_COMPONENT + r'(?:/' + _PATH_COMPONENT + r')*)'
 
-REFERENCE_RE = re.compile(r'^(' + _NAME + r')(?::(' + _TAG + r'))?(?:@(' + _DIGEST + r'))?$', re.ASCII)
-NAME_RE = re.compile(r'^' + _NAME + r'$', re.ASCII)
-TAG_RE = re.compile(r'^' + _TAG + r'$', re.ASCII)
-IDENTIFIER_RE = re.compile(r'^[a-f0-9]{64}$')
+REFERENCE_RE = re.compile(r'^(' + _NAME + r')(?::(' + _TAG + r'))?(?:@(' + _DIGEST + r'))?\Z', re.ASCII)
+NAME_RE = re.compile(r'^' + _NAME + r'\Z', re.ASCII)
+TAG_RE = re.compile(r'^' + _TAG + r'\Z', re.ASCII)
+IDENTIFIER_RE = re.compile(r'^[a-f0-9]{64}\Z')
 
 # the algorithms go-digest registers (kubelet links sha256 and sha512; sha384 comes with them)
 DIGEST_HEX_LEN = {'sha256': 64, 'sha384': 96, 'sha512': 128}
-_DIGEST_ANCHORED = re.compile(r'^' + _DIGEST + r'$', re.ASCII)
-_HEX_LOWER = re.compile(r'^[a-f0-9]+$')
+_DIGEST_ANCHORED = re.compile(r'^' + _DIGEST + r'\Z', re.ASCII)
+_HEX_LOWER = re.compile(r'^[a-f0-9]+\Z')
 
 ERR_REFERENCE_INVALID_FORMAT = 'invalid reference format'
 ERR_NAME_CONTAINS_UPPERCASE = 'repository name must be lowercase'

@@ -38,7 +38,7 @@ LAST_IP_PREFIX = 'last_reserved_ip.'
 LOCK_NAME = 'lock'
 DEFAULT_DATA_DIR = _defaults.CNI_DATA_DIR
 NETWORK_NAME_MAX = 255
-NETWORK_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$')
+NETWORK_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.\-]*\Z')
 
 
 def parse_subnet(field, value):

@@ -29,7 +29,7 @@ LARGE_CLUSTER_ENDPOINTS_THRESHOLD = 1000
 DEFAULT_AFFINITY_TIMEOUT = 10800
 MAX_AFFINITY_TIMEOUT = 86400
 SERVICE_NAME_LABEL = 'kubernetes.io/service-name'
-PREFIX_RE = re.compile(r'^[A-Z][A-Z0-9]{0,6}$')
+PREFIX_RE = re.compile(r'^[A-Z][A-Z0-9]{0,6}\Z')
 
 # --------------------------------------------------------------------------- naming
 
@@ -66,7 +66,7 @@ def _err(msg, field, value=None):
 
 
 _OCTET = r'(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])'
-_IPV4_RE = re.compile(r'^%s\.%s\.%s\.%s$' % (_OCTET, _OCTET, _OCTET, _OCTET))
+_IPV4_RE = re.compile(r'^%s\.%s\.%s\.%s\Z' % (_OCTET, _OCTET, _OCTET, _OCTET))
 
 
 class _V4(str):

@@ -42,8 +42,8 @@ DECIMAL_SUFFIXES = {
 INT64_MAX = 2 ** 63 - 1
 
 # the same split as quantity.go's splitREString, then strict checks of each part
-_NUMBER_RE = re.compile(r'^([+-]?)([0-9]*)(?:\.([0-9]*))?(.*)$')
-_EXP_RE = re.compile(r'^[eE]([+-]?[0-9]+)$')
+_NUMBER_RE = re.compile(r'^([+-]?)([0-9]*)(?:\.([0-9]*))?(.*)\Z')
+_EXP_RE = re.compile(r'^[eE]([+-]?[0-9]+)\Z')
 
 
 def parse_quantity(value, field='quantity'):

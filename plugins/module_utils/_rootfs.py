@@ -58,7 +58,7 @@ DEFAULT_SHM_OPTIONS = ['nosuid', 'nodev', 'noexec']
 
 MANAGED_HOSTS_HEADER = '# Kubernetes-managed hosts file.\n'
 
-_QUANTITY_RE = re.compile(r'^([0-9]+)(Ki|Mi|Gi|k|M|G)?$')
+_QUANTITY_RE = re.compile(r'^([0-9]+)(Ki|Mi|Gi|k|M|G)?\Z')
 _QUANTITY_MULT = {None: 1, 'Ki': 1024, 'Mi': 1024 ** 2, 'Gi': 1024 ** 3, 'k': 1000, 'M': 1000 ** 2, 'G': 1000 ** 3}
 
 
