@@ -741,13 +741,15 @@ def _stream_first_sync(backend, model, settings, existing, keep, owns, token, cr
     return rs, plan, token, stream
 
 
-FACT_KEYS = ('services', 'endpoints', 'large_cluster_mode', 'skipped', 'rules')
-RECORD_VERSION = 3
+# `not_proxied`, not `skipped`: Ansible reserves `skipped` in a task result (a non-empty list made the
+# task show as skipped, changed=false, handlers not notified).
+FACT_KEYS = ('services', 'endpoints', 'large_cluster_mode', 'not_proxied', 'rules')
+RECORD_VERSION = 4  # 4: the facts' `skipped` became `not_proxied`
 
 
 def _facts(rs, prefix):
     return dict(changed=False, services=rs.services, endpoints=rs.endpoints,
-                large_cluster_mode=rs.large_cluster_mode, skipped=rs.skipped,
+                large_cluster_mode=rs.large_cluster_mode, not_proxied=rs.skipped,
                 rules=rs.rule_count(), chain_prefix=prefix)
 
 

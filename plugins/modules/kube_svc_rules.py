@@ -262,8 +262,10 @@ rules:
   description: Number of rules per table in the rendered rule set.
   returned: always
   type: dict
-skipped:
-  description: Objects not proxied and why (headless, ExternalName, IPv6, v1 Endpoints).
+not_proxied:
+  description:
+    - Objects not proxied and why (headless, ExternalName, IPv6, v1 Endpoints).
+    - Named C(skipped) before 0.1.0, a key Ansible reserves (the task showed as skipped).
   returned: always
   type: list
 restores:

@@ -669,7 +669,7 @@ def test_streamed_first_sync_equals_the_unstreamed_one(legacy_node):
     whole = run_unstreamed(node, objects=objs, **kw)
     assert whole['changed'] and whole['restore_payload'].startswith('*filter\n')
     assert owned_tables(node) == after_streamed
-    for k in ('services', 'endpoints', 'rules', 'large_cluster_mode', 'skipped', 'sync'):
+    for k in ('services', 'endpoints', 'rules', 'large_cluster_mode', 'not_proxied', 'sync'):
         assert streamed[k] == whole[k], k
     for k, v in streamed['chains'].items():
         assert sorted(v) == sorted(whole['chains'][k]), k
