@@ -32,47 +32,31 @@ for the 20-pod no-op) and writes JSON to bench/results/. Never asserts on time.
 from __future__ import annotations
 
 import argparse
-import copy
-import ctypes
-import glob
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
-import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VENV_BIN = os.path.join(REPO, '.venv', 'bin')
-CGROUP_ROOT = '/sys/fs/cgroup'
-CLONE_NEWNET = 0x40000000
 BUSYBOX = '/bin/busybox'
 DOCKER_IMAGE = 'barepod/bench-busybox:latest'
 NOOP_TARGET_S = 10.0
 BENCH_ROOT = '/var/lib/barepod/bench'
 
 
-from _collection import COLLECTIONS as COLL  # noqa: E402 - puts it on sys.path
+from _collection import COLLECTIONS as COLL  # noqa: E402,F401 - puts it and tests/ on sys.path
+
+import harness  # noqa: E402 - tests/harness.py
+from harness import enter_netns  # noqa: E402
 
 from ansible_collections.barepod.linux.plugins.filter.pod import ROLE_DEFAULTS, pod_module_args  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._podconverge import (  # noqa: E402
     run_module_logic, with_inputs)
-
-
-def enter_netns(path):
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), 'setns %s' % path)
-    finally:
-        os.close(fd)
 
 
 def med(xs):
@@ -83,69 +67,35 @@ def fmt(x, unit=1.0):
     return '-' if x is None else '{0:.3f}'.format(x * unit)
 
 
-class Node(object):
-    """The throwaway node: netns, state roots in a tmp dir, a unique cgroup parent."""
+class Node(harness.Node):
+    """tests/harness.py's throwaway node (netns, state roots in a tmp dir, a unique cgroup parent),
+    with the modules run in-process as the role runs them, and playbooks timed. This process
+    moves into the node's netns, so playbooks run without nsenter."""
 
     def __init__(self):
-        self.tag = uuid.uuid4().hex[:8]
         # under /var/lib/barepod, beside the default rootfs root (/var/lib/barepod/rootfs) and
         # docker's /var/lib/docker: directory creation under /tmp is several times slower on some
         # hosts (measured here: 270 symlinks 0.35 s in /tmp, 0.03 s in /var/lib)
         os.makedirs(BENCH_ROOT, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix='bpbench-pod-', dir=BENCH_ROOT)
-        self.netns = 'bpbench-node-' + self.tag
-        self.cg_parent = 'barepod-bench-' + self.tag
-        self.hostdir = tempfile.mkdtemp(prefix='bpbench-host-')  # hostPath: /var/lib is a protected path
-        with open(os.path.join(self.hostdir, 'from-host.txt'), 'w') as f:
+        hostdir = tempfile.mkdtemp(prefix='bpbench-host-')  # hostPath: /var/lib is a protected path
+        with open(os.path.join(hostdir, 'from-host.txt'), 'w') as f:
             f.write('hello from the host\n')
-        subprocess.run(['ip', 'netns', 'add', self.netns], check=True)
-        self.vars = dict(
-            pod_state_root=os.path.join(self.tmp, 'state'), pod_netns_dir=os.path.join(self.tmp, 'netns'),
-            pod_rootfs_root=os.path.join(self.tmp, 'rootfs'), pod_log_root=os.path.join(self.tmp, 'logs'),
-            pod_cni_data_dir=os.path.join(self.tmp, 'cni'), pod_cgroup_parent=self.cg_parent + '/kubepods',
-            pod_grace_period=1, pod_host_ip='192.0.2.10', pod_allowed_host_paths=[self.hostdir],
-            pod_subnet='10.244.0.0/22')
+        super().__init__(tempfile.mkdtemp(prefix='bpbench-pod-', dir=BENCH_ROOT), netns_prefix='bpbench-node-',
+                         cgroup_prefix='barepod-bench-', hostdir=hostdir, prepare=False, nsenter=False,
+                         pod_subnet='10.244.0.0/22')
+        # the pods this process starts in-process carry the node's marker too, so cleanup() finds them
+        os.environ[harness.MARKER] = self.id
         # the role's settings, as the pod role passes them to pod_module_args
         self.settings = dict(ROLE_DEFAULTS, **dict((k[4:], v) for k, v in self.vars.items()))
         self.settings['node'] = 'localhost'
-        self.manifests = {}  # name -> manifest (every pod ever made, for the cleanup)
-        with open(os.path.join(REPO, 'examples', 'demo-pod.yaml')) as f:
-            self.base = yaml.safe_load(f)
-
-    def manifest(self, name):
-        m = copy.deepcopy(self.base)
-        m['metadata']['name'] = name
-        m['spec']['volumes'][0]['hostPath']['path'] = self.hostdir
-        path = os.path.join(self.tmp, name + '.yaml')
-        with open(path, 'w') as f:
-            yaml.safe_dump(m, f)
-        self.manifests[name] = m
-        return path
 
     # -- through ansible-playbook
-    def playbook(self, name, files, expect_changed=None):
-        v = dict(self.vars, barepod_pod_files=files)
-        varsfile = os.path.join(self.tmp, 'vars.json')
-        with open(varsfile, 'w') as f:
-            json.dump(v, f)
-        env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_STDOUT_CALLBACK='json',
-                   ANSIBLE_COLLECTIONS_PATH=COLL, ANSIBLE_NOCOLOR='1')
-        t = time.perf_counter()
-        p = subprocess.run([os.path.join(VENV_BIN, 'ansible-playbook'), os.path.join(REPO, 'playbooks', name),
-                            '-e', '@' + varsfile], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                           check=False)
-        dt = time.perf_counter() - t
-        out = p.stdout.decode()
-        if p.returncode != 0:
-            raise RuntimeError('%s failed (rc=%d): %s %s' % (name, p.returncode, out[-3000:], p.stderr.decode()[-2000:]))
-        res = json.loads(out[out.index('{'):])
-        stats = res['stats']['localhost']
+    def timed(self, name, files, expect_changed=None):
+        """-> (seconds ansible-playbook ran, stats, module tasks run)"""
+        stats, res = self.run(name, files, timeout=None)
         if expect_changed is not None and bool(stats['changed']) != expect_changed:
             raise RuntimeError('%s: expected changed=%s, got %s' % (name, expect_changed, stats))
-        modules = sum(1 for play in res['plays'] for t in play['tasks']
-                      if t['hosts'].get('localhost', {}).get('action', '').startswith('barepod.linux.')
-                      and not t['hosts'].get('localhost', {}).get('skipped'))
-        return dt, stats, modules
+        return self.last_seconds, stats, len(harness.module_tasks_run(res))
 
     # -- the modules alone, in this process (what each task does once Ansible has started the module)
     def modules_up(self, name):
@@ -194,38 +144,13 @@ class Node(object):
         run_module_logic('pod_status', dict(name=ident['name'], namespace=ident['namespace'], state='absent',
                                             state_root=s['state_root']), False)
 
-    def cleanup_pods(self):
+    def down_all(self):
+        """Every pod ever made, down in-process (in the node's netns; cleanup() does the rest)."""
         for name in list(self.manifests):
             try:
                 self.modules_down(name)
             except Exception as e:  # noqa: BLE001 - fall through to the by-pid cleanup
                 print('cleanup of %s: %s' % (name, e), file=sys.stderr)
-        for p in glob.glob(os.path.join(self.vars['pod_state_root'], '*', 'record.json')):
-            with open(p) as f:
-                rec = json.load(f)
-            for entry in [rec.get('sandbox') or {}] + list((rec.get('containers') or {}).values()):
-                if entry.get('pid'):
-                    try:
-                        os.kill(entry['pid'], signal.SIGKILL)
-                    except OSError:
-                        pass
-
-    def cleanup_rest(self):
-        with open('/proc/self/mountinfo') as f:
-            mps = [line.split()[4] for line in f]
-        for mp in sorted((m for m in mps if m.startswith(self.tmp)), key=len, reverse=True):
-            subprocess.run(['umount', '-l', mp], check=False)
-        for ctrl in os.listdir(CGROUP_ROOT):
-            base = os.path.join(CGROUP_ROOT, ctrl, self.cg_parent)
-            if os.path.isdir(base) and not os.path.islink(os.path.join(CGROUP_ROOT, ctrl)):
-                for d, _, _ in sorted(os.walk(base), key=lambda x: len(x[0]), reverse=True):
-                    try:
-                        os.rmdir(d)
-                    except OSError:
-                        pass
-        subprocess.run(['ip', 'netns', 'del', self.netns], check=False)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        shutil.rmtree(self.hostdir, ignore_errors=True)
 
 
 # -- docker
@@ -285,7 +210,7 @@ def main():
         sys.exit('bench/pod.py needs root (namespaces, cgroups, mounts)')
 
     docker_err = 'skipped (--no-docker)' if o.no_docker else docker_ready()
-    node = Node()
+    node = Node()  # after docker_ready(): a dockerd it starts must not carry the node's marker
     res = dict(pb_up=[], pb_down=[], mod_up=[], mod_down=[], docker=[], marginal_mod=[], pb_n=[],
                noop_1=[], noop_n=[], noop_modules_1=[], noop_modules_n=[])
     n_seq = [0]
@@ -299,7 +224,7 @@ def main():
         enter_netns('/run/netns/' + node.netns)  # every netlink call and child from here on is in the node
         # warm-up: bridge, iptables chains, pause binary, page cache, AnsiballZ cache
         w = fresh('warm')
-        node.playbook('pod_up.yml', [node.manifest(w)])
+        node.timed('pod_up.yml', [node.manifest(w)])
         node.modules_down(w)
         w = fresh('warm')
         node.manifest(w)
@@ -314,8 +239,8 @@ def main():
                 if who == 'pb':
                     name = fresh('pb')
                     f = node.manifest(name)
-                    res['pb_up'].append(node.playbook('pod_up.yml', [f], expect_changed=True)[0])
-                    res['pb_down'].append(node.playbook('pod_down.yml', [f], expect_changed=True)[0])
+                    res['pb_up'].append(node.timed('pod_up.yml', [f], expect_changed=True)[0])
+                    res['pb_down'].append(node.timed('pod_down.yml', [f], expect_changed=True)[0])
                 elif who == 'mod':
                     name = fresh('mod')
                     node.manifest(name)
@@ -338,19 +263,19 @@ def main():
         # ... and through ansible-playbook: one playbook of 1 pod, one of N pods
         for k in () if o.noop_only else (1, o.pods):
             fs = [node.manifest(fresh('pbn')) for _unused in range(k)]
-            res['pb_n'].append(dict(pods=k, seconds=node.playbook('pod_up.yml', fs, expect_changed=True)[0]))
-            node.playbook('pod_down.yml', fs)
+            res['pb_n'].append(dict(pods=k, seconds=node.timed('pod_up.yml', fs, expect_changed=True)[0]))
+            node.timed('pod_down.yml', fs)
 
         # no-op converge of 1 and of N pods (brought up once beforehand)
         fs = [node.manifest(fresh('noop')) for _unused in range(o.noop_pods)]
         t = time.perf_counter()
-        node.playbook('pod_up.yml', fs, expect_changed=True)
+        node.timed('pod_up.yml', fs, expect_changed=True)
         res['noop_bringup_all'] = time.perf_counter() - t
         for _r in range(o.noop_runs):
-            dt, _stats, mods = node.playbook('pod_up.yml', fs[:1], expect_changed=False)
+            dt, _stats, mods = node.timed('pod_up.yml', fs[:1], expect_changed=False)
             res['noop_1'].append(dt)
             res['noop_modules_1'].append(mods)
-            dt, _stats, mods = node.playbook('pod_up.yml', fs, expect_changed=False)
+            dt, _stats, mods = node.timed('pod_up.yml', fs, expect_changed=False)
             res['noop_n'].append(dt)
             res['noop_modules_n'].append(mods)
         t = time.perf_counter()
@@ -358,10 +283,10 @@ def main():
             node.modules_down(os.path.basename(f)[:-len('.yaml')])
         res['noop_teardown_all_modules'] = time.perf_counter() - t
     finally:
-        node.cleanup_pods()  # in the node netns
+        node.down_all()  # in the node netns
         enter_netns('/proc/self/fd/%d' % original)
         os.close(original)
-        node.cleanup_rest()
+        node.cleanup()
 
     docker = med(res['docker'])
     t1 = [x['seconds'] for x in res['pb_n'] if x['pods'] == 1]

@@ -23,7 +23,6 @@ Prints a table of medians and ratios (veth_net / plugin) and writes JSON to benc
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -37,27 +36,11 @@ import uuid
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENV_PY = os.path.join(REPO, '.venv', 'bin', 'python')
 CNI_PATH = '/usr/lib/cni'
-CLONE_NEWNET = 0x40000000
 
 
-from _collection import COLLECTIONS as COLL  # noqa: E402 - puts it on sys.path
+from _collection import COLLECTIONS as COLL  # noqa: E402 - puts it and tests/ on sys.path
 
-
-def sh(*args, **kw):
-    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw, check=False)
-    if p.returncode != 0:
-        raise RuntimeError('%s: %s' % (' '.join(args), p.stderr.decode()))
-    return p.stdout.decode()
-
-
-def enter_netns(path):
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), 'setns %s' % path)
-    finally:
-        os.close(fd)
+from harness import enter_netns, sh  # noqa: E402 - tests/harness.py
 
 
 def fmt(x):
@@ -87,7 +70,7 @@ def main():
 
     def new_ns(prefix):
         name = '%s-%s-%d' % (prefix, tag, len(made))
-        sh('ip', 'netns', 'add', name)
+        sh('ip', 'netns', 'add', name, error=RuntimeError)
         made.append(name)
         return name
 
@@ -96,7 +79,7 @@ def main():
         if name in made:
             made.remove(name)
 
-    sh('ip', 'netns', 'add', node)
+    sh('ip', 'netns', 'add', node, error=RuntimeError)
     try:
         original = os.open('/proc/self/ns/net', os.O_RDONLY)
         enter_netns('/run/netns/' + node)  # from here on, every netlink call and child is in the node

@@ -16,21 +16,13 @@ import uuid
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)  # tests/harness.py, also when this file is loaded by path
 
+from harness import ANSIBLE_PLAYBOOK, REPO, ansible_env, collections_root  # noqa: E402,F401 - re-exported
 
-def _collections_root():
-    root = os.path.join(REPO, '.venv', 'collections')
-    link = os.path.join(root, 'ansible_collections', 'barepod', 'linux')
-    if not os.path.exists(os.path.join(link, 'galaxy.yml')):
-        root = tempfile.mkdtemp(prefix='barepod-coll-')
-        link = os.path.join(root, 'ansible_collections', 'barepod', 'linux')
-        os.makedirs(os.path.dirname(link))
-        os.symlink(REPO, link)
-    return root
-
-
-COLLECTIONS_ROOT = _collections_root()
+COLLECTIONS_ROOT = collections_root()
 if COLLECTIONS_ROOT not in sys.path:
     sys.path.insert(0, COLLECTIONS_ROOT)
 
@@ -100,15 +92,10 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns
     return r
 
 
-ANSIBLE_PLAYBOOK = os.path.join(REPO, '.venv', 'bin', 'ansible-playbook')
-
-
 def ansible_playbook(argv, timeout=300):
     """Run `argv` (an ansible-playbook command line, possibly behind nsenter) with this
     checkout's collection and the json callback -> (returncode, parsed result)."""
-    env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(REPO, 'ansible.cfg'), ANSIBLE_STDOUT_CALLBACK='json',
-               ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT, ANSIBLE_NOCOLOR='1')
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, timeout=timeout, check=False)
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ansible_env(), timeout=timeout, check=False)
     out = p.stdout.decode()
     try:
         res = json.loads(out[out.index('{'):])

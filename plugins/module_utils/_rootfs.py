@@ -303,6 +303,68 @@ def _sig(fs, path):
         return ['m']
 
 
+def _step(action, target, fn, **details):
+    """One planned action: (action, target, the callable that does it, details for the report)."""
+    return (action, target, fn, details)
+
+
+def _files_order(files):
+    """Directories first, then files and links by path."""
+    return sorted(files, key=lambda x: (files[x]['kind'] != 'dir', x))
+
+
+def _up_to_date(path, p, spec, fs_):
+    st = fs_.lstat(p) if os.path.isdir(path) else None
+    if spec['kind'] == 'dir':
+        return st is not None and stat.S_ISDIR(st.st_mode)
+    if spec['kind'] == 'symlink':
+        return st is not None and stat.S_ISLNK(st.st_mode) and _entry_sig(st, fs_, p) == ['l', spec['target']]
+    return st is not None and _file_sig(st) == spec['src']
+
+
+def _etc_mounts(side, etc):
+    """The bind mounts of the generated /etc files, from the sidecar dir."""
+    return [dict(type='bind', source=os.path.join(side, os.path.basename(target)), target=target, read_only=False,
+                 options=[], is_dir=False, generated=True) for target in sorted(etc)]
+
+
+class _Pass(object):
+    """What one present() run shares between its plans and their actions: the desired files and
+    image, the state the manifest recorded, the mounts seen before planning, whether the image is
+    (re)extracted, and the one view of the mounts under the root that the files pass uses.
+
+    The files pass mounts and unmounts nothing (mounts come last), so re-reading mountinfo for
+    each of hundreds of files would only cost time: files_fs() reads it once; any mount or
+    unmount action drops the view (drop_view)."""
+
+    def __init__(self, mgr, path, files, image, image_fp):
+        self._mgr = mgr
+        self.path = path
+        self.files = files
+        self.image = image
+        self.image_fp = image_fp
+        self.exists = os.path.isdir(path)
+        manifest = mgr.load_manifest(path) if self.exists else {}
+        self.old_files = manifest.get('files') or {}
+        self.old_image = manifest.get('image') or {}
+        self.old_mounts = manifest.get('mounts') or []
+        self.current_mounts = mounts_under(path, mgr.mountinfo) if self.exists else []
+        self.fs = SafeRoot(path if self.exists else '/nonexistent', [m['mountpoint'] for m in self.current_mounts])
+        self.side = sidecar_dir(path)
+        self.image_paths = list(self.old_image.get('paths') or {})
+        self.reapply_image = False
+        self.new_image_state = {}
+        self._view = None
+
+    def files_fs(self):
+        if self._view is None:
+            self._view = self._mgr._fs(self.path)
+        return self._view
+
+    def drop_view(self):
+        self._view = None
+
+
 class RootfsManager(object):
     """Converge one rootfs directory. All roots/paths injectable for tests."""
 
@@ -562,151 +624,19 @@ class RootfsManager(object):
                 raise BarepodError('%s is generated (etc_files); do not also mount it' % target,
                                    field='mounts', value=target)
 
-        exists = os.path.isdir(path)
-        manifest = self.load_manifest(path) if exists else {}
-        old_files = manifest.get('files') or {}
-        old_image = manifest.get('image') or {}
-        old_mounts = manifest.get('mounts') or []
-        current_mounts = mounts_under(path, self.mountinfo) if exists else []
-        fs = SafeRoot(path if exists else '/nonexistent', [m['mountpoint'] for m in current_mounts])
-        side = sidecar_dir(path)
-
-        before = dict(path=path, exists=exists, files=sorted(old_files), image=old_image.get('fingerprint'),
-                      mounts=sorted(m['target'] for m in old_mounts))
+        ps = _Pass(self, path, files, image, image_fp)
+        mounts += _etc_mounts(ps.side, etc)
+        before = dict(path=path, exists=ps.exists, files=sorted(ps.old_files), image=ps.old_image.get('fingerprint'),
+                      mounts=sorted(m['target'] for m in ps.old_mounts))
+        steps = [] if ps.exists else [_step('create', path, lambda: os.makedirs(path, 0o755))]
+        steps += self._plan_image(ps)
+        steps += self._plan_files(ps)
+        etc_steps, before['etc'], etc_after = self._plan_etc(ps, etc)
+        steps += etc_steps
+        steps += self._plan_mounts(ps, mounts)
         a = self.actions
-        if not exists:
-            a.add('create', path, lambda: os.makedirs(path, 0o755))
-
-        # --- image
-        image_paths = list(old_image.get('paths') or {})
-        new_image_state = {}
-
-        def do_image():
-            fs2 = self._fs(path)
-            new_paths = apply_image(fs2, image, self.warnings)
-            for p in sorted(set(old_image.get('paths') or {}) - set(new_paths) - set(files), reverse=True):
-                try:
-                    fs2.remove(p)
-                except UnderMount as e:
-                    self.warnings.append('%s kept: %s' % (p, e))
-            new_image_state['paths'] = new_paths
-            # the image may have overwritten files of the other sources (also through a
-            # symlinked directory such as bin -> usr/bin): put them back now
-            for p in sorted(files, key=lambda x: (files[x]['kind'] != 'dir', x)):
-                sync_file(p, files[p])
-
-        reapply_image = False
-        if image is None and old_image:
-            for p in sorted(old_image.get('paths') or {}, reverse=True):
-                if p not in files and exists and fs.lstat(p) is not None:
-                    a.add('remove', p, (lambda p=p: self._fs(path).remove(p)), source='image')
-        elif image is not None:
-            if not exists or old_image.get('fingerprint') != image_fp:
-                reapply_image = True
-            else:
-                for p, sig in (old_image.get('paths') or {}).items():
-                    if p in files:
-                        continue
-                    if _sig(fs, p) != sig:
-                        reapply_image = True
-                        break
-            if reapply_image:
-                a.add('extract', image.path, do_image, format=image.format, fingerprint=image_fp)
-
-        # --- files (busybox, binaries, mountpoint dirs)
-        def up_to_date(p, spec, fs_):
-            st = fs_.lstat(p) if os.path.isdir(path) else None
-            if spec['kind'] == 'dir':
-                return st is not None and stat.S_ISDIR(st.st_mode)
-            if spec['kind'] == 'symlink':
-                return st is not None and stat.S_ISLNK(st.st_mode) and _entry_sig(st, fs_, p) == ['l', spec['target']]
-            return st is not None and _file_sig(st) == spec['src']
-
-        # One view of the mounts under the root for the whole files pass: nothing in it mounts
-        # or unmounts (mounts come last), so re-reading mountinfo for each of hundreds of files
-        # would only cost time. Any mount or unmount action drops it.
-        pass_fs = []
-
-        def files_fs():
-            if not pass_fs:
-                pass_fs.append(self._fs(path))
-            return pass_fs[0]
-
-        def sync_file(p, spec):
-            fs_ = files_fs()
-            if up_to_date(p, spec, fs_):
-                return
-            if spec['kind'] == 'dir':
-                fs_.mkdir(p, 0o755)
-            elif spec['kind'] == 'symlink':
-                fs_.symlink(p, spec['target'])
-            else:
-                with open(spec['source'], 'rb') as f:
-                    st = os.fstat(f.fileno())
-                    fs_.write_file(p, f, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
-
-        # order: directories, then files and links by path
-        for p in sorted(files, key=lambda x: (files[x]['kind'] != 'dir', x)):
-            spec = files[p]
-            current = fs.lstat(p) if exists else None
-            if exists and up_to_date(p, spec, fs) and not (reapply_image and p in image_paths):
-                continue
-            a.add('add' if current is None else 'replace', p,
-                  (lambda p=p, spec=spec: sync_file(p, spec)),
-                  kind=spec['kind'], source=spec.get('source') or spec.get('target'), by=spec['by'])
-        image_after = set(image_paths) if image is not None else set()
-        for p in sorted(set(old_files) - set(files), reverse=True):
-            if p in image_after:
-                if not reapply_image:
-                    # the image owns this path again: restore it by re-extracting
-                    a.add('extract', image.path, do_image, format=image.format, fingerprint=image_fp,
-                          reason='restore %s' % p)
-                    reapply_image = True
-                continue
-            if exists and fs.lstat(p) is not None:
-                a.add('remove', p, (lambda p=p: self._fs(path).remove(p)), by=old_files[p].get('by'))
-
-        # --- generated /etc files (in the sidecar dir, bind-mounted in)
-        before['etc'], etc_after = {}, {}
-        for target, content in sorted(etc.items()):
-            src = os.path.join(side, os.path.basename(target))
-            try:
-                with open(src, 'r') as f:
-                    before['etc'][target] = f.read()
-            except (IOError, OSError):
-                pass
-            etc_after[target] = content
-            same = before['etc'].get(target) == content
-            if not same:
-                a.add('write', src, (lambda src=src, content=content: self._write_in_place(side, src, content)),
-                      mounted_at=target)
-            mounts.append(dict(type='bind', source=src, target=target, read_only=False, options=[],
-                               is_dir=False, generated=True))
-
-        # --- mounts
-        top = {}
-        for m in current_mounts:
-            top[m['mountpoint']] = m
-        for m in old_mounts:
-            if not any(d['target'] == m['target'] for d in mounts):
-                hp = m.get('host_target')
-                if hp in top:
-                    a.add('unmount', m['target'], (lambda hp=hp: (pass_fs.clear(), self._umount(hp))))
-        for m in mounts:
-            hp = self._host_target(path, m['target'], fs) if exists else os.path.join(path, m['target'].lstrip('/'))
-            if exists and not os.path.lexists(hp) and any(is_within(mp, hp) for mp in top):
-                raise BarepodError('the mount point %s would have to be created inside another mount (a host '
-                                   'directory); create it there first' % m['target'], field='mounts',
-                                   value=m['target'])
-            cur = top.get(hp)
-            m['host_target'] = hp
-            if cur is not None and self._mount_matches(cur, m, hp):
-                continue
-            if cur is not None:
-                a.add('unmount', m['target'], (lambda hp=hp: (pass_fs.clear(), self._umount(hp))),
-                      reason='options changed')
-            a.add('mount', m['target'], (lambda m=m: (pass_fs.clear(), self._mount(path, m))), type=m['type'],
-                  source=m['source'], read_only=m['read_only'], options=m['options'])
+        for action, target, fn, details in steps:
+            a.add(action, target, fn, **details)
 
         after = dict(path=path, exists=True, files=sorted(files), image=image_fp,
                      mounts=sorted(m['target'] for m in mounts), etc=etc_after)
@@ -721,29 +651,159 @@ class RootfsManager(object):
                 # earlier run and this one may have put there (so a later run can clean up), and
                 # an image whose extraction did not finish is marked to be extracted again
                 if os.path.isdir(path):
-                    self._write_manifest(path, files, mounts, image, image_fp, reapply_image,
-                                         new_image_state, old_files, old_image, old_mounts, ok)
+                    self._write_manifest(ps, mounts, ok)
         return dict(changed=bool(a), actions=a.planned, diff=dict(before=before, after=after),
                     path=path, manifest=manifest_path(path),
                     mounts=[dict(type=m['type'], source=m['source'], target=m['target'], read_only=m['read_only'])
                             for m in mounts],
                     files=len(files), warnings=self.warnings)
 
-    def _write_manifest(self, path, files, mounts, image, image_fp, reapply_image, new_image_state,
-                        old_files, old_image, old_mounts, ok):
+    # -------------------------------------------------- the plans of present(), in their order
+    def _plan_image(self, ps):
+        """Remove what a dropped image brought, or (re)extract the image when its fingerprint or a
+        path it provided changed (sets ps.reapply_image)."""
+        steps = []
+        image, old_image = ps.image, ps.old_image
+        if image is None and old_image:
+            for p in sorted(old_image.get('paths') or {}, reverse=True):
+                if p not in ps.files and ps.exists and ps.fs.lstat(p) is not None:
+                    steps.append(_step('remove', p, (lambda p=p: self._fs(ps.path).remove(p)), source='image'))
+        elif image is not None:
+            if not ps.exists or old_image.get('fingerprint') != ps.image_fp:
+                ps.reapply_image = True
+            else:
+                for p, sig in (old_image.get('paths') or {}).items():
+                    if p in ps.files:
+                        continue
+                    if _sig(ps.fs, p) != sig:
+                        ps.reapply_image = True
+                        break
+            if ps.reapply_image:
+                steps.append(_step('extract', image.path, (lambda: self._extract_image(ps)), format=image.format,
+                                   fingerprint=ps.image_fp))
+        return steps
+
+    def _plan_files(self, ps):
+        """Add or replace the files of busybox, binaries and the mount point dirs (directories
+        first, then files and links by path); remove the ones no source wants any more, or
+        re-extract the image where it owns such a path again."""
+        steps = []
+        files = ps.files
+        for p in _files_order(files):
+            spec = files[p]
+            current = ps.fs.lstat(p) if ps.exists else None
+            if ps.exists and _up_to_date(ps.path, p, spec, ps.fs) and not (ps.reapply_image and p in ps.image_paths):
+                continue
+            steps.append(_step('add' if current is None else 'replace', p,
+                               (lambda p=p, spec=spec: self._sync_file(ps, p, spec)),
+                               kind=spec['kind'], source=spec.get('source') or spec.get('target'), by=spec['by']))
+        image_after = set(ps.image_paths) if ps.image is not None else set()
+        for p in sorted(set(ps.old_files) - set(files), reverse=True):
+            if p in image_after:
+                if not ps.reapply_image:
+                    # the image owns this path again: restore it by re-extracting
+                    steps.append(_step('extract', ps.image.path, (lambda: self._extract_image(ps)),
+                                       format=ps.image.format, fingerprint=ps.image_fp, reason='restore %s' % p))
+                    ps.reapply_image = True
+                continue
+            if ps.exists and ps.fs.lstat(p) is not None:
+                steps.append(_step('remove', p, (lambda p=p: self._fs(ps.path).remove(p)), by=ps.old_files[p].get('by')))
+        return steps
+
+    def _plan_etc(self, ps, etc):
+        """Write the generated /etc files in the sidecar dir (bind-mounted in, see _etc_mounts)
+        where their content differs. -> (steps, before, after)"""
+        steps, before, after = [], {}, {}
+        for target, content in sorted(etc.items()):
+            src = os.path.join(ps.side, os.path.basename(target))
+            try:
+                with open(src, 'r') as f:
+                    before[target] = f.read()
+            except (IOError, OSError):
+                pass
+            after[target] = content
+            if before.get(target) != content:
+                steps.append(_step('write', src, (lambda src=src, content=content: self._write_in_place(ps.side, src, content)),
+                                   mounted_at=target))
+        return steps, before, after
+
+    def _plan_mounts(self, ps, mounts):
+        """Unmount what the manifest mounted and is no longer wanted, then (re)mount each wanted
+        mount whose source or options differ; records each mount's host_target. Every mount or
+        unmount drops the files pass's view of the mounts."""
+        steps = []
+        top = {}
+        for m in ps.current_mounts:
+            top[m['mountpoint']] = m
+        for m in ps.old_mounts:
+            if not any(d['target'] == m['target'] for d in mounts):
+                hp = m.get('host_target')
+                if hp in top:
+                    steps.append(_step('unmount', m['target'], (lambda hp=hp: (ps.drop_view(), self._umount(hp)))))
+        for m in mounts:
+            if ps.exists:
+                hp = self._host_target(ps.path, m['target'], ps.fs)
+            else:
+                hp = os.path.join(ps.path, m['target'].lstrip('/'))
+            if ps.exists and not os.path.lexists(hp) and any(is_within(mp, hp) for mp in top):
+                raise BarepodError('the mount point %s would have to be created inside another mount (a host '
+                                   'directory); create it there first' % m['target'], field='mounts',
+                                   value=m['target'])
+            cur = top.get(hp)
+            m['host_target'] = hp
+            if cur is not None and self._mount_matches(cur, m, hp):
+                continue
+            if cur is not None:
+                steps.append(_step('unmount', m['target'], (lambda hp=hp: (ps.drop_view(), self._umount(hp))),
+                                   reason='options changed'))
+            steps.append(_step('mount', m['target'], (lambda m=m: (ps.drop_view(), self._mount(ps.path, m))),
+                               type=m['type'], source=m['source'], read_only=m['read_only'], options=m['options']))
+        return steps
+
+    # -------------------------------------------------- what the files and image actions run
+    def _sync_file(self, ps, p, spec):
+        fs_ = ps.files_fs()
+        if _up_to_date(ps.path, p, spec, fs_):
+            return
+        if spec['kind'] == 'dir':
+            fs_.mkdir(p, 0o755)
+        elif spec['kind'] == 'symlink':
+            fs_.symlink(p, spec['target'])
+        else:
+            with open(spec['source'], 'rb') as f:
+                st = os.fstat(f.fileno())
+                fs_.write_file(p, f, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
+
+    def _extract_image(self, ps):
+        fs2 = self._fs(ps.path)
+        new_paths = apply_image(fs2, ps.image, self.warnings)
+        for p in sorted(set(ps.old_image.get('paths') or {}) - set(new_paths) - set(ps.files), reverse=True):
+            try:
+                fs2.remove(p)
+            except UnderMount as e:
+                self.warnings.append('%s kept: %s' % (p, e))
+        ps.new_image_state['paths'] = new_paths
+        # the image may have overwritten files of the other sources (also through a
+        # symlinked directory such as bin -> usr/bin): put them back now
+        for p in _files_order(ps.files):
+            self._sync_file(ps, p, ps.files[p])
+
+    def _write_manifest(self, ps, mounts, ok):
+        path, files, image, old_image = ps.path, ps.files, ps.image, ps.old_image
+        reapply_image, new_image_state = ps.reapply_image, ps.new_image_state
         fs_final = self._fs(path)
         mfiles = dict((p, dict(kind=s['kind'], source=s.get('source') or s.get('target'), by=s['by']))
                       for p, s in files.items())
         mmounts = [dict(type=m['type'], source=m['source'], target=m['target'],
                         host_target=m.get('host_target'), read_only=m['read_only']) for m in mounts]
         if not ok:
-            for p, v in old_files.items():
+            for p, v in ps.old_files.items():
                 mfiles.setdefault(p, v)
             have = set(m['target'] for m in mmounts)
-            mmounts += [m for m in old_mounts if m['target'] not in have]
+            mmounts += [m for m in ps.old_mounts if m['target'] not in have]
         if image is not None and (not reapply_image or 'paths' in new_image_state):
             ipaths = new_image_state['paths'] if reapply_image else list(old_image.get('paths') or {})
-            img_state = dict(fingerprint=image_fp, source=image.path, format=image.format,
+            img_state = dict(fingerprint=ps.image_fp, source=image.path, format=image.format,
                              paths=dict((p, _sig(fs_final, p))
                                         for p in ipaths if p not in files))
         elif image is not None or (old_image and not ok):

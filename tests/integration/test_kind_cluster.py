@@ -5,6 +5,7 @@ names, labels, hostnames, the `kind` network), that Ansible reaches every node t
 community.docker.docker connection, that the nodes reach each other by IP, that a second run
 changes nothing, then deletes it and checks nothing is left. Skipped only when dockerd cannot run.
 """
+import functools
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import time
 import uuid
 
 import pytest
+
+import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -31,13 +34,8 @@ DETECT_PLAY = '''
 '''
 
 
-def sh(*argv, check=True, timeout=120):
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                       timeout=timeout, text=True, check=False)
-    if check and p.returncode != 0:
-        raise AssertionError('%s failed (rc=%s)\nstdout: %s\nstderr: %s'
-                             % (' '.join(argv), p.returncode, p.stdout[-3000:], p.stderr[-3000:]))
-    return p
+# the CompletedProcess (callers read .stdout and .returncode), 120 s unless told otherwise
+sh = functools.partial(harness.run, timeout=120)
 
 
 def ansible_env():

@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 from conftest import COLLECTIONS_ROOT, run_module
+from harness import in_ns, sh
 
 SERVER = textwrap.dedent('''
     import socket, sys
@@ -58,18 +59,6 @@ CLIENT = textwrap.dedent('''
 
 CLUSTER_CIDR = '10.244.0.0/16'
 SVC_IP, AFF_IP, EMPTY_IP = '10.96.0.10', '10.96.0.11', '10.96.0.12'
-
-
-def sh(*args, check=True, input=None):
-    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, input=input,
-                       universal_newlines=True, check=False)
-    if check and p.returncode != 0:
-        raise AssertionError('%s failed: %s' % (' '.join(args), p.stderr))
-    return p.stdout
-
-
-def in_ns(ns, *args, **kw):
-    return sh('ip', 'netns', 'exec', ns, *args, **kw)
 
 
 def service(name, ip, affinity=False):

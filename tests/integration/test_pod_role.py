@@ -5,36 +5,15 @@ so the mounts the modules make are real host mounts, as on a node), with every s
 a throwaway directory and cgroups under a uniquely named parent. The finalizer tears the pod
 down through the role, then removes whatever is left by pid / path (never by name).
 """
-import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
-import uuid
 
 import pytest
-import yaml
 
-from conftest import ANSIBLE_PLAYBOOK, REPO, ansible_playbook, failed_tasks
-
-CGROUP_ROOT = '/sys/fs/cgroup'
-
-
-def playbook(node, name, extra_vars, check=False, diff=False):
-    varsfile = os.path.join(extra_vars['pod_state_root'] + '.vars.json')
-    with open(varsfile, 'w') as f:
-        json.dump(extra_vars, f)
-    cmd = ['nsenter', '--net=/run/netns/' + node, ANSIBLE_PLAYBOOK, os.path.join(REPO, 'playbooks', name),
-           '-e', '@' + varsfile]
-    if check:
-        cmd.append('--check')
-    if diff:
-        cmd.append('--diff')
-    rc, res = ansible_playbook(cmd)
-    if rc != 0:
-        raise AssertionError('playbook %s failed: %s' % (name, json.dumps(failed_tasks(res), indent=1)[:4000]))
-    return res['stats']['localhost'], res
+from harness import CGROUP_ROOT, Node, module_tasks_run
 
 
 def task_result(res, task_name):
@@ -49,91 +28,14 @@ ROLE_CHECK = "Which steps would change (every module's check mode, in one proces
 BATCH_CHECK = "Which steps of each pod would change (every module's check mode, one process for all pods)"
 
 
-def module_tasks_run(res):
-    """The barepod modules the run executed (not skipped), in order; loop tasks count once."""
-    out = []
-    for play in res['plays']:
-        for t in play['tasks']:
-            h = t['hosts'].get('localhost', {})
-            if h.get('action', '').startswith('barepod.linux.') and not h.get('skipped'):
-                out.append(h['action'])
-    return out
-
-
-class Node(object):
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.netns = 'bpn' + uuid.uuid4().hex[:8]
-        self.cg_parent = 'barepod-test-' + uuid.uuid4().hex[:8]
-        subprocess.run(['ip', 'netns', 'add', self.netns], check=True)
-        self.hostdir = os.path.join(tmp, 'hostdata')
-        os.makedirs(self.hostdir)
-        self.vars = dict(
-            pod_state_root=os.path.join(tmp, 'state'), pod_netns_dir=os.path.join(tmp, 'netns'),
-            pod_rootfs_root=os.path.join(tmp, 'rootfs'), pod_log_root=os.path.join(tmp, 'logs'),
-            pod_cni_data_dir=os.path.join(tmp, 'cni'), pod_cgroup_parent=self.cg_parent + '/kubepods',
-            pod_grace_period=1, pod_host_ip='192.0.2.10', pod_allowed_host_paths=[self.hostdir])
-
-    def manifest(self, name='core-k8s', memory='200Mi'):
-        with open(os.path.join(REPO, 'examples', 'demo-pod.yaml')) as f:
-            m = yaml.safe_load(f)
-        m['metadata']['name'] = name
-        m['spec']['volumes'][0]['hostPath']['path'] = self.hostdir
-        m['spec']['containers'][0]['resources']['limits']['memory'] = memory
-        path = os.path.join(self.tmp, name + '.yaml')
-        with open(path, 'w') as f:
-            yaml.safe_dump(m, f)
-        return path
-
-    def run(self, name, files, check=False, diff=False, **extra):
-        v = dict(self.vars, barepod_pod_files=files)
-        v.update(extra)
-        return playbook(self.netns, name, v, check=check, diff=diff)
-
-    def records(self):
-        out = []
-        for p in glob.glob(os.path.join(self.vars['pod_state_root'], '*', 'record.json')):
-            with open(p) as f:
-                out.append(json.load(f))
-        return out
-
-    def cleanup(self, files):
-        try:
-            self.run('pod_down.yml', files)
-        except Exception:  # noqa: BLE001 - fall through to the by-pid cleanup
-            pass
-        for rec in self.records():
-            for entry in [rec.get('sandbox') or {}] + list((rec.get('containers') or {}).values()):
-                if entry.get('pid'):
-                    try:
-                        os.kill(entry['pid'], signal.SIGKILL)
-                    except OSError:
-                        pass
-        with open('/proc/self/mountinfo') as f:
-            mps = [line.split()[4] for line in f]
-        for mp in sorted((m for m in mps if m.startswith(self.tmp)), key=len, reverse=True):
-            subprocess.run(['umount', '-l', mp], check=False)
-        for ctrl in os.listdir(CGROUP_ROOT):
-            base = os.path.join(CGROUP_ROOT, ctrl, self.cg_parent)
-            if os.path.isdir(base):
-                for d, _, _ in sorted(os.walk(base), key=lambda x: len(x[0]), reverse=True):
-                    try:
-                        os.rmdir(d)
-                    except OSError:
-                        pass
-        subprocess.run(['ip', 'netns', 'del', self.netns], check=False)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 @pytest.fixture
 def node(tmp_path):
-    n = Node(str(tmp_path))
-    files = []
-    n.files = files
+    n = Node(str(tmp_path), netns_prefix='bpn', cgroup_prefix='barepod-test-', prepare=False)
     try:
         yield n
     finally:
-        n.cleanup(files)
+        # through the role first (each manifest once), then whatever is left by pid / path
+        n.cleanup(teardown=lambda: n.run('pod_down.yml', list(dict.fromkeys(n.files))))
 
 
 def in_pod(pid, script):

@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import REPO
+from harness import sh
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import pid_starttime
 from ansible_collections.barepod.linux.plugins.module_utils._podstatus import manifest_summary
@@ -248,8 +249,6 @@ def test_cluster_ip_reaches_the_pod(node, netns):
     ns, inv, root = node
     pod_ns = netns('bpsvcpod')
 
-    def sh(*argv):
-        subprocess.run(argv, check=True)
     sh('ip', '-n', ns, 'link', 'add', 'vpod', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', pod_ns)
     sh('ip', '-n', ns, 'addr', 'add', '10.244.0.1/24', 'dev', 'vpod')
     sh('ip', '-n', ns, 'link', 'set', 'vpod', 'up')

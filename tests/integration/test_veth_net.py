@@ -13,21 +13,11 @@ import uuid
 import pytest
 
 from conftest import run_module
+from harness import in_ns, sh
 
 from ansible_collections.barepod.linux.plugins.module_utils._veth import chain_name, host_ifname_for
 
 BUSYBOX = '/bin/busybox'
-
-
-def sh(*args, check=True):
-    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
-    if check and p.returncode != 0:
-        raise AssertionError('%s failed: %s' % (' '.join(args), p.stderr.decode()))
-    return p.stdout.decode()
-
-
-def in_ns(ns, *args, check=True):
-    return sh('ip', 'netns', 'exec', ns, *args, check=check)
 
 
 def links(ns):

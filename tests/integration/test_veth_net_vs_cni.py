@@ -14,23 +14,13 @@ import uuid
 import pytest
 
 from conftest import run_module
+from harness import in_ns, sh
 
 CNI_PATH = '/usr/lib/cni'
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(CNI_PATH, 'bridge')),
                                 reason='containernetworking-plugins not installed')
 
 UID = '11111111-2222-3333-4444-555555555555'
-
-
-def sh(*args, **kw):
-    p = subprocess.run(list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw, check=False)
-    if p.returncode != 0:
-        raise AssertionError('%s failed: %s %s' % (' '.join(args), p.stdout.decode(), p.stderr.decode()))
-    return p.stdout.decode()
-
-
-def in_ns(ns, *args):
-    return sh('ip', 'netns', 'exec', ns, *args)
 
 
 def cni_conf(data_dir, network='barepod', subnet='10.244.0.0/24', prev=None):
