@@ -82,7 +82,11 @@ def objects(web=('10.244.0.11', '10.244.0.12'), extra=()):
             service('empty', EMPTY_IP)] + list(extra)
 
 
-class Node(object):
+class ServiceLab(object):
+    """Not a pod node (that is harness.Node) but kube-proxy's test topology: a node namespace
+    with the rules, a client namespace and two backend namespaces serving on the pod network,
+    with the iptables backend under test; its run() is one kube_svc_rules run on the node."""
+
     def __init__(self, backend, tmp):
         self.backend = backend
         self.tmp = tmp
@@ -196,7 +200,7 @@ class Node(object):
 
 @pytest.fixture(params=['nft', 'legacy'])
 def node(request, tmp_path):
-    n = Node(request.param, str(tmp_path))
+    n = ServiceLab(request.param, str(tmp_path))
     try:
         n.setup()
         yield n
@@ -206,7 +210,7 @@ def node(request, tmp_path):
 
 @pytest.fixture
 def legacy_node(tmp_path):
-    n = Node('legacy', str(tmp_path))
+    n = ServiceLab('legacy', str(tmp_path))
     try:
         n.setup()
         yield n
@@ -440,7 +444,7 @@ def test_failed_restore_leaves_previous_rules(node, tmp_path):
      'objects[1].metadata.labels.kubernetes.io/service-name'),
 ])
 def test_bad_input_fails_clearly_and_applies_nothing(mutate, field, tmp_path):
-    n = Node('nft', str(tmp_path))
+    n = ServiceLab('nft', str(tmp_path))
     sh('ip', 'netns', 'add', n.node)
     try:
         objs = objects()
@@ -506,7 +510,7 @@ def test_absent_leaves_kubelet_chains_that_were_there_before(node):
 def test_no_legacy_tables_appear_in_an_nft_namespace(tmp_path):
     """backend auto on a namespace with only nft rules: the detection must not instantiate
     legacy tables (iptables-nft would then warn "iptables-legacy tables present")."""
-    n = Node('nft', str(tmp_path))
+    n = ServiceLab('nft', str(tmp_path))
     sh('ip', 'netns', 'add', n.node)
     try:
         for i in range(3):
@@ -541,7 +545,7 @@ def test_auto_backend_and_offline_mode(tmp_path):
     r = run_module('kube_svc_rules', dict(objects=objects(), apply=False, cluster_cidr=CLUSTER_CIDR))
     assert not r.changed and r['payload'].startswith('*filter\n')
     assert 'backend' not in r
-    n = Node('nft', str(tmp_path))
+    n = ServiceLab('nft', str(tmp_path))
     sh('ip', 'netns', 'add', n.node)
     try:
         in_ns(n.node, 'iptables-nft', '-t', 'mangle', '-N', 'KUBE-IPTABLES-HINT')
