@@ -40,10 +40,12 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 import zlib
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json, failpoint
@@ -128,52 +130,91 @@ def read_overlay_mounts(mountinfo='/proc/self/mountinfo'):
 
 # ------------------------------------------------------------------ layer streams
 
+def _chunks(f, gz):
+    """Uncompressed data of a layer file, CHUNK by CHUNK (never more per step, whatever the
+    compression ratio: a gzip bomb cannot take the memory)."""
+    if not gz:
+        for data in iter(lambda: f.read(CHUNK), b''):
+            yield data
+        return
+    z = _gunzip()
+    inp = b''
+    while True:
+        if not inp:
+            inp = f.read(CHUNK)
+            if not inp:
+                if not z.eof:
+                    raise SnapshotError('layer is truncated (its gzip stream ends early)', field='image')
+                return
+        if z.eof:
+            z = _gunzip()  # gzip allows several members one after the other
+        data = z.decompress(inp, CHUNK)
+        inp = z.unused_data if z.eof else z.unconsumed_tail
+        if data:
+            yield data
+
+
 class _ForwardReader(object):
-    """The uncompressed tar of a layer as a forward-only file object that hashes every byte
-    read through it (for the diff_id). tarfile reads it in random-access mode ('r:'): its
-    seeks go forward only when members are extracted in order, and a forward seek reads and
-    hashes what it skips. Cheaper than tarfile's stream mode, which copies its buffer on every
+    """The uncompressed tar of a layer as a forward-only file object, hashed (for the
+    diff_id) as it is read. A thread reads, decompresses and hashes ahead (zlib and hashlib
+    release the GIL), as GNU tar runs gzip beside it. tarfile reads it in random-access mode
+    ('r:'): its seeks go forward only when members are extracted in order, and a forward seek
+    reads what it skips. Cheaper than tarfile's stream mode, which copies its buffer on every
     read."""
 
-    def __init__(self, f, decompress=None):
+    def __init__(self, f, gz=False):
         self.f = f
-        self.z = decompress
+        self.gz = gz
         self.h = hashlib.sha256()
         self.buf = b''
         self.off = 0   # consumed bytes of buf
         self.pos = 0   # stream position of buf[off]
         self.eof = False
+        self._stop = False
+        self.q = queue.Queue(8)
+        self.t = threading.Thread(target=self._produce, name='layer-reader')
+        self.t.daemon = True
+        self.t.start()
+
+    def _put(self, item):
+        while not self._stop:
+            try:
+                self.q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self):
+        try:
+            for data in _chunks(self.f, self.gz):
+                self.h.update(data)
+                if not self._put(data):
+                    return
+            self._put(None)
+        except BaseException as e:  # handed to the reader, raised there
+            self._put(e)
 
     def _fill(self):
-        while not self.eof:
-            if self.z is None:
-                data = self.f.read(CHUNK)
-                if not data:
-                    self.eof = True
-                    return False
-            else:
-                if self.z.eof:
-                    # gzip allows several members one after the other
-                    rest = self.z.unused_data
-                    if not rest:
-                        rest = self.f.read(CHUNK)
-                        if not rest:
-                            self.eof = True
-                            return False
-                    self.z = _gunzip()
-                    data = self.z.decompress(rest)
-                else:
-                    raw = self.f.read(CHUNK)
-                    if not raw:
-                        raise SnapshotError('layer is truncated (gzip stream ends early)', field='image')
-                    data = self.z.decompress(raw)
-                if not data:
-                    continue
-            self.h.update(data)
-            self.buf = self.buf[self.off:] + data if self.off < len(self.buf) else data
-            self.off = 0
-            return True
-        return False
+        if self.eof:
+            return False
+        item = self.q.get()
+        if item is None:
+            self.eof = True
+            return False
+        if isinstance(item, BaseException):
+            self.eof = True
+            if isinstance(item, zlib.error):
+                raise SnapshotError('layer is not valid gzip: %s' % item, field='image')
+            raise item
+        self.buf = self.buf[self.off:] + item if self.off < len(self.buf) else item
+        self.off = 0
+        return True
+
+    def close(self):
+        self._stop = True
+        self.t.join(5)
+        self.f.close()
 
     def read(self, n=-1):
         if n is None or n < 0:
@@ -252,16 +293,14 @@ def _gunzip():
 
 
 def open_layer(path):
-    """(raw file, hashing reader of the uncompressed tar) of a layer blob (tar or tar+gzip)."""
+    """A reader (close it) of the uncompressed tar of a layer blob (tar or tar+gzip)."""
     raw = open(path, 'rb')
     magic = raw.read(4)
     raw.seek(0)
-    if magic[:2] == b'\x1f\x8b':
-        return raw, _ForwardReader(raw, _gunzip())
     if magic == b'\x28\xb5\x2f\xfd':
         raw.close()
         raise SnapshotError('layer %s is zstd-compressed, which is not supported' % path, field='image', value=path)
-    return raw, _ForwardReader(raw)
+    return _ForwardReader(raw, gz=magic[:2] == b'\x1f\x8b')
 
 
 def layer_members(hr, what):
@@ -464,12 +503,12 @@ class Snapshotter(object):
         try:
             fsdir = os.path.join(tmp, 'fs')
             os.mkdir(fsdir, 0o755)
-            raw, hr = open_layer(self.store.blob_path(blob))
+            hr = open_layer(self.store.blob_path(blob))
             try:
                 unpack_diff(SafeRoot(fsdir, direct=True), layer_members(hr, blob), warnings)
                 verify_diff_id(hr, diff_id, blob)
             finally:
-                raw.close()
+                hr.close()
             failpoint('snapshot-unpacked')  # unpacked, verified, not yet in place: never used
             with open(os.path.join(tmp, 'diff_id'), 'w') as f:
                 f.write(diff_id + '\n')
@@ -572,7 +611,11 @@ def rootfs_status(target, mountinfo='/proc/self/mountinfo'):
 def prepare_rootfs(store, image, target, mode='auto', warnings=None):
     """Make `target` the root filesystem of a container of `image` (a reference or image id in
     ImageStore `store`). Idempotent: returns dict(changed, mode, image_id, unpacked, lowerdir).
-    The pod role / chroot_rootfs call this for an ``image`` source."""
+    The pod role / chroot_rootfs call this for an ``image`` source; `store` may be the
+    store's root directory."""
+    if isinstance(store, str):
+        from ansible_collections.barepod.linux.plugins.module_utils._imagestore import ImageStore
+        store = ImageStore(store)
     warnings = warnings if warnings is not None else []
     if not isinstance(target, str) or not target.startswith('/') or clean(target) == '/':
         raise SnapshotError('must be an absolute path other than /, got %r' % (target,), field='path', value=target)
@@ -615,13 +658,13 @@ def prepare_rootfs(store, image, target, mode='auto', warnings=None):
         fs = SafeRoot(tmp, direct=True)
         paths = {}
         for blob, diff_id, _chain in layers:
-            raw, hr = open_layer(store.blob_path(blob))
+            hr = open_layer(store.blob_path(blob))
             try:
                 with fs.batch():
                     _image.apply_layer(fs, layer_members(hr, blob), paths, warnings)
                 verify_diff_id(hr, diff_id, blob)
             finally:
-                raw.close()
+                hr.close()
         failpoint('snapshot-copied')
         os.rename(tmp, target)
     except BaseException:

@@ -116,14 +116,14 @@ def test_stream_hashes_the_uncompressed_tar_and_reads_members(tmp_path):
     p = tmp_path / 'layer'
     # two gzip members back to back are one valid gzip stream
     p.write_bytes(gzip.compress(raw[:1000], mtime=0) + gzip.compress(raw[1000:], mtime=0))
-    f, hr = sn.open_layer(str(p))
+    hr = sn.open_layer(str(p))
     got = {}
     for ti, opener in sn.layer_members(hr, 'x'):
         if ti.isreg():
             got[ti.name] = opener().read()
     assert got == {'a': b'A' * 3000, 'd/b': b'B'}
     assert hr.drain() == sha(raw)
-    f.close()
+    hr.close()
     with pytest.raises(OSError):
         hr.seek(0)
 
@@ -132,12 +132,12 @@ def test_truncated_gzip_layer_is_an_error(tmp_path):
     raw = tar_bytes([member('a', data=os.urandom(200000))])
     p = tmp_path / 'layer'
     p.write_bytes(gzip.compress(raw)[:-5000])
-    f, hr = sn.open_layer(str(p))
+    hr = sn.open_layer(str(p))
     with pytest.raises(sn.SnapshotError):
         for _ti, opener in sn.layer_members(hr, 'x'):
             opener().read()
         hr.drain()
-    f.close()
+    hr.close()
 
 
 # ------------------------------------------------------------------ snapshots
