@@ -634,7 +634,11 @@ def prepare_rootfs(store, image, target, mode='auto', warnings=None):
                 status['lowerdir'] == [snap.fs_path(c) for _b, _d, c in reversed(layers)]:
             return dict(changed=False, mode='overlay', image_id=rec['config'], unpacked=[], lowerdir=status['lowerdir'])
     chosen = choose_mode(snap, mode, parent)
-    # something else (another image, a dead half-made one): start again from nothing
+    if not status['mounted'] and not os.path.isdir(side) and os.path.isdir(target) and not os.path.islink(target) \
+            and os.listdir(target):
+        raise SnapshotError('%s holds files that no image put there (no %s): not replacing them' % (target, side),
+                            field='path', value=target)
+    # another image, or a dead half-made one: start again from nothing
     remove_rootfs(target)
     os.makedirs(side, 0o700)
     if chosen == 'overlay':

@@ -243,3 +243,19 @@ def test_direct_saferoot_never_writes_through_an_existing_symlink(tmp_path, sent
     with fs.batch():
         fs.write_file('/f', io.BytesIO(b'new'))
     assert not os.path.islink(str(root / 'f')) and (root / 'f').read_bytes() == b'new'
+
+
+def test_a_directory_not_made_from_an_image_is_not_replaced(tmp_path):
+    store = store_with(tmp_path, [[member('a', data=b'1')]])
+    target = tmp_path / 'home'
+    target.mkdir()
+    (target / 'precious').write_text('mine\n')
+    with pytest.raises(sn.SnapshotError, match='no image put there'):
+        sn.prepare_rootfs(store, 'example.com/test:1', str(target), mode='copy')
+    assert (target / 'precious').read_text() == 'mine\n'
+    # an empty directory (a mount point made ready by someone) is fine
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert sn.prepare_rootfs(store.root, 'example.com/test:1', str(empty), mode='copy')['changed']
+    assert (empty / 'a').read_text() == '1'
+    assert sn.remove_rootfs(str(empty)) and not empty.exists()
