@@ -218,8 +218,7 @@ class SafeRoot(object):
         """Write a regular file from a readable binary file object `src`."""
         fd, name, _hp = self.parent(path)
         try:
-            tmp = self._tmpname(name)
-            wfd = None
+            tmp = wfd = None
             if self.direct:
                 # nothing to replace atomically: create the final name itself (O_EXCL: never
                 # through an existing entry, symlink or not); an existing one takes the tmp path
@@ -231,6 +230,7 @@ class SafeRoot(object):
                     if e.errno != errno.EEXIST:
                         raise
             if wfd is None:
+                tmp = self._tmpname(name)
                 try:
                     os.unlink(tmp, dir_fd=fd)
                 except OSError:
