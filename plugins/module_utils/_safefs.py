@@ -316,7 +316,8 @@ class SafeRoot(object):
         itself (a link `a/b` to a file `a`), which then is a directory."""
         fd, name, _hp = self.parent(path)
         try:
-            src = self.resolve(target, field='image')
+            # resolved afresh (not from the batch cache): os.link follows the path's parents
+            src = secure_join(self.root, clean(target), field='image')
             for m in self.mountpoints:
                 if is_within(m, src):
                     raise UnderMount('hard link target %s is on the mount at %s' % (target, m), field='image',
