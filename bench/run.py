@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # name -> (full args, quick args)
 BENCHES = [
     ('chroot_rootfs', [], ['--runs', '3']),
+    ('image_unpack', [], ['--runs', '3']),
     ('sandbox', [], ['--runs', '5', '--no-ansible']),
     ('cgroup_audit', [], ['--cgroups', '2000', '--runs', '3', '--real', '500']),
     ('veth_net', ['--playbook-rounds', '3'], ['--rounds', '10', '--module-rounds', '2']),

@@ -345,10 +345,12 @@ class ImageManager(Manager):
         victims = sorted(n for n, rec in refs.items() if rec['config'] not in keep_ids)
         ids = sorted(set(refs[n]['config'] for n in victims))
         orphans = self.store.unreferenced_blobs() if self.store.exists() else []
-        if victims or orphans:
+        orphan_snaps = self.store.unreferenced_snapshots() if self.store.exists() else []
+        if victims or orphans or orphan_snaps:
             def prune():
                 with self.store.lock():
                     self.store.remove_refs(victims)
                     self.store.gc()
-            self.actions.add('prune', self.store.root, prune, references=victims, images=ids, orphan_blobs=len(orphans))
+            self.actions.add('prune', self.store.root, prune, references=victims, images=ids, orphan_blobs=len(orphans),
+                             orphan_snapshots=len(orphan_snaps))
         return dict(removed=victims, pruned=ids)

@@ -10,6 +10,8 @@ Layout under ``root`` (default /var/lib/barepod/images), the blobs as in an OCI 
                          image usable; rewritten atomically, after its blobs are durable
     ingest/              work directories of pulls and imports in progress (cleared when a
                          writer takes the lock, so a killed pull or import leaves nothing used)
+    snapshots/           layers unpacked once per node, by chain id (_snapshot); removed by gc()
+                         with the last image that references them
     lock                 flock(2) of concurrent writers
 
 An image record: ``target`` (the digest a reference resolves to: an index for a multi-platform
@@ -36,6 +38,7 @@ import tempfile
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json, failpoint
 from ansible_collections.barepod.linux.plugins.module_utils import _image
 from ansible_collections.barepod.linux.plugins.module_utils import _imageref
+from ansible_collections.barepod.linux.plugins.module_utils import _snapshot
 
 DEFAULT_ROOT = '/var/lib/barepod/images'
 
@@ -347,6 +350,7 @@ class ImageStore(object):
             fcntl.flock(fd, fcntl.LOCK_EX)
             for n in os.listdir(self.ingest_dir):
                 shutil.rmtree(os.path.join(self.ingest_dir, n), ignore_errors=True)
+            _snapshot.Snapshotter(self).clear_tmp()
             yield self
         finally:
             os.close(fd)
@@ -408,8 +412,12 @@ class ImageStore(object):
         keep = self.referenced_blobs()
         return sorted('sha256:' + n for n in names if 'sha256:' + n not in keep)
 
+    def unreferenced_snapshots(self):
+        return _snapshot.Snapshotter(self).unreferenced()
+
     def gc(self):
-        """Remove blobs no reference holds (call with the lock held); returns their digests."""
+        """Remove blobs no reference holds and unpacked layers (snapshots) no stored image
+        references and no mount uses (call with the lock held); returns the blobs' digests."""
         gone = self.unreferenced_blobs()
         for d in gone:
             try:
@@ -417,6 +425,7 @@ class ImageStore(object):
             except OSError as e:
                 if e.errno != errno.ENOENT:
                     raise
+        _snapshot.Snapshotter(self).gc()
         return gone
 
     # ---- building records from verified content in an ingest

@@ -40,8 +40,12 @@ class UnderMount(BarepodError):
 class SafeRoot(object):
     """Operations on paths inside `root` that never leave it."""
 
-    def __init__(self, root, mountpoints=()):
+    def __init__(self, root, mountpoints=(), direct=False):
+        """`direct`: the root is a private directory being built (renamed into use once
+        complete): files that do not exist yet are created at their final name rather than
+        written to a temporary name and renamed (what GNU tar does; no confinement is lost)."""
         self.root = os.path.realpath(root)
+        self.direct = direct
         # ownership from images is applied only as root (unit tests run unprivileged)
         self.chown = os.geteuid() == 0
         # absolute host paths of mount points under the root: never removed across
@@ -51,8 +55,17 @@ class SafeRoot(object):
         return os.path.join(self.root, clean(path).lstrip('/'))
 
     def resolve(self, path, field='path'):
-        """secure_join of a path inside the root; returns the host path."""
-        return secure_join(self.root, clean(path), field=field)
+        """secure_join of a path inside the root; returns the host path. In a batch the
+        results are cached until the next symlink or removal (the only writes that can
+        change how a path resolves)."""
+        p = clean(path)
+        cache = getattr(self, '_rcache', None)
+        if cache is None:
+            return secure_join(self.root, p, field=field)
+        hp = cache.get(p)
+        if hp is None:
+            hp = cache[p] = secure_join(self.root, p, field=field)
+        return hp
 
     def batch(self):
         """Context manager: cache directory fds while many entries are written (an image
@@ -61,6 +74,9 @@ class SafeRoot(object):
         return _Batch(self)
 
     def _cache_clear(self):
+        rcache = getattr(self, '_rcache', None)
+        if rcache:
+            rcache.clear()
         cache = getattr(self, '_dircache', None)
         if cache:
             for fd in cache.values():
@@ -128,8 +144,14 @@ class SafeRoot(object):
         for m in ([] if allow_mounts else self.mountpoints):
             if is_within(m, hp):
                 raise UnderMount('%s is on the mount at %s; not touching it' % (p, m), field='path', value=p)
-        rel = os.path.relpath(hd, self.root)
-        fd = self.open_dir('' if rel == '.' else rel, create=create)
+        if hd == self.root:
+            rel = ''
+        elif hd.startswith(self.root + '/'):
+            rel = hd[len(self.root) + 1:]
+        else:
+            rel = os.path.relpath(hd, self.root)
+            rel = '' if rel == '.' else rel
+        fd = self.open_dir(rel, create=create)
         return fd, name, hp
 
     def lstat(self, path):
@@ -196,16 +218,30 @@ class SafeRoot(object):
         """Write a regular file from a readable binary file object `src`."""
         fd, name, _hp = self.parent(path)
         try:
-            tmp = self._tmpname(name)
+            tmp = wfd = None
+            if self.direct:
+                # nothing to replace atomically: create the final name itself (O_EXCL: never
+                # through an existing entry, symlink or not); an existing one takes the tmp path
+                try:
+                    wfd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  0o600, dir_fd=fd)
+                    tmp = name
+                except OSError as e:
+                    if e.errno != errno.EEXIST:
+                        raise
+            if wfd is None:
+                tmp = self._tmpname(name)
+                try:
+                    os.unlink(tmp, dir_fd=fd)
+                except OSError:
+                    pass
+                wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o600, dir_fd=fd)
             try:
-                os.unlink(tmp, dir_fd=fd)
-            except OSError:
-                pass
-            wfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          0o600, dir_fd=fd)
-            try:
-                with os.fdopen(wfd, 'wb', closefd=False) as w:
-                    shutil.copyfileobj(src, w, 1 << 20)
+                for chunk in iter(lambda: src.read(1 << 20), b''):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(wfd, view):]
                 if uid is not None and self.chown:
                     os.fchown(wfd, uid, gid if gid is not None else -1)
                 os.fchmod(wfd, mode & 0o7777)
@@ -213,7 +249,8 @@ class SafeRoot(object):
                     os.utime(wfd, ns=(mtime_ns, mtime_ns))
             finally:
                 os.close(wfd)
-            self._replace(fd, tmp, name)
+            if tmp != name:
+                self._replace(fd, tmp, name)
         finally:
             os.close(fd)
 
@@ -231,6 +268,8 @@ class SafeRoot(object):
                 os.unlink(tmp, dir_fd=fd)
             except OSError:
                 pass
+            if getattr(self, '_rcache', None):
+                self._rcache.clear()  # a new symlink may change how later paths resolve
             os.symlink(target, tmp, dir_fd=fd)
             if uid is not None and self.chown:
                 os.chown(tmp, uid, gid if gid is not None else -1, dir_fd=fd, follow_symlinks=False)
@@ -277,7 +316,8 @@ class SafeRoot(object):
         itself (a link `a/b` to a file `a`), which then is a directory."""
         fd, name, _hp = self.parent(path)
         try:
-            src = self.resolve(target, field='image')
+            # resolved afresh (not from the batch cache): os.link follows the path's parents
+            src = secure_join(self.root, clean(target), field='image')
             for m in self.mountpoints:
                 if is_within(m, src):
                     raise UnderMount('hard link target %s is on the mount at %s' % (target, m), field='image',
@@ -320,6 +360,7 @@ class _Batch(object):
     def __enter__(self):
         if getattr(self.fs, '_dircache', None) is None:
             self.fs._dircache = {}
+            self.fs._rcache = {}
             self.owner = True
         else:
             self.owner = False
@@ -329,4 +370,5 @@ class _Batch(object):
         if self.owner:
             self.fs._cache_clear()
             self.fs._dircache = None
+            self.fs._rcache = None
         return False
