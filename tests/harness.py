@@ -7,6 +7,8 @@ tests/reliability/_node.py and bench/_collection.py put it there otherwise.
 - sh(*argv) runs a command and returns its stdout; run(*argv) returns the CompletedProcess.
   Both raise (AssertionError unless told otherwise) naming the command, its exit code and the
   tails of its output when it fails and check is on.
+- umount_all(d) detaches every mount under d; mount_workdir(prefix) is a throwaway directory
+  that is unmounted and removed on exit (the rootfs tests' `work`).
 - Node is a network namespace (`ip netns add`), every pod state root in a tmp dir, cgroups under
   a uniquely named parent, and a marker in the environment of everything started for it
   (BAREPOD_RELNODE=<id>: the modules inherit it from ansible-playbook and the pause processes
@@ -14,6 +16,7 @@ tests/reliability/_node.py and bench/_collection.py put it there otherwise.
   playbooks under `nsenter --net=<node>`, counts what pods leave on it (snapshot) and removes all
   of it (cleanup), even after a failed test.
 """
+import contextlib
 import ctypes
 import glob
 import json
@@ -102,6 +105,31 @@ def enter_netns(path):
             raise OSError(ctypes.get_errno(), 'setns %s' % path)
     finally:
         os.close(fd)
+
+
+def umount_all(d, tries=5):
+    """Detach every mount under `d`, deepest first, again while any is left (a lazy unmount can
+    uncover a mount stacked below it)."""
+    from ansible_collections.barepod.linux.plugins.module_utils._rootfs import mounts_under, unmount_order
+    libc = ctypes.CDLL('libc.so.6', use_errno=True)
+    for _ in range(tries):
+        ms = unmount_order(mounts_under(d))
+        if not ms:
+            return
+        for m in ms:
+            libc.umount2(m['mountpoint'].encode(), 2)  # MNT_DETACH
+
+
+@contextlib.contextmanager
+def mount_workdir(prefix):
+    """A throwaway directory (never under /var/lib/barepod); on exit everything mounted under it is
+    detached and it is removed."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield d
+    finally:
+        umount_all(d)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _proc_environ_has(pid, needle):
