@@ -33,9 +33,18 @@ def hierarchies():
 
 
 class Scratch(object):
+    """A uniquely named cgroup parent and the processes spawned into it; a context manager that
+    kills them and removes the parent on exit (cleanup)."""
+
     def __init__(self):
         self.parent = 'barepod-test-%s' % uuid.uuid4().hex[:8]
         self.procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
 
     def path(self, hierarchy, *rel):
         return os.path.join(CGROOT, hierarchy, self.parent, *rel)
@@ -100,11 +109,8 @@ def kill(pid):
 
 @pytest.fixture
 def scratch():
-    s = Scratch()
-    try:
+    with Scratch() as s:
         yield s
-    finally:
-        s.cleanup()
 
 
 UID = '0a1b2c3d-0000-4000-8000-00000000beef'
