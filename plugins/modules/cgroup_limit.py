@@ -124,7 +124,7 @@ options:
     description: Pod name, see O(namespace).
     type: str
 extends_documentation_fragment:
-  - barepod.linux.state_root
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

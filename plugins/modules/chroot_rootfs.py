@@ -181,7 +181,7 @@ options:
     description: The pod's uid, checked against (or stored in) the pod record.
     type: str
 extends_documentation_fragment:
-  - barepod.linux.state_root
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

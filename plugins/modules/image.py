@@ -106,7 +106,7 @@ options:
 requirements:
   - skopeo (Debian package C(skopeo)) for pulls
 extends_documentation_fragment:
-  - barepod.linux.image_store
+  - barepod.linux.roots.image_store
 author:
   - barepod.linux developers (@barepod)
 notes:

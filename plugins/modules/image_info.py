@@ -24,7 +24,7 @@ options:
     elements: str
     default: []
 extends_documentation_fragment:
-  - barepod.linux.image_store
+  - barepod.linux.roots.image_store
 author:
   - barepod.linux developers (@barepod)
 notes:

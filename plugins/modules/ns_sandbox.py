@@ -161,7 +161,7 @@ options:
     type: path
     default: /var/log/pods
 extends_documentation_fragment:
-  - barepod.linux.state_root
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

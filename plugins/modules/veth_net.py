@@ -121,7 +121,7 @@ options:
     type: bool
     default: false
 extends_documentation_fragment:
-  - barepod.linux.state_root
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

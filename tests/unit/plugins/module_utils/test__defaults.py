@@ -39,14 +39,20 @@ def _doc_vs_spec(doc_opts, spec_opts, where):
             _doc_vs_spec(doc.get('suboptions') or {}, spec['options'], '%s.%s' % (where, name))
 
 
+def _fragment(fragment):
+    """A doc fragment of this collection as ansible-doc reads it: barepod.linux.<file>[.<variable>]."""
+    parts = fragment.split('.')
+    assert parts[:2] == ['barepod', 'linux'] and len(parts) in (3, 4), fragment
+    frag = importlib.import_module('ansible_collections.barepod.linux.plugins.doc_fragments.' + parts[2])
+    return yaml.safe_load(getattr(frag.ModuleDocFragment, parts[3].upper() if len(parts) == 4 else 'DOCUMENTATION'))
+
+
 def _doc_options(mod):
     """A module's documented options, with those of its doc fragments merged in as ansible-doc does."""
     doc = yaml.safe_load(mod.DOCUMENTATION)
     options = dict(doc.get('options') or {})
     for fragment in doc.get('extends_documentation_fragment') or []:
-        assert fragment.startswith('barepod.linux.'), fragment
-        frag = importlib.import_module('ansible_collections.barepod.linux.plugins.doc_fragments.' + fragment.split('.')[-1])
-        for name, opt in yaml.safe_load(frag.ModuleDocFragment.DOCUMENTATION)['options'].items():
+        for name, opt in _fragment(fragment)['options'].items():
             assert name not in options, '%s documents %s, also in fragment %s' % (mod.__name__, name, fragment)
             options[name] = opt
     return options
@@ -66,11 +72,10 @@ def test_image_module_docs_show_the_spec_defaults(name, spec):
     _doc_vs_spec(_doc_options(_module(name)), spec()['argument_spec'], name)
 
 
-@pytest.mark.parametrize('fragment, option, default', [('state_root', 'state_root', _defaults.STATE_ROOT),
-                                                       ('image_store', 'store_root', _imagestore.DEFAULT_ROOT)])
+@pytest.mark.parametrize('fragment, option, default', [('barepod.linux.roots.state_root', 'state_root', _defaults.STATE_ROOT),
+                                                       ('barepod.linux.roots.image_store', 'store_root', _imagestore.DEFAULT_ROOT)])
 def test_doc_fragments_show_the_shared_defaults(fragment, option, default):
-    frag = importlib.import_module('ansible_collections.barepod.linux.plugins.doc_fragments.' + fragment)
-    assert yaml.safe_load(frag.ModuleDocFragment.DOCUMENTATION)['options'][option]['default'] == default
+    assert _fragment(fragment)['options'][option]['default'] == default
 
 
 def test_pod_role_defaults_are_the_shared_ones():
