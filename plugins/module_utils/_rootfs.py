@@ -32,6 +32,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._common import (
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 from ansible_collections.barepod.linux.plugins.module_utils._namespaces import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT)
@@ -988,20 +989,20 @@ class ChrootRootfs(Manager):
         params, check_mode = self.params, self.check_mode
         if not params.get('path'):
             # the DESIGN layout: <rootfs_root>/<pod uid>/<container>/
-            from ansible_collections.barepod.linux.plugins.module_utils._state import DEFAULT_ROOTFS_ROOT, rootfs_dir
+            from ansible_collections.barepod.linux.plugins.module_utils._state import rootfs_dir
             uid, container = params.get('pod_uid'), params.get('container')
             if not uid or not container:
                 raise BarepodError('give path, or pod_uid and container', field='path', value=None)
             validate_uid('pod_uid', uid)
             validate_dns_label('container', container)
-            params = dict(params, path=rootfs_dir(uid, container, params.get('rootfs_root') or DEFAULT_ROOTFS_ROOT))
+            params = dict(params, path=rootfs_dir(uid, container, params.get('rootfs_root') or _defaults.ROOTFS_ROOT))
         ns, name = params.get('namespace'), params.get('name')
         if bool(ns) != bool(name):
             raise BarepodError('namespace and name go together', field='namespace' if not ns else 'name',
                                value=ns or name)
         if ns:
-            from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, DEFAULT_STATE_ROOT
-            rec = PodRecord(ns, name, params.get('state_root') or DEFAULT_STATE_ROOT)  # validates the names
+            from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord
+            rec = PodRecord(ns, name, params.get('state_root') or _defaults.STATE_ROOT)  # validates the names
         res = RootfsManager(params, check_mode, **self.roots).run()
         if ns:
             container = params.get('container') or os.path.basename(res['path'])

@@ -35,7 +35,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._common import failp
 from ansible_collections.barepod.linux.plugins.module_utils._paths import secure_join
 from ansible_collections.barepod.linux.plugins.module_utils._pause import DEFAULT_PAUSE_DIR, pause_argv
 from ansible_collections.barepod.linux.plugins.module_utils._state import (
-    DEFAULT_LOG_ROOT, DEFAULT_NETNS_DIR, DEFAULT_STATE_ROOT, PodRecord, log_dir, netns_path,
+    PodRecord, log_dir, netns_path,
     pod_key)
 
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -251,9 +251,9 @@ def desired(params):
         raise BarepodError('must be one of auto, c, busybox; got %r' % (pause,), field='pause', value=pause)
     d = dict(namespace=namespace, name=name, state=state, uid=uid, namespaces=namespaces,
              hostname=hostname, share_pid=share_pid, grace_period=grace, pause=pause,
-             state_root=params.get('state_root') or DEFAULT_STATE_ROOT,
-             netns_dir=params.get('netns_dir') or DEFAULT_NETNS_DIR,
-             log_root=params.get('log_root') or DEFAULT_LOG_ROOT,
+             state_root=params.get('state_root') or _defaults.STATE_ROOT,
+             netns_dir=params.get('netns_dir') or _defaults.NETNS_DIR,
+             log_root=params.get('log_root') or _defaults.LOG_ROOT,
              pause_dir=params.get('pause_dir') or DEFAULT_PAUSE_DIR,
              prune=params.get('prune_containers', True) is not False,
              containers=[])
