@@ -423,6 +423,16 @@ def _errmsg(e):
     return ('%s: %s' % (type(e).__name__, e)).encode(errors='replace')[:4000]
 
 
+def _read_to_eof(fd, bufsize):
+    """Everything readable from the pipe `fd` until its writers have all closed it."""
+    data = b''
+    while True:
+        chunk = os.read(fd, bufsize)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def spawn(prepare, child):
     """Double fork. prepare() runs in the first child (after setsid) and may unshare/setns;
     child() runs in the grandchild and must exec. Returns the grandchild's pid.
@@ -463,18 +473,8 @@ def spawn(prepare, child):
     os.close(w_err)
     try:
         os.waitpid(pid1, 0)
-        data = b''
-        while True:
-            chunk = os.read(r_pid, 64)
-            if not chunk:
-                break
-            data += chunk
-        err = b''
-        while True:
-            chunk = os.read(r_err, 4096)
-            if not chunk:
-                break
-            err += chunk
+        data = _read_to_eof(r_pid, 64)
+        err = _read_to_eof(r_err, 4096)
     finally:
         os.close(r_pid)
         os.close(r_err)
