@@ -122,6 +122,13 @@ def unmount_order(mounts):
     return sorted(mounts, key=lambda m: (-m['mountpoint'].rstrip('/').count('/'), -m['id']))
 
 
+def _check_options(field, opts, allowed, message):
+    """Refuse mount options of <field>.options outside `allowed`; `message` % (the bad ones, the allowed ones)."""
+    bad = [o for o in opts if o not in allowed]
+    if bad:
+        raise BarepodError(message % (','.join(bad), ','.join(sorted(allowed))), field=field + '.options', value=opts)
+
+
 def check_host_path(field, source, allowed, protected=PROTECTED_HOST_PATHS):
     """The hostPath rule. Returns the realpath of `source` or raises BarepodError.
 
@@ -492,22 +499,14 @@ class RootfsManager(object):
             if isinstance(opts, str):
                 opts = [o for o in opts.split(',') if o]
             if mtype == 'bind':
-                bad = [o for o in opts if o not in BIND_OPTIONS]
-                if bad:
-                    raise BarepodError('unknown bind mount option(s) %s (allowed: %s)'
-                                       % (','.join(bad), ','.join(sorted(BIND_OPTIONS))),
-                                       field=field + '.options', value=opts)
+                _check_options(field, opts, BIND_OPTIONS, 'unknown bind mount option(s) %s (allowed: %s)')
                 src = check_host_path(field + '.source', m.get('source'), allowed)
                 ro = bool(m.get('read_only')) or 'ro' in opts
                 flags = sorted(set(o for o in opts if o in ('nosuid', 'nodev', 'noexec')))
                 mounts.append(dict(type='bind', source=src, target=target, read_only=ro, options=flags,
                                    is_dir=os.path.isdir(src)))
             elif mtype == 'tmpfs':
-                bad = [o for o in opts if o not in TMPFS_OPTIONS]
-                if bad:
-                    raise BarepodError('unknown tmpfs option(s) %s (allowed: %s, and size)'
-                                       % (','.join(bad), ','.join(sorted(TMPFS_OPTIONS))),
-                                       field=field + '.options', value=opts)
+                _check_options(field, opts, TMPFS_OPTIONS, 'unknown tmpfs option(s) %s (allowed: %s, and size)')
                 size = parse_size(field + '.size', m.get('size') if m.get('size') is not None else '64Mi')
                 flags = sorted(set(o for o in opts if o in ('nosuid', 'nodev', 'noexec')))
                 if m.get('options') is None:
