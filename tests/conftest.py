@@ -143,8 +143,9 @@ class SandboxPod(object):
     """A pod built with the ns_sandbox module in throwaway state/netns/log dirs under `tmp`.
 
     run(...) overrides the pod's own args, may pass leaked fds to the module and failpoints in
-    its environment; teardown() stops it through the module logic, then kills only the pids the
-    module reported, unmounts the throwaway netns dir and removes `tmp`."""
+    its environment; teardown() (also on leaving it as a context manager) stops it through the
+    module logic, then kills only the pids the module reported, unmounts the throwaway netns
+    dir and removes `tmp`."""
 
     def __init__(self, tmp, grace_period=1, timeout=30):
         self.tmp = tmp
@@ -169,6 +170,12 @@ class SandboxPod(object):
             if c.get('pid'):
                 self.pids.add(c['pid'])
         return r
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.teardown()
 
     def teardown_pods(self):
         from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager

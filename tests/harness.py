@@ -371,6 +371,12 @@ class Node(object):
         return [c for c in self.cgroups() if os.path.basename(c).startswith('pod')]
 
     # ------------------------------------------------------------------ cleanup
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
     def cleanup(self, teardown=None):
         """Everything by pid and path, even after a failed test: first `teardown` (a callable,
         e.g. pod_down through the role; its errors only reported), then every process

@@ -27,11 +27,8 @@ DEFAULT_CAPEFF = 0xa80425fb  # containerd's 14 default capabilities
 
 @pytest.fixture
 def pod(tmp_path):
-    p = SandboxPod(str(tmp_path))
-    try:
+    with SandboxPod(str(tmp_path)) as p:
         yield p
-    finally:
-        p.teardown()
 
 
 @pytest.fixture

@@ -29,11 +29,8 @@ DEFAULT_CAPEFF = ns.cap_mask(ns.DEFAULT_CAPABILITIES)
 
 @pytest.fixture
 def pod():
-    p = Pod(tempfile.mkdtemp(prefix='bpesc-'))
-    try:
+    with Pod(tempfile.mkdtemp(prefix='bpesc-')) as p:
         yield p
-    finally:
-        p.teardown()
 
 
 def start(pod, script, pass_fds=(), **extra):
