@@ -21,6 +21,7 @@ import ctypes
 import glob
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -94,6 +95,21 @@ def module_tasks_run(res):
             if h.get('action', '').startswith('barepod.linux.') and not h.get('skipped'):
                 out.append(h['action'])
     return out
+
+
+def read_until(proc, marker, timeout):
+    """What `proc` (started with stdout=PIPE) prints until `marker` (bytes) shows, its stdout
+    closes or `timeout` seconds pass; decoded."""
+    buf = b''
+    deadline = time.monotonic() + timeout
+    while marker not in buf and time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if r:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors='replace')
 
 
 def enter_netns(path):
