@@ -24,6 +24,15 @@ def warm_up(node, worker):
     return node.snapshot()
 
 
+def victim_up(node, worker):
+    """A warmed-up node (warm_up) running one pod, `victim`: (baseline, its manifest, its record)."""
+    baseline = warm_up(node, worker)
+    m = node.manifest_dict('victim')
+    worker(node, 'up', [m])
+    [rec] = node.records()
+    return baseline, m, rec
+
+
 @pytest.mark.parametrize('step', STEPS)
 def test_kill_at_step_then_converge(node, worker, reliability_log, step):
     baseline = warm_up(node, worker)
