@@ -18,18 +18,17 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, 'tests'))
 import conftest  # noqa: E402,F401  (makes ansible_collections.barepod.linux importable)
 
+from _timing import pair  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver, parse_elf  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._rootfs import RootfsManager  # noqa: E402
@@ -47,19 +46,6 @@ for b in "$@"; do
   done
 done
 '''
-
-
-def pair(ours, peer, runs, setup_ours=None, setup_peer=None):
-    """Medians of ours and peer, runs interleaved (so load from elsewhere hits both alike)."""
-    a, b = [], []
-    for _ in range(runs):
-        for fn, setup, out in ((ours, setup_ours, a), (peer, setup_peer, b)):
-            if setup:
-                setup()
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-    return statistics.median(a), statistics.median(b)
 
 
 def params(path):

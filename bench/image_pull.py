@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 import conftest  # noqa: E402  (makes ansible_collections.barepod.linux importable; run_module)
 
+from _timing import pair  # noqa: E402
 from images import nginx_layout  # noqa: E402
 from registry import Registry  # noqa: E402
 
@@ -78,19 +78,6 @@ class Podman(object):
             self('system', 'reset', '--force')
         for d in (self.graph, self.run_root):
             shutil.rmtree(d, ignore_errors=True)
-
-
-def pair(ours, peer, runs, setup_ours=None, setup_peer=None):
-    """Medians of ours and peer, runs interleaved."""
-    a, b = [], []
-    for _ in range(runs):
-        for fn, setup, out in ((ours, setup_ours, a), (peer, setup_peer, b)):
-            if setup:
-                setup()
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-    return statistics.median(a), statistics.median(b)
 
 
 def main():

@@ -5,13 +5,17 @@
 - `run_module(name, args, check=False, diff=False)` runs a module the way Ansible does:
   a fresh Python process reading {"ANSIBLE_MODULE_ARGS": ...}, returning its JSON result.
 - `netns` makes throwaway network namespaces and always deletes them.
+- `SandboxPod(tmp)` is a pod built with the ns_sandbox module in throwaway dirs, torn down by
+  pid; `wait_log` and `log_sections` read what its containers print.
 """
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 
 import pytest
@@ -133,6 +137,85 @@ def module_runner():
 
 def unique(prefix='bp'):
     return '%s%s' % (prefix, uuid.uuid4().hex[:8])
+
+
+class SandboxPod(object):
+    """A pod built with the ns_sandbox module in throwaway state/netns/log dirs under `tmp`.
+
+    run(...) overrides the pod's own args, may pass leaked fds to the module and failpoints in
+    its environment; teardown() (also on leaving it as a context manager) stops it through the
+    module logic, then kills only the pids the module reported, unmounts the throwaway netns
+    dir and removes `tmp`."""
+
+    def __init__(self, tmp, grace_period=1, timeout=30):
+        self.tmp = tmp
+        self.name = unique('bp')
+        self.base = dict(name=self.name, state_root=os.path.join(tmp, 'state'),
+                         netns_dir=os.path.join(tmp, 'netns'), log_root=os.path.join(tmp, 'logs'),
+                         grace_period=grace_period)
+        self.timeout = timeout
+        self.pids = set()
+
+    def rootfs(self, name='rootfs'):
+        return busybox_rootfs(os.path.join(self.tmp, name))
+
+    def run(self, check=False, diff=False, pass_fds=(), _env_failpoints=None, **args):
+        a = dict(self.base)
+        a.update(args)
+        env = dict(BAREPOD_FAILPOINTS=_env_failpoints) if _env_failpoints else None
+        r = run_module('ns_sandbox', a, check=check, diff=diff, timeout=self.timeout, env=env, pass_fds=pass_fds)
+        if r.get('pid'):
+            self.pids.add(r['pid'])
+        for c in r.get('containers') or []:
+            if c.get('pid'):
+                self.pids.add(c['pid'])
+        return r
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.teardown()
+
+    def teardown_pods(self):
+        from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
+        SandboxManager(dict(self.base, state='absent', grace_period=0)).run()
+
+    def teardown(self):
+        from ansible_collections.barepod.linux.plugins.module_utils._common import pid_alive
+        try:
+            self.teardown_pods()
+        finally:
+            for pid in self.pids:
+                if pid_alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+            if 'netns_dir' in self.base:  # only the throwaway one, never /run/netns
+                subprocess.run(['umount', '-l', self.base['netns_dir']], stderr=subprocess.DEVNULL, check=False)
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_log(path, marker='DONE', timeout=15):
+    """The text of the log at `path` once it holds `marker`; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    text = ''
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            text = ''
+        if marker in text:
+            return text
+        time.sleep(0.05)
+    raise AssertionError('marker %r not in log %s:\n%s' % (marker, path, text))
+
+
+def log_sections(text):
+    """A container's output split at the `---` lines it prints between its checks."""
+    return [s.strip() for s in text.split('---')]
 
 
 @pytest.fixture

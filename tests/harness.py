@@ -7,6 +7,8 @@ tests/reliability/_node.py and bench/_collection.py put it there otherwise.
 - sh(*argv) runs a command and returns its stdout; run(*argv) returns the CompletedProcess.
   Both raise (AssertionError unless told otherwise) naming the command, its exit code and the
   tails of its output when it fails and check is on.
+- umount_all(d) detaches every mount under d; mount_workdir(prefix) is a throwaway directory
+  that is unmounted and removed on exit (the rootfs tests' `work`).
 - Node is a network namespace (`ip netns add`), every pod state root in a tmp dir, cgroups under
   a uniquely named parent, and a marker in the environment of everything started for it
   (BAREPOD_RELNODE=<id>: the modules inherit it from ansible-playbook and the pause processes
@@ -14,10 +16,12 @@ tests/reliability/_node.py and bench/_collection.py put it there otherwise.
   playbooks under `nsenter --net=<node>`, counts what pods leave on it (snapshot) and removes all
   of it (cleanup), even after a failed test.
 """
+import contextlib
 import ctypes
 import glob
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -93,6 +97,21 @@ def module_tasks_run(res):
     return out
 
 
+def read_until(proc, marker, timeout):
+    """What `proc` (started with stdout=PIPE) prints until `marker` (bytes) shows, its stdout
+    closes or `timeout` seconds pass; decoded."""
+    buf = b''
+    deadline = time.monotonic() + timeout
+    while marker not in buf and time.monotonic() < deadline:
+        r, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if r:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors='replace')
+
+
 def enter_netns(path):
     """Move this process (its thread) into the network namespace bound at `path` (setns)."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -102,6 +121,31 @@ def enter_netns(path):
             raise OSError(ctypes.get_errno(), 'setns %s' % path)
     finally:
         os.close(fd)
+
+
+def umount_all(d, tries=5):
+    """Detach every mount under `d`, deepest first, again while any is left (a lazy unmount can
+    uncover a mount stacked below it)."""
+    from ansible_collections.barepod.linux.plugins.module_utils._rootfs import mounts_under, unmount_order
+    libc = ctypes.CDLL('libc.so.6', use_errno=True)
+    for _ in range(tries):
+        ms = unmount_order(mounts_under(d))
+        if not ms:
+            return
+        for m in ms:
+            libc.umount2(m['mountpoint'].encode(), 2)  # MNT_DETACH
+
+
+@contextlib.contextmanager
+def mount_workdir(prefix):
+    """A throwaway directory (never under /var/lib/barepod); on exit everything mounted under it is
+    detached and it is removed."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield d
+    finally:
+        umount_all(d)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _proc_environ_has(pid, needle):
@@ -343,6 +387,12 @@ class Node(object):
         return [c for c in self.cgroups() if os.path.basename(c).startswith('pod')]
 
     # ------------------------------------------------------------------ cleanup
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
+
     def cleanup(self, teardown=None):
         """Everything by pid and path, even after a failed test: first `teardown` (a callable,
         e.g. pod_down through the role; its errors only reported), then every process

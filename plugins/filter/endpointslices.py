@@ -175,26 +175,20 @@ def _normalise_pod(p, field):
     pod = _Pod()
     pod.field = field
     if 'metadata' in p or p.get('kind') == 'Pod':
-        md = p.get('metadata') or {}
+        md = p.get('metadata') or {}  # the identity fields of an API Pod
         if not isinstance(md, dict):
             _fail(field + '.metadata', 'must be a mapping')
-        pod.namespace = md.get('namespace') or 'default'
-        pod.name = md.get('name')
-        pod.uid = md.get('uid')
-        pod.labels = md.get('labels') or {}
-        pod.spec = p.get('spec') or {}
-        pod.status = p.get('status') or {}
         node = None
-        pod.deleting = md.get('deletionTimestamp') is not None
-    else:  # barepod.linux.pod_status view
-        pod.namespace = p.get('namespace') or 'default'
-        pod.name = p.get('name')
-        pod.uid = p.get('uid')
-        pod.labels = p.get('labels') or {}
-        pod.spec = p.get('spec') or {}
-        pod.status = p.get('status') or {}
+    else:  # barepod.linux.pod_status view: the identity fields at the top
+        md = p
         node = p.get('node')
-        pod.deleting = p.get('deletionTimestamp') is not None
+    pod.namespace = md.get('namespace') or 'default'
+    pod.name = md.get('name')
+    pod.uid = md.get('uid')
+    pod.labels = md.get('labels') or {}
+    pod.deleting = md.get('deletionTimestamp') is not None
+    pod.spec = p.get('spec') or {}
+    pod.status = p.get('status') or {}
     if not isinstance(pod.name, str) or not pod.name:
         _fail(field + '.name', 'a pod needs a name, got %r' % (pod.name,))
     if not isinstance(pod.namespace, str):

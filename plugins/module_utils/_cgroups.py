@@ -865,8 +865,8 @@ def run_limit(params, check_mode=False):
 
 
 def _record(params, mgr, res, check_mode):
-    from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, DEFAULT_STATE_ROOT
-    rec = PodRecord(params['namespace'], params['name'], params.get('state_root') or DEFAULT_STATE_ROOT)
+    from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord
+    rec = PodRecord(params['namespace'], params['name'], params.get('state_root') or _defaults.STATE_ROOT)
     sect = dict(rec.section('cgroups') or {})
     container = params.get('container')
     present = (params.get('state') or 'present') == 'present'

@@ -44,32 +44,26 @@ class BarepodError(Exception):
         return str(self)
 
 
-def validate_dns_label(field, value):
-    """A DNS-1123 label (container names, namespaces): lower case, digits, '-', <= 63."""
+def _validate_dns_name(field, value, max_len, pattern, what):
     if not isinstance(value, str) or not value:
         raise BarepodError('must be a non-empty string, got %r' % (value,), field=field, value=value)
-    if len(value) > DNS1123_LABEL_MAX:
-        raise BarepodError('%r is longer than %d characters' % (value, DNS1123_LABEL_MAX),
-                           field=field, value=value)
-    if not DNS1123_LABEL_RE.match(value):
-        raise BarepodError(
-            '%r is not a valid DNS-1123 label (lower case letters, digits and "-", starting '
-            'and ending with a letter or digit)' % (value,), field=field, value=value)
+    if len(value) > max_len:
+        raise BarepodError('%r is longer than %d characters' % (value, max_len), field=field, value=value)
+    if not pattern.match(value):
+        raise BarepodError('%r is not a valid %s' % (value, what), field=field, value=value)
     return value
+
+
+def validate_dns_label(field, value):
+    """A DNS-1123 label (container names, namespaces): lower case, digits, '-', <= 63."""
+    return _validate_dns_name(field, value, DNS1123_LABEL_MAX, DNS1123_LABEL_RE, 'DNS-1123 label (lower case letters, '
+                              'digits and "-", starting and ending with a letter or digit)')
 
 
 def validate_dns_subdomain(field, value):
     """A DNS-1123 subdomain (pod names): like a label, dots allowed, <= 253."""
-    if not isinstance(value, str) or not value:
-        raise BarepodError('must be a non-empty string, got %r' % (value,), field=field, value=value)
-    if len(value) > DNS1123_SUBDOMAIN_MAX:
-        raise BarepodError('%r is longer than %d characters' % (value, DNS1123_SUBDOMAIN_MAX),
-                           field=field, value=value)
-    if not DNS1123_SUBDOMAIN_RE.match(value):
-        raise BarepodError(
-            '%r is not a valid DNS-1123 subdomain (lower case letters, digits, "-" and ".")'
-            % (value,), field=field, value=value)
-    return value
+    return _validate_dns_name(field, value, DNS1123_SUBDOMAIN_MAX, DNS1123_SUBDOMAIN_RE,
+                              'DNS-1123 subdomain (lower case letters, digits, "-" and ".")')
 
 
 UID_RE = re.compile(r'^[0-9a-zA-Z][0-9a-zA-Z-]{0,62}\Z')

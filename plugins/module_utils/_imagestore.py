@@ -153,15 +153,19 @@ class Ingest(object):
                 self.blobs[got] = p
         return got
 
+    def _known(self, digest, what):
+        """Refuse a malformed or non-sha256 `digest`; True when this work dir already holds the blob."""
+        err = _imageref.validate_digest(digest)
+        if err or not digest.startswith('sha256:'):
+            raise ImageStoreError('%s has a bad digest %r: %s' % (what, digest, err or 'only sha256 is stored'),
+                                  field='image', value=digest)
+        return digest in self.blobs
+
     def add_file(self, src, digest=None, size=None, what='blob', link=False):
         """Copy (or hard link, for a file already in a work dir of this store) the file
         `src`, verifying its sha256 against `digest` and its size against `size`."""
         if digest is not None:
-            err = _imageref.validate_digest(digest)
-            if err or not digest.startswith('sha256:'):
-                raise ImageStoreError('%s has a bad digest %r: %s' % (what, digest, err or 'only sha256 is stored'),
-                                      field='image', value=digest)
-            if digest in self.blobs:
+            if self._known(digest, what):
                 return digest
             if self.store.has_blob(digest):
                 self.blobs[digest] = self.store.blob_path(digest)
@@ -205,11 +209,7 @@ class Ingest(object):
     def adopt(self, path, digest, size=None, what='blob'):
         """Take the file `path` (inside this work dir) as the blob `digest` after verifying
         its sha256 and size in place (no copy)."""
-        err = _imageref.validate_digest(digest)
-        if err or not digest.startswith('sha256:'):
-            raise ImageStoreError('%s has a bad digest %r: %s' % (what, digest, err or 'only sha256 is stored'),
-                                  field='image', value=digest)
-        if digest in self.blobs:
+        if self._known(digest, what):
             return digest
         store_path = self.store.blob_path(digest)
         try:

@@ -152,26 +152,25 @@ def _link_dict(msg):
     )
 
 
+def _get_link(ipr, **key):
+    try:
+        msgs = ipr.link('get', **key)
+    except NetlinkError as e:
+        if e.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+    return _link_dict(msgs[0]) if msgs else None
+
+
 def get_link(ipr, ifname):
     """The link named ifname as a dict (index, ifname, kind, mtu, up, master, link, mac,
     hairpin), or None."""
-    try:
-        msgs = ipr.link('get', ifname=ifname)
-    except NetlinkError as e:
-        if e.code in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise
-    return _link_dict(msgs[0]) if msgs else None
+    return _get_link(ipr, ifname=ifname)
 
 
 def get_link_by_index(ipr, index):
-    try:
-        msgs = ipr.link('get', index=index)
-    except NetlinkError as e:
-        if e.code in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise
-    return _link_dict(msgs[0]) if msgs else None
+    """The link with that index, like get_link, or None."""
+    return _get_link(ipr, index=index)
 
 
 def list_links(ipr):

@@ -19,9 +19,9 @@ import calendar
 import os
 import time
 
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, Manager, pid_alive, result
-from ansible_collections.barepod.linux.plugins.module_utils._state import (
-    PodRecord, list_records, pod_key, DEFAULT_STATE_ROOT)
+from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, list_records, pod_key
 
 MANIFEST_SECTION = 'manifest'
 
@@ -164,7 +164,7 @@ class PodStatusManager(Manager):
     def __init__(self, params, check_mode=False, diff=False):
         super().__init__(params, check_mode, diff)
         self.p = params
-        self.state_root = params.get('state_root') or DEFAULT_STATE_ROOT
+        self.state_root = params.get('state_root') or _defaults.STATE_ROOT
         self.diff = None
 
     def validate(self):

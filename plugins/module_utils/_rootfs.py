@@ -32,6 +32,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._common import (
 from ansible_collections.barepod.linux.plugins.module_utils._common import failpoint
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, FORMATS
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 from ansible_collections.barepod.linux.plugins.module_utils._namespaces import (
     MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_RDONLY, MS_REMOUNT)
@@ -119,6 +120,13 @@ def mounts_under(root, mountinfo_path='/proc/self/mountinfo'):
 def unmount_order(mounts):
     """Deepest first; among mounts on one point, the most recent (top) first."""
     return sorted(mounts, key=lambda m: (-m['mountpoint'].rstrip('/').count('/'), -m['id']))
+
+
+def _check_options(field, opts, allowed, message):
+    """Refuse mount options of <field>.options outside `allowed`; `message` % (the bad ones, the allowed ones)."""
+    bad = [o for o in opts if o not in allowed]
+    if bad:
+        raise BarepodError(message % (','.join(bad), ','.join(sorted(allowed))), field=field + '.options', value=opts)
 
 
 def check_host_path(field, source, allowed, protected=PROTECTED_HOST_PATHS):
@@ -491,22 +499,14 @@ class RootfsManager(object):
             if isinstance(opts, str):
                 opts = [o for o in opts.split(',') if o]
             if mtype == 'bind':
-                bad = [o for o in opts if o not in BIND_OPTIONS]
-                if bad:
-                    raise BarepodError('unknown bind mount option(s) %s (allowed: %s)'
-                                       % (','.join(bad), ','.join(sorted(BIND_OPTIONS))),
-                                       field=field + '.options', value=opts)
+                _check_options(field, opts, BIND_OPTIONS, 'unknown bind mount option(s) %s (allowed: %s)')
                 src = check_host_path(field + '.source', m.get('source'), allowed)
                 ro = bool(m.get('read_only')) or 'ro' in opts
                 flags = sorted(set(o for o in opts if o in ('nosuid', 'nodev', 'noexec')))
                 mounts.append(dict(type='bind', source=src, target=target, read_only=ro, options=flags,
                                    is_dir=os.path.isdir(src)))
             elif mtype == 'tmpfs':
-                bad = [o for o in opts if o not in TMPFS_OPTIONS]
-                if bad:
-                    raise BarepodError('unknown tmpfs option(s) %s (allowed: %s, and size)'
-                                       % (','.join(bad), ','.join(sorted(TMPFS_OPTIONS))),
-                                       field=field + '.options', value=opts)
+                _check_options(field, opts, TMPFS_OPTIONS, 'unknown tmpfs option(s) %s (allowed: %s, and size)')
                 size = parse_size(field + '.size', m.get('size') if m.get('size') is not None else '64Mi')
                 flags = sorted(set(o for o in opts if o in ('nosuid', 'nodev', 'noexec')))
                 if m.get('options') is None:
@@ -988,20 +988,20 @@ class ChrootRootfs(Manager):
         params, check_mode = self.params, self.check_mode
         if not params.get('path'):
             # the DESIGN layout: <rootfs_root>/<pod uid>/<container>/
-            from ansible_collections.barepod.linux.plugins.module_utils._state import DEFAULT_ROOTFS_ROOT, rootfs_dir
+            from ansible_collections.barepod.linux.plugins.module_utils._state import rootfs_dir
             uid, container = params.get('pod_uid'), params.get('container')
             if not uid or not container:
                 raise BarepodError('give path, or pod_uid and container', field='path', value=None)
             validate_uid('pod_uid', uid)
             validate_dns_label('container', container)
-            params = dict(params, path=rootfs_dir(uid, container, params.get('rootfs_root') or DEFAULT_ROOTFS_ROOT))
+            params = dict(params, path=rootfs_dir(uid, container, params.get('rootfs_root') or _defaults.ROOTFS_ROOT))
         ns, name = params.get('namespace'), params.get('name')
         if bool(ns) != bool(name):
             raise BarepodError('namespace and name go together', field='namespace' if not ns else 'name',
                                value=ns or name)
         if ns:
-            from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, DEFAULT_STATE_ROOT
-            rec = PodRecord(ns, name, params.get('state_root') or DEFAULT_STATE_ROOT)  # validates the names
+            from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord
+            rec = PodRecord(ns, name, params.get('state_root') or _defaults.STATE_ROOT)  # validates the names
         res = RootfsManager(params, check_mode, **self.roots).run()
         if ns:
             container = params.get('container') or os.path.basename(res['path'])

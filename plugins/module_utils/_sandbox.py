@@ -35,7 +35,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._common import failp
 from ansible_collections.barepod.linux.plugins.module_utils._paths import secure_join
 from ansible_collections.barepod.linux.plugins.module_utils._pause import DEFAULT_PAUSE_DIR, pause_argv
 from ansible_collections.barepod.linux.plugins.module_utils._state import (
-    DEFAULT_LOG_ROOT, DEFAULT_NETNS_DIR, DEFAULT_STATE_ROOT, PodRecord, log_dir, netns_path,
+    PodRecord, log_dir, netns_path,
     pod_key)
 
 DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
@@ -251,9 +251,9 @@ def desired(params):
         raise BarepodError('must be one of auto, c, busybox; got %r' % (pause,), field='pause', value=pause)
     d = dict(namespace=namespace, name=name, state=state, uid=uid, namespaces=namespaces,
              hostname=hostname, share_pid=share_pid, grace_period=grace, pause=pause,
-             state_root=params.get('state_root') or DEFAULT_STATE_ROOT,
-             netns_dir=params.get('netns_dir') or DEFAULT_NETNS_DIR,
-             log_root=params.get('log_root') or DEFAULT_LOG_ROOT,
+             state_root=params.get('state_root') or _defaults.STATE_ROOT,
+             netns_dir=params.get('netns_dir') or _defaults.NETNS_DIR,
+             log_root=params.get('log_root') or _defaults.LOG_ROOT,
              pause_dir=params.get('pause_dir') or DEFAULT_PAUSE_DIR,
              prune=params.get('prune_containers', True) is not False,
              containers=[])
@@ -423,6 +423,16 @@ def _errmsg(e):
     return ('%s: %s' % (type(e).__name__, e)).encode(errors='replace')[:4000]
 
 
+def _read_to_eof(fd, bufsize):
+    """Everything readable from the pipe `fd` until its writers have all closed it."""
+    data = b''
+    while True:
+        chunk = os.read(fd, bufsize)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def spawn(prepare, child):
     """Double fork. prepare() runs in the first child (after setsid) and may unshare/setns;
     child() runs in the grandchild and must exec. Returns the grandchild's pid.
@@ -463,18 +473,8 @@ def spawn(prepare, child):
     os.close(w_err)
     try:
         os.waitpid(pid1, 0)
-        data = b''
-        while True:
-            chunk = os.read(r_pid, 64)
-            if not chunk:
-                break
-            data += chunk
-        err = b''
-        while True:
-            chunk = os.read(r_err, 4096)
-            if not chunk:
-                break
-            err += chunk
+        data = _read_to_eof(r_pid, 64)
+        err = _read_to_eof(r_err, 4096)
     finally:
         os.close(r_pid)
         os.close(r_err)

@@ -25,11 +25,6 @@ from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils._common import (
     BarepodError, dump_json, exclusive_lock, write_if_changed, validate_dns_label, validate_dns_subdomain)
 
-DEFAULT_STATE_ROOT = _defaults.STATE_ROOT
-DEFAULT_NETNS_DIR = _defaults.NETNS_DIR
-DEFAULT_ROOTFS_ROOT = _defaults.ROOTFS_ROOT
-DEFAULT_LOG_ROOT = _defaults.LOG_ROOT
-DEFAULT_CNI_DATA_DIR = _defaults.CNI_DATA_DIR
 
 RECORD_FILE = 'record.json'
 STATUS_FILE = 'status.json'
@@ -47,23 +42,23 @@ def netns_name(uid):
     return 'barepod-%s' % uid.replace('-', '')[:8]
 
 
-def netns_path(uid, netns_dir=DEFAULT_NETNS_DIR):
+def netns_path(uid, netns_dir=_defaults.NETNS_DIR):
     return os.path.join(netns_dir, netns_name(uid))
 
 
-def log_dir(namespace, name, uid, container, log_root=DEFAULT_LOG_ROOT):
+def log_dir(namespace, name, uid, container, log_root=_defaults.LOG_ROOT):
     """/var/log/pods/<ns>_<name>_<uid>/<container>/ as kubelet lays it out."""
     return os.path.join(log_root, '%s_%s_%s' % (namespace, name, uid), container)
 
 
-def rootfs_dir(uid, container, rootfs_root=DEFAULT_ROOTFS_ROOT):
+def rootfs_dir(uid, container, rootfs_root=_defaults.ROOTFS_ROOT):
     return os.path.join(rootfs_root, uid, container)
 
 
 class PodRecord(object):
     """Read and update one pod's record under a state root."""
 
-    def __init__(self, namespace, name, state_root=DEFAULT_STATE_ROOT):
+    def __init__(self, namespace, name, state_root=_defaults.STATE_ROOT):
         self.namespace = namespace
         self.name = name
         self.key = pod_key(namespace, name)
@@ -141,7 +136,7 @@ class PodRecord(object):
         return True
 
 
-def list_records(state_root=DEFAULT_STATE_ROOT):
+def list_records(state_root=_defaults.STATE_ROOT):
     """Every pod record under state_root, as dicts."""
     out = []
     try:

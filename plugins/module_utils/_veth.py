@@ -30,13 +30,8 @@ from ansible_collections.barepod.linux.plugins.module_utils import _defaults
 from ansible_collections.barepod.linux.plugins.module_utils import _ipam
 from ansible_collections.barepod.linux.plugins.module_utils import _iptables
 from ansible_collections.barepod.linux.plugins.module_utils import _netlink as nl
-from ansible_collections.barepod.linux.plugins.module_utils._state import (
-    DEFAULT_CNI_DATA_DIR, DEFAULT_STATE_ROOT, PodRecord, list_records, netns_path)
+from ansible_collections.barepod.linux.plugins.module_utils._state import PodRecord, list_records, netns_path
 
-DEFAULT_NETWORK = _defaults.NETWORK
-DEFAULT_BRIDGE = _defaults.BRIDGE
-DEFAULT_IFNAME = _defaults.IFNAME
-DEFAULT_MTU = _defaults.MTU
 MULTICAST_V4 = '224.0.0.0/4'
 CHAIN_PREFIX = 'CNI-'
 MAX_CHAIN = 28  # iptables chain names are at most 28 characters
@@ -166,14 +161,14 @@ class Spec(object):
         self.name = params.get('name')
         if bool(self.namespace) != bool(self.name):
             raise BarepodError('namespace and name must be given together', field='name', value=self.name)
-        self.state_root = _opt(params, 'state_root', DEFAULT_STATE_ROOT)
-        self.network = _ipam.validate_network_name('network', _opt(params, 'network', DEFAULT_NETWORK))
-        self.data_dir = _opt(params, 'data_dir', DEFAULT_CNI_DATA_DIR)
-        self.bridge = validate_ifname('bridge', _opt(params, 'bridge', DEFAULT_BRIDGE))
-        self.ifname = validate_ifname('ifname', _opt(params, 'ifname', DEFAULT_IFNAME))
+        self.state_root = _opt(params, 'state_root', _defaults.STATE_ROOT)
+        self.network = _ipam.validate_network_name('network', _opt(params, 'network', _defaults.NETWORK))
+        self.data_dir = _opt(params, 'data_dir', _defaults.CNI_DATA_DIR)
+        self.bridge = validate_ifname('bridge', _opt(params, 'bridge', _defaults.BRIDGE))
+        self.ifname = validate_ifname('ifname', _opt(params, 'ifname', _defaults.IFNAME))
         self.host_ifname = (validate_ifname('host_ifname', _opt(params, 'host_ifname', host_ifname_for(self.uid)))
                             if not self.bridge_only else None)
-        mtu = _opt(params, 'mtu', DEFAULT_MTU)
+        mtu = _opt(params, 'mtu', _defaults.MTU)
         if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
             raise BarepodError('MTU %r is outside 68..65535' % (mtu,), field='mtu', value=mtu)
         self.mtu = mtu

@@ -123,10 +123,8 @@ options:
   name:
     description: Pod name, see O(namespace).
     type: str
-  state_root:
-    description: Root of the pod records.
-    type: path
-    default: /run/barepod/pods
+extends_documentation_fragment:
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

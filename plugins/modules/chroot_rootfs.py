@@ -180,10 +180,8 @@ options:
   pod_uid:
     description: The pod's uid, checked against (or stored in) the pod record.
     type: str
-  state_root:
-    description: Root of the pod records.
-    type: path
-    default: /run/barepod/pods
+extends_documentation_fragment:
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

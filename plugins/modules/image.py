@@ -70,10 +70,6 @@ options:
     type: list
     elements: str
     default: []
-  store_root:
-    description: Root of the image store.
-    type: path
-    default: /var/lib/barepod/images
   registries_conf:
     description: A registries.conf to use instead of C(/etc/containers/registries.conf) (skopeo C(--registries-conf)).
     type: path
@@ -109,6 +105,8 @@ options:
     default: 900
 requirements:
   - skopeo (Debian package C(skopeo)) for pulls
+extends_documentation_fragment:
+  - barepod.linux.roots.image_store
 author:
   - barepod.linux developers (@barepod)
 notes:

@@ -23,10 +23,8 @@ options:
     type: list
     elements: str
     default: []
-  store_root:
-    description: Root of the image store.
-    type: path
-    default: /var/lib/barepod/images
+extends_documentation_fragment:
+  - barepod.linux.roots.image_store
 author:
   - barepod.linux developers (@barepod)
 notes:

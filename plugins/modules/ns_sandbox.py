@@ -152,10 +152,6 @@ options:
     description: Cache directory for the compiled pause binary.
     type: path
     default: /var/lib/barepod/pause
-  state_root:
-    description: Directory of pod records.
-    type: path
-    default: /run/barepod/pods
   netns_dir:
     description: Directory for the netns bind mount (made a shared mount, as C(ip netns add) does).
     type: path
@@ -164,6 +160,8 @@ options:
     description: Root of the container log files.
     type: path
     default: /var/log/pods
+extends_documentation_fragment:
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

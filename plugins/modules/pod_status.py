@@ -51,10 +51,8 @@ options:
     description: With C(state=absent), remove the record even when other modules still have sections in it.
     type: bool
     default: false
-  state_root:
-    description: Root of the pod records.
-    type: path
-    default: /run/barepod/pods
+extends_documentation_fragment:
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

@@ -55,10 +55,6 @@ options:
   name:
     description: The pod's name; with O(namespace), the pod record's section C(network) is written.
     type: str
-  state_root:
-    description: Directory of pod records.
-    type: path
-    default: /run/barepod/pods
   netns:
     description:
       - Path of the pod's network namespace (a bind mount such as C(/run/netns/barepod-1234abcd)).
@@ -124,6 +120,8 @@ options:
         cannot be traced back to them, so their allocations would be collected too.
     type: bool
     default: false
+extends_documentation_fragment:
+  - barepod.linux.roots.state_root
 author:
   - barepod.linux developers (@barepod)
 notes:

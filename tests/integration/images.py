@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from registry import _blob, _goarch, busybox_layout  # noqa: E402
+from registry import busybox_layout, write_layout  # noqa: E402
 
 RECIPE = 1  # bump when the recipe changes: cached layouts of an older recipe are not reused
 CACHE = os.environ.get('BAREPOD_TEST_IMAGE_CACHE', '/var/cache/barepod/test-images')
@@ -164,30 +164,6 @@ def layer_from_dir(root):
                     tf.addfile(ti)
     raw = buf.getvalue()
     return gzip.compress(raw, compresslevel=6, mtime=0), 'sha256:' + hashlib.sha256(raw).hexdigest()
-
-
-def write_layout(path, layers, config, tag='latest'):
-    """An OCI layout at `path`: `layers` [(gzip blob, diff_id)], `config` (the image config's
-    ``config``). Returns the manifest digest."""
-    blobs = os.path.join(path, 'blobs', 'sha256')
-    os.makedirs(blobs, exist_ok=True)
-    descs = []
-    for blob, _diff in layers:
-        d, size = _blob(blobs, blob)
-        descs.append(dict(mediaType='application/vnd.oci.image.layer.v1.tar+gzip', digest=d, size=size))
-    cfg = dict(architecture=_goarch(), os='linux', created='2023-11-14T22:13:20Z', config=config,
-               rootfs=dict(type='layers', diff_ids=[diff for _b, diff in layers]))
-    cdig, csize = _blob(blobs, json.dumps(cfg, sort_keys=True).encode())
-    man = dict(schemaVersion=2, mediaType='application/vnd.oci.image.manifest.v1+json',
-               config=dict(mediaType='application/vnd.oci.image.config.v1+json', digest=cdig, size=csize), layers=descs)
-    mdig, msize = _blob(blobs, json.dumps(man, sort_keys=True).encode())
-    with open(os.path.join(path, 'oci-layout'), 'w') as f:
-        f.write('{"imageLayoutVersion": "1.0.0"}')
-    with open(os.path.join(path, 'index.json'), 'w') as f:
-        json.dump(dict(schemaVersion=2, manifests=[dict(
-            mediaType='application/vnd.oci.image.manifest.v1+json', digest=mdig, size=msize,
-            annotations={'org.opencontainers.image.ref.name': tag})]), f)
-    return mdig
 
 
 def nginx_config(versions):

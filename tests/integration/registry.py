@@ -5,6 +5,7 @@
 
 - ``Registry``: Debian's docker-registry (the CNCF distribution registry) on 127.0.0.1 at a
   free port, storage in a throwaway directory; stopped by killing only its own pid.
+- ``write_layout``: an OCI image layout of given layers and config (one manifest, one tag).
 - ``busybox_layout``: an OCI image layout of busybox made from the host's busybox-static
   (/bin/busybox + a link per applet, config ``Cmd ["sh"]``), written by hand so it needs no
   network and no daemon.
@@ -168,21 +169,21 @@ def busybox_layer(extra=()):
     return gzip.compress(raw, mtime=0), 'sha256:' + hashlib.sha256(raw).hexdigest()
 
 
-def busybox_layout(path, tag='latest', config=None, extra=()):
-    """An OCI image layout at `path` holding busybox as `tag`; returns the manifest digest."""
+def write_layout(path, layers, config, tag='latest'):
+    """An OCI layout at `path`: `layers` [(gzip blob, diff_id)], `config` (the image config's
+    ``config``). Returns the manifest digest."""
     path = str(path)
     blobs = os.path.join(path, 'blobs', 'sha256')
     os.makedirs(blobs, exist_ok=True)
-    layer, diff_id = busybox_layer(extra)
-    ldig, lsize = _blob(blobs, layer)
-    cfg = dict(architecture=_goarch(), os='linux', created='2023-11-14T22:13:20Z',
-               config=dict(Env=['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd=['sh']),
-               rootfs=dict(type='layers', diff_ids=[diff_id]))
-    cfg['config'].update(config or {})
+    descs = []
+    for blob, _diff in layers:
+        d, size = _blob(blobs, blob)
+        descs.append(dict(mediaType='application/vnd.oci.image.layer.v1.tar+gzip', digest=d, size=size))
+    cfg = dict(architecture=_goarch(), os='linux', created='2023-11-14T22:13:20Z', config=config,
+               rootfs=dict(type='layers', diff_ids=[diff for _b, diff in layers]))
     cdig, csize = _blob(blobs, json.dumps(cfg, sort_keys=True).encode())
     man = dict(schemaVersion=2, mediaType='application/vnd.oci.image.manifest.v1+json',
-               config=dict(mediaType='application/vnd.oci.image.config.v1+json', digest=cdig, size=csize),
-               layers=[dict(mediaType='application/vnd.oci.image.layer.v1.tar+gzip', digest=ldig, size=lsize)])
+               config=dict(mediaType='application/vnd.oci.image.config.v1+json', digest=cdig, size=csize), layers=descs)
     mdig, msize = _blob(blobs, json.dumps(man, sort_keys=True).encode())
     with open(os.path.join(path, 'oci-layout'), 'w') as f:
         f.write('{"imageLayoutVersion": "1.0.0"}')
@@ -191,6 +192,14 @@ def busybox_layout(path, tag='latest', config=None, extra=()):
             mediaType='application/vnd.oci.image.manifest.v1+json', digest=mdig, size=msize,
             annotations={'org.opencontainers.image.ref.name': tag})]), f)
     return mdig
+
+
+def busybox_layout(path, tag='latest', config=None, extra=()):
+    """An OCI image layout at `path` holding busybox as `tag`; returns the manifest digest."""
+    layer, diff_id = busybox_layer(extra)
+    cfg = dict(Env=['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'], Cmd=['sh'])
+    cfg.update(config or {})
+    return write_layout(path, [(layer, diff_id)], cfg, tag=tag)
 
 
 def _goarch():

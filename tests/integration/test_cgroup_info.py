@@ -12,11 +12,8 @@ from test_cgroup_limit import Scratch, hierarchies
 
 @pytest.fixture
 def scratch():
-    s = Scratch()
-    try:
+    with Scratch() as s:
         yield s
-    finally:
-        s.cleanup()
 
 
 def test_audit_real_v1_tree(scratch):

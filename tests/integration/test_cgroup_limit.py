@@ -7,16 +7,15 @@ hierarchy, removed afterwards even on failure (processes moved out, children rem
 The v2 limit files are exercised on a fixture tree in tests/unit/plugins/module_utils/test__cgroups.py.
 """
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from conftest import run_module
+from harness import read_until
 
 CGROOT = '/sys/fs/cgroup'
 
@@ -33,9 +32,18 @@ def hierarchies():
 
 
 class Scratch(object):
+    """A uniquely named cgroup parent and the processes spawned into it; a context manager that
+    kills them and removes the parent on exit (cleanup)."""
+
     def __init__(self):
         self.parent = 'barepod-test-%s' % uuid.uuid4().hex[:8]
         self.procs = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cleanup()
 
     def path(self, hierarchy, *rel):
         return os.path.join(CGROOT, hierarchy, self.parent, *rel)
@@ -100,11 +108,8 @@ def kill(pid):
 
 @pytest.fixture
 def scratch():
-    s = Scratch()
-    try:
+    with Scratch() as s:
         yield s
-    finally:
-        s.cleanup()
 
 
 UID = '0a1b2c3d-0000-4000-8000-00000000beef'
@@ -185,19 +190,6 @@ def test_processes_placed_in_v1_and_unified(scratch):
     assert not r.changed
 
 
-def _read_until(proc, marker, timeout):
-    buf = b''
-    end = time.time() + timeout
-    while time.time() < end and marker not in buf:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buf += chunk
-    return buf.decode(errors='replace')
-
-
 def test_chapter_experiment_10_bytes(scratch):
     """The chapter: a shell in a memory cgroup limited to 10 bytes cannot run ls; after lifting
     the limit the same shell works again. oom_kill_disable keeps the kernel's OOM killer from
@@ -211,7 +203,7 @@ def test_chapter_experiment_10_bytes(scratch):
     assert read(os.path.join(memdir, 'memory.swappiness')) == '0'
     sh.stdin.write(b'ls /; echo "rc=$?"\n')
     sh.stdin.flush()
-    out = _read_until(sh, b'Cannot allocate memory', 5)
+    out = read_until(sh, b'Cannot allocate memory', 5)
     assert 'rc=0' not in out, out
     if 'Cannot allocate memory' not in out:
         # the charge is waiting in the memcg OOM path instead of failing at once
@@ -222,13 +214,13 @@ def test_chapter_experiment_10_bytes(scratch):
     assert r.changed and not r.failed
     assert read(os.path.join(memdir, 'memory.limit_in_bytes')) == '9223372036854771712'
     if 'Cannot allocate memory' not in out:
-        out += _read_until(sh, b'Cannot allocate memory', 10)
+        out += read_until(sh, b'Cannot allocate memory', 10)
     # busybox ash says "sh: can't fork: Cannot allocate memory", the chapter's bash
     # "bash: fork: Cannot allocate memory"
     assert 'Cannot allocate memory' in out and 'rc=0' not in out, out
     sh.stdin.write(b'ls /; echo "rc2=$?"\n')
     sh.stdin.flush()
-    out2 = _read_until(sh, b'rc2=', 10)
+    out2 = read_until(sh, b'rc2=', 10)
     assert 'rc2=0' in out2 and 'proc' in out2, out2
     assert sh.poll() is None
 

@@ -15,13 +15,13 @@ Each step asserts what the chapter shows:
          KUBE-SEP-IT2ZTR26TO4XFPTO, which DNATs to the first CoreDNS-like pod on port 53
 """
 import os
-import select
 import subprocess
 import time
 
 import yaml
 
 from conftest import REPO, run_module, unique
+from harness import read_until
 from test_pod_role import node, in_pod, task_result  # noqa: F401 - `node` is a fixture
 
 CGROUP_ROOT = '/sys/fs/cgroup'
@@ -51,19 +51,6 @@ def kube_dns_service(nd):
     with open(os.path.join(REPO, 'examples', 'kube-dns-service.yaml')) as f:
         svc = [d for d in yaml.safe_load_all(f) if d and d.get('kind') == 'Service']
     return write_yaml(os.path.join(nd.tmp, 'kube-dns.yaml'), svc[0])
-
-
-def read_until(proc, marker, timeout):
-    buf = b''
-    deadline = time.monotonic() + timeout
-    while marker not in buf and time.monotonic() < deadline:
-        r, _, _ = select.select([proc.stdout], [], [], 0.2)
-        if r:
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buf += chunk
-    return buf.decode(errors='replace')
 
 
 def test_the_chapter_end_to_end(node):  # noqa: F811 - the fixture imported above

@@ -5,13 +5,11 @@
 real mounts, and nothing left behind (every test works in its own throwaway directory and
 unmounts it even on failure)."""
 
-import ctypes
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import pytest
 
@@ -19,31 +17,18 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 'unit', 'plugins', 'module_utils'))
 
 from conftest import run_module  # noqa: E402
+from harness import mount_workdir  # noqa: E402
 
-from ansible_collections.barepod.linux.plugins.module_utils._rootfs import mounts_under, unmount_order  # noqa: E402
+from ansible_collections.barepod.linux.plugins.module_utils._rootfs import mounts_under  # noqa: E402
 
 BUSYBOX = '/bin/busybox'
-
-
-def _umount_all(d):
-    libc = ctypes.CDLL('libc.so.6', use_errno=True)
-    for _ in range(3):
-        ms = unmount_order(mounts_under(d))
-        if not ms:
-            return
-        for m in ms:
-            libc.umount2(m['mountpoint'].encode(), 2)  # MNT_DETACH
 
 
 @pytest.fixture
 def work():
     """A throwaway directory (not /var/lib/barepod); everything under it unmounted and removed."""
-    d = tempfile.mkdtemp(prefix='bprootfs-')
-    try:
+    with mount_workdir('bprootfs-') as d:
         yield d
-    finally:
-        _umount_all(d)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def chroot(root, *argv, **kw):

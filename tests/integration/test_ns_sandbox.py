@@ -14,66 +14,21 @@ import uuid
 
 import pytest
 
-from conftest import busybox_rootfs, run_module, unique
+from conftest import SandboxPod, wait_log
+from conftest import log_sections as sections
 
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 from ansible_collections.barepod.linux.plugins.module_utils._common import pid_alive
-from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
 from ansible_collections.barepod.linux.plugins.module_utils._state import netns_path
 
 BUSYBOX = '/bin/busybox'
 DEFAULT_CAPEFF = 0xa80425fb  # containerd's 14 default capabilities
 
 
-class Pod(object):
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.name = unique('bp')
-        self.base = dict(name=self.name, state_root=os.path.join(tmp, 'state'),
-                         netns_dir=os.path.join(tmp, 'netns'), log_root=os.path.join(tmp, 'logs'),
-                         grace_period=1)
-        self.pids = set()
-
-    def rootfs(self, name='rootfs'):
-        return busybox_rootfs(os.path.join(self.tmp, name))
-
-    def run(self, check=False, diff=False, _env_failpoints=None, **args):
-        a = dict(self.base)
-        a.update(args)
-        env = dict(BAREPOD_FAILPOINTS=_env_failpoints) if _env_failpoints else None
-        r = run_module('ns_sandbox', a, check=check, diff=diff, timeout=30, env=env)
-        if r.get('pid'):
-            self.pids.add(r['pid'])
-        for c in r.get('containers') or []:
-            if c.get('pid'):
-                self.pids.add(c['pid'])
-        return r
-
-    def teardown_pods(self):
-        SandboxManager(dict(self.base, state='absent', grace_period=0)).run()
-
-    def teardown(self):
-        try:
-            self.teardown_pods()
-        finally:
-            for pid in self.pids:
-                if pid_alive(pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-            if 'netns_dir' in self.base:  # only the throwaway one, never /run/netns
-                subprocess.run(['umount', '-l', self.base['netns_dir']], stderr=subprocess.DEVNULL)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
 @pytest.fixture
 def pod(tmp_path):
-    p = Pod(str(tmp_path))
-    try:
+    with SandboxPod(str(tmp_path)) as p:
         yield p
-    finally:
-        p.teardown()
 
 
 @pytest.fixture
@@ -84,25 +39,6 @@ def host_sleep():
     finally:
         proc.kill()
         proc.wait()
-
-
-def wait_log(path, marker='DONE', timeout=15):
-    deadline = time.monotonic() + timeout
-    text = ''
-    while time.monotonic() < deadline:
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            text = ''
-        if marker in text:
-            return text
-        time.sleep(0.05)
-    raise AssertionError('marker %r not in log %s:\n%s' % (marker, path, text))
-
-
-def sections(text):
-    return [s.strip() for s in text.split('---')]
 
 
 def mounted(path, mountinfo='/proc/self/mountinfo'):

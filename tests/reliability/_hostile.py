@@ -11,6 +11,7 @@
 - `escape_helper(dir)`: a static C program (built with gcc when available) that tries the
   classic double-chroot escape from inside a container.
 - `mountpoints()`: every mount point this mount namespace sees.
+- `Pod(tmp)`, `wait_log`, `log_sections`: tests/conftest.py's SandboxPod (no grace period) and log readers.
 """
 import os
 import shutil
@@ -37,6 +38,7 @@ def _top_conftest():
 _top = _top_conftest()
 COLLECTIONS_ROOT, ModuleResult, run_module = _top.COLLECTIONS_ROOT, _top.ModuleResult, _top.run_module
 busybox_rootfs, BUSYBOX = _top.busybox_rootfs, _top.BUSYBOX
+wait_log, log_sections = _top.wait_log, _top.log_sections
 
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason='needs root (escape tests run real containers)')
@@ -102,66 +104,11 @@ def mountpoints(mountinfo='/proc/self/mountinfo'):
         return [m['mountpoint'] for m in parse_mountinfo(f.read())]
 
 
-class Pod(object):
-    """A pod built with the ns_sandbox module in throwaway state/netns/log dirs under `tmp`.
-
-    run(...) may pass leaked fds to the module; teardown() stops it through the module logic
-    and then kills only the pids the module reported."""
+class Pod(_top.SandboxPod):
+    """tests/conftest.py's SandboxPod, stopped without a grace period, with more time per module run."""
 
     def __init__(self, tmp):
-        import uuid
-        self.tmp = tmp
-        self.name = 'bp' + uuid.uuid4().hex[:8]
-        self.base = dict(name=self.name, state_root=os.path.join(tmp, 'state'),
-                         netns_dir=os.path.join(tmp, 'netns'), log_root=os.path.join(tmp, 'logs'),
-                         grace_period=0)
-        self.pids = set()
-
-    def rootfs(self, name='rootfs'):
-        return busybox_rootfs(os.path.join(self.tmp, name))
-
-    def run(self, pass_fds=(), check=False, **args):
-        a = dict(self.base)
-        a.update(args)
-        r = run_module_with_fds('ns_sandbox', a, pass_fds=pass_fds, check=check)
-        if r.get('pid'):
-            self.pids.add(r['pid'])
-        for c in r.get('containers') or []:
-            if c.get('pid'):
-                self.pids.add(c['pid'])
-        return r
-
-    def teardown(self):
-        import signal
-        from ansible_collections.barepod.linux.plugins.module_utils._common import pid_alive
-        from ansible_collections.barepod.linux.plugins.module_utils._sandbox import SandboxManager
-        try:
-            SandboxManager(dict(self.base, state='absent', grace_period=0)).run()
-        finally:
-            for pid in self.pids:
-                if pid_alive(pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except OSError:
-                        pass
-            subprocess.run(['umount', '-l', self.base['netns_dir']], stderr=subprocess.DEVNULL, check=False)
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def wait_log(path, marker='DONE', timeout=15):
-    import time
-    deadline = time.monotonic() + timeout
-    text = ''
-    while time.monotonic() < deadline:
-        try:
-            with open(path) as f:
-                text = f.read()
-        except OSError:
-            text = ''
-        if marker in text:
-            return text
-        time.sleep(0.05)
-    raise AssertionError('marker %r not in log %s:\n%s' % (marker, path, text))
+        super(Pod, self).__init__(tmp, grace_period=0, timeout=60)
 
 
 def proc_status(pid):

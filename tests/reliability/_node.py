@@ -82,14 +82,18 @@ class PodDriver(object):
     def _filters(self):
         return importlib.import_module('ansible_collections.barepod.linux.plugins.filter.pod')
 
+    def _pod(self, manifest):
+        """(the pod filters, the pod's identity, the params every module call for it shares)."""
+        flt = self._filters()
+        pid = flt.pod_identity(manifest)
+        return flt, pid, dict(namespace=pid['namespace'], name=pid['name'], state_root=self.v['pod_state_root'])
+
     def up(self, manifest, check=False):
         _rootfs, _sandbox, _cgroups, VethNet, PodStatusManager = self._u()
-        flt = self._filters()
+        flt, pid, base = self._pod(manifest)
         v = self.v
-        pid = flt.pod_identity(manifest)
         spec = manifest['spec']
         changed = []
-        base = dict(namespace=pid['namespace'], name=pid['name'], state_root=v['pod_state_root'])
 
         def rootfs(ips):
             for c in spec['containers']:
@@ -137,11 +141,9 @@ class PodDriver(object):
 
     def down(self, manifest, gc=False):
         _rootfs, _sandbox, _cgroups, VethNet, PodStatusManager = self._u()
-        flt = self._filters()
+        flt, pid, base = self._pod(manifest)
         v = self.v
-        pid = flt.pod_identity(manifest)
         spec = manifest['spec']
-        base = dict(namespace=pid['namespace'], name=pid['name'], state_root=v['pod_state_root'])
         changed = []
         r = _sandbox.SandboxManager(module_params('ns_sandbox', dict(
             base, uid=pid['uid'], state='absent', grace_period=v['pod_grace_period'], netns_dir=v['pod_netns_dir'],

@@ -33,11 +33,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def node(tmp_path):
-    n = Node(str(tmp_path))
-    try:
+    with Node(str(tmp_path)) as n:
         yield n
-    finally:
-        n.cleanup()
 
 
 def run_worker(node, op, manifests, timeout=900, failpoints=None, env_extra=None, vars_=None, **cfg):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from _node import REPO, converged_exactly_once, run_module_in
-from test_faults import warm_up
+from test_faults import victim_up
 
 
 def drift_veth(node, rec):
@@ -50,10 +50,7 @@ DRIFTS = dict(veth=drift_veth, cgroup_limit=drift_cgroup_limit, container_killed
 
 @pytest.mark.parametrize('what', sorted(DRIFTS))
 def test_pod_drift_reported_and_repaired(node, worker, reliability_log, what):
-    baseline = warm_up(node, worker)
-    m = node.manifest_dict('victim')
-    worker(node, 'up', [m])
-    [rec] = node.records()
+    baseline, m, rec = victim_up(node, worker)
     step = DRIFTS[what](node, rec)
     drifted = node.snapshot()
     r = worker(node, 'up', [m], check=True)['results'][0]

@@ -18,6 +18,7 @@ import tempfile
 import pytest
 
 from _hostile import Pod, escape_helper, proc_status, requires_busybox, requires_root, wait_log
+from _hostile import log_sections as sections
 
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
 
@@ -28,15 +29,8 @@ DEFAULT_CAPEFF = ns.cap_mask(ns.DEFAULT_CAPABILITIES)
 
 @pytest.fixture
 def pod():
-    p = Pod(tempfile.mkdtemp(prefix='bpesc-'))
-    try:
+    with Pod(tempfile.mkdtemp(prefix='bpesc-')) as p:
         yield p
-    finally:
-        p.teardown()
-
-
-def sections(text):
-    return [s.strip() for s in text.split('---')]
 
 
 def start(pod, script, pass_fds=(), **extra):

@@ -24,6 +24,15 @@ def warm_up(node, worker):
     return node.snapshot()
 
 
+def victim_up(node, worker):
+    """A warmed-up node (warm_up) running one pod, `victim`: (baseline, its manifest, its record)."""
+    baseline = warm_up(node, worker)
+    m = node.manifest_dict('victim')
+    worker(node, 'up', [m])
+    [rec] = node.records()
+    return baseline, m, rec
+
+
 @pytest.mark.parametrize('step', STEPS)
 def test_kill_at_step_then_converge(node, worker, reliability_log, step):
     baseline = warm_up(node, worker)
@@ -158,13 +167,10 @@ def _converges_like_a_clean_sync(node, reliability_log, objects, step, mode, bac
     r = run_module_in(node, 'kube_svc_rules', svc_args(node, objects, backend=backend))
     assert r['_rc'] == 0 and not r.get('failed'), r
     got = dict((t, node.rules(t, backend)) for t in ('filter', 'nat'))
-    ref = Node(os.path.join(node.tmp, 'ref'))
-    try:
+    with Node(os.path.join(node.tmp, 'ref')) as ref:
         r = run_module_in(ref, 'kube_svc_rules', svc_args(ref, objects, backend=backend))
         assert r['_rc'] == 0, r
         want = dict((t, ref.rules(t, backend)) for t in ('filter', 'nat'))
-    finally:
-        ref.cleanup()
     assert got == want
     assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects, backend=backend))['changed']
     assert not run_module_in(node, 'kube_svc_rules', svc_args(node, objects, backend=backend,

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from _hostile import run_module
 
 from ansible_collections.barepod.linux.plugins.filter import pod as podf
-from ansible_collections.barepod.linux.plugins.module_utils import _kpsync, _rootfs, _sandbox, _state
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults, _kpsync, _rootfs, _sandbox, _state
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._kprender import split_rule
 from ansible_collections.barepod.linux.plugins.module_utils._kpsync import sync_service_rules
@@ -201,7 +201,7 @@ def test_pod_manifest_through_the_filters(m, tally):
     tally(True)
     # what reaches paths (rootfs, logs, record dir, netns name) is a validated name
     assert NAME_OK.match(ident['name']) and NAME_OK.match(ident['namespace']) and UID_OK.match(ident['uid'])
-    paths = [os.path.join(_state.DEFAULT_STATE_ROOT, _state.pod_key(ident['namespace'], ident['name'])),
+    paths = [os.path.join(_defaults.STATE_ROOT, _state.pod_key(ident['namespace'], ident['name'])),
              _state.netns_path(ident['uid'])]
     for s in specs:
         assert re.match(r'^[a-z0-9-]+$', s['name'])

@@ -16,18 +16,16 @@
 (tests/integration/test_chroot_rootfs.py covers single-layer hostile archives and a static
 mount target symlink; these are the cross-layer and racing variants.)
 """
-import ctypes
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
 from _hostile import requires_root, run_module
+from harness import mount_workdir, umount_all
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'unit', 'plugins', 'module_utils'))
@@ -38,7 +36,7 @@ from ansible_collections.barepod.linux.plugins.filter import pod as podf  # noqa
 from ansible_collections.barepod.linux.plugins.module_utils import _rootfs  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._rootfs import (  # noqa: E402
-    mounts_under, parse_mountinfo, unmount_order)
+    mounts_under, parse_mountinfo)
 
 pytestmark = [pytest.mark.reliability, requires_root]
 
@@ -46,24 +44,10 @@ RENAME_EXCHANGE = 2
 AT_FDCWD = -100
 
 
-def _umount_all(d):
-    libc = ctypes.CDLL('libc.so.6', use_errno=True)
-    for _ in range(5):
-        ms = unmount_order(mounts_under(d))
-        if not ms:
-            return
-        for m in ms:
-            libc.umount2(m['mountpoint'].encode(), 2)  # MNT_DETACH
-
-
 @pytest.fixture
 def work():
-    d = tempfile.mkdtemp(prefix='bprootatk-')
-    try:
+    with mount_workdir('bprootatk-') as d:
         yield d
-    finally:
-        _umount_all(d)
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def snapshot(d, skip=()):
@@ -247,7 +231,7 @@ def test_symlink_swapped_in_while_mounts_are_set_up(work, reliability_log):
         swaps = int(swapper.communicate(timeout=30)[0] or 0)
         stop.set()
         watcher.join()
-        _umount_all(root)
+        umount_all(root)
     ok = not seen_outside and snapshot(victim) == victim_before and not unexpected
     reliability_log('escape', 'symlink swapped in during mount setup (CVE-2021-30465), %d cycles, %d swaps'
                     % (cycles, swaps), 'blocked' if ok else 'FAILED', ok=outcomes_ok, refused=outcomes_err)

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from test_faults import warm_up
+from test_faults import victim_up, warm_up
 
 
 def kill(pid):
@@ -65,10 +65,7 @@ CASES = dict(twice=perturb_nothing, sandbox_killed=perturb_sandbox_killed, netns
 
 @pytest.mark.parametrize('case', sorted(CASES))
 def test_teardown(node, worker, reliability_log, case):
-    baseline = warm_up(node, worker)
-    m = node.manifest_dict('victim')
-    worker(node, 'up', [m])
-    [rec] = node.records()
+    baseline, m, rec = victim_up(node, worker)
     CASES[case](node, rec)
     r = worker(node, 'down', [m])
     assert not r.get('failed'), r

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from ansible_collections.barepod.linux.plugins.module_utils import _defaults, _specs
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults, _images, _imagestore, _specs
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..'))
 SPEC_MODULES = ['cgroup_info', 'cgroup_limit', 'chroot_rootfs', 'node_routes', 'ns_sandbox', 'pod_converged',
@@ -39,11 +39,43 @@ def _doc_vs_spec(doc_opts, spec_opts, where):
             _doc_vs_spec(doc.get('suboptions') or {}, spec['options'], '%s.%s' % (where, name))
 
 
+def _fragment(fragment):
+    """A doc fragment of this collection as ansible-doc reads it: barepod.linux.<file>[.<variable>]."""
+    parts = fragment.split('.')
+    assert parts[:2] == ['barepod', 'linux'] and len(parts) in (3, 4), fragment
+    frag = importlib.import_module('ansible_collections.barepod.linux.plugins.doc_fragments.' + parts[2])
+    return yaml.safe_load(getattr(frag.ModuleDocFragment, parts[3].upper() if len(parts) == 4 else 'DOCUMENTATION'))
+
+
+def _doc_options(mod):
+    """A module's documented options, with those of its doc fragments merged in as ansible-doc does."""
+    doc = yaml.safe_load(mod.DOCUMENTATION)
+    options = dict(doc.get('options') or {})
+    for fragment in doc.get('extends_documentation_fragment') or []:
+        for name, opt in _fragment(fragment)['options'].items():
+            assert name not in options, '%s documents %s, also in fragment %s' % (mod.__name__, name, fragment)
+            options[name] = opt
+    return options
+
+
+def _module(name):
+    return importlib.import_module('ansible_collections.barepod.linux.plugins.modules.' + name)
+
+
 @pytest.mark.parametrize('name', SPEC_MODULES)
 def test_module_docs_show_the_spec_defaults(name):
-    mod = importlib.import_module('ansible_collections.barepod.linux.plugins.modules.' + name)
-    doc = yaml.safe_load(mod.DOCUMENTATION)
-    _doc_vs_spec(doc.get('options') or {}, getattr(_specs, name)()['argument_spec'], name)
+    _doc_vs_spec(_doc_options(_module(name)), getattr(_specs, name)()['argument_spec'], name)
+
+
+@pytest.mark.parametrize('name, spec', [('image', _images.spec), ('image_info', _images.info_spec)])
+def test_image_module_docs_show_the_spec_defaults(name, spec):
+    _doc_vs_spec(_doc_options(_module(name)), spec()['argument_spec'], name)
+
+
+@pytest.mark.parametrize('fragment, option, default', [('barepod.linux.roots.state_root', 'state_root', _defaults.STATE_ROOT),
+                                                       ('barepod.linux.roots.image_store', 'store_root', _imagestore.DEFAULT_ROOT)])
+def test_doc_fragments_show_the_shared_defaults(fragment, option, default):
+    assert _fragment(fragment)['options'][option]['default'] == default
 
 
 def test_pod_role_defaults_are_the_shared_ones():
