@@ -192,3 +192,35 @@ def test_ns_sandbox_check_mode_plans_containers_whose_rootfs_and_cgroups_do_not_
     r = run_module('ns_sandbox', args, check=True)
     assert r.failed and "'sleep' not found" in r['msg'], r
     shutil.rmtree(str(tmp_path / 'rootfs'))
+
+
+def _set_memory(value):
+    def edit(m):
+        m['spec']['containers'][0]['resources']['limits']['memory'] = value
+    return edit
+
+
+def _no_command(m):
+    m['spec']['containers'][0].pop('command', None)
+    m['spec']['containers'][0].pop('args', None)
+
+
+@pytest.mark.parametrize('edit,extra,expect', [
+    (_set_memory('12QQ'), {}, 'spec.containers[0].resources.limits.memory'),
+    (_no_command, {}, 'spec.containers[0].command'),
+    # known only on the node: the bridge name is taken by an interface that is not a bridge (veth_net's
+    # own refusal, reached by pod_converged's check of the later steps before the record is written)
+    (None, dict(pod_bridge='bpdummy0'), 'not a bridge'),
+], ids=['memory-12QQ', 'no-command', 'bridge-not-a-bridge'])
+def test_a_bad_pod_is_refused_before_anything_is_made(cnode, edit, extra, expect):
+    """pod_up.yml with a pod its modules would refuse fails naming the field, and leaves no record,
+    rootfs, log dir, netns, cgroup, veth, address reservation or iptables rule behind."""
+    subprocess.run(['ip', '-n', cnode.netns, 'link', 'add', 'bpdummy0', 'type', 'veth', 'peer', 'name', 'bpdummy1'], check=True)
+    before_net = cnode.netns_state()
+    f = cnode.manifest(edit=edit)
+    rc, res = cnode.run('pod_up.yml', [f], **extra)
+    assert rc != 0
+    msgs = [h.get('msg', '') for t in failed_tasks(res) for h in t['hosts'].values()]
+    assert any(expect in str(m) for m in msgs), msgs
+    assert _left(cnode) == []
+    assert cnode.netns_state() == before_net
