@@ -10,43 +10,9 @@ The pod role stays declarative: these filters do the translation kubelet does in
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-DOCUMENTATION = r'''
----
-name: pod
-short_description: Translate a v1 Pod manifest into barepod module arguments
-version_added: 0.1.0
-description:
-  - C(pod_identity) returns the pod's name, namespace and uid (C(metadata.uid), or a stable uuid5
-    of C(namespace/name) when the manifest has none, as the API server would have assigned one).
-  - C(pod_container_source) returns the M(barepod.linux.chroot_rootfs) source for a container's image
-    (C(busybox) for busybox images, else a local archive from a map of image references).
-  - C(pod_container_mounts) returns the chroot_rootfs mounts for a container's volumeMounts
-    (hostPath as a bind, emptyDir with medium Memory as tmpfs).
-  - C(pod_container_spec) returns the M(barepod.linux.ns_sandbox) container entry.
-  - C(pod_validate) checks the manifest and returns it, failing with the offending field named.
-  - C(pod_module_args) returns, per step of the pod role, the arguments of its module task (what
-    M(barepod.linux.pod_converged) checks and the role's tasks pass), from the manifest and a dict of
-    the role's settings (the C(pod_) variables without their prefix).
-author:
-  - barepod.linux developers (@barepod)
-options:
-  _input:
-    description: The Pod manifest (or a container of it).
-    type: dict
-    required: true
-'''
-
-EXAMPLES = r'''
-- name: Identity of the chapter's pod
-  ansible.builtin.set_fact:
-    pod_id: "{{ manifest | barepod.linux.pod_identity }}"
-'''
-
-RETURN = r'''
-_value:
-  description: See the description of each filter.
-  type: raw
-'''
+# Each filter is documented in its own file next to this one (pod_validate.yml, pod_identity.yml,
+# pod_container_source.yml, pod_container_mounts.yml, pod_container_spec.yml, pod_container_specs.yml,
+# pod_module_args.yml): one page per filter, with its positional arguments, as ansible-doc shows them.
 
 import re
 import uuid
