@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import ANSIBLE_PLAYBOOK, REPO, ansible_playbook, failed_tasks, run_module
+from test_node_role import playbook as node_playbook, routes, sysctl, two_nodes  # noqa: F401 - two_nodes is a fixture
 
 CGROUP_ROOT = '/sys/fs/cgroup'
 
@@ -224,3 +225,16 @@ def test_a_bad_pod_is_refused_before_anything_is_made(cnode, edit, extra, expect
     assert any(expect in str(m) for m in msgs), msgs
     assert _left(cnode) == []
     assert cnode.netns_state() == before_net
+
+
+def test_node_role_in_check_mode_reports_what_it_would_change_and_changes_nothing(two_nodes, tmp_path):  # noqa: F811
+    """playbooks/node.yml --check on fresh nodes: the routes and ip_forward are reported as changes
+    (changed > 0 on every node, node_routes' planned routes), nothing is made."""
+    names, inv = two_nodes
+    for ns in names.values():
+        subprocess.run(['ip', 'netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=0'], check=True)
+    res = node_playbook(inv, check=True)
+    assert all(s['changed'] > 0 and s['failures'] == 0 for s in res['stats'].values()), res['stats']
+    for ns in names.values():
+        assert routes(ns) == [] and sysctl(ns, 'net.ipv4.ip_forward') == '0'
+    assert not any((tmp_path / ('sysctl-%s.conf' % n)).exists() for n in names)
