@@ -10,50 +10,17 @@ The pod role stays declarative: these filters do the translation kubelet does in
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-DOCUMENTATION = r'''
----
-name: pod
-short_description: Translate a v1 Pod manifest into barepod module arguments
-version_added: 0.1.0
-description:
-  - C(pod_identity) returns the pod's name, namespace and uid (C(metadata.uid), or a stable uuid5
-    of C(namespace/name) when the manifest has none, as the API server would have assigned one).
-  - C(pod_container_source) returns the M(barepod.linux.chroot_rootfs) source for a container's image
-    (C(busybox) for busybox images, else a local archive from a map of image references).
-  - C(pod_container_mounts) returns the chroot_rootfs mounts for a container's volumeMounts
-    (hostPath as a bind, emptyDir with medium Memory as tmpfs).
-  - C(pod_container_spec) returns the M(barepod.linux.ns_sandbox) container entry.
-  - C(pod_validate) checks the manifest and returns it, failing with the offending field named.
-  - C(pod_module_args) returns, per step of the pod role, the arguments of its module task (what
-    M(barepod.linux.pod_converged) checks and the role's tasks pass), from the manifest and a dict of
-    the role's settings (the C(pod_) variables without their prefix).
-author:
-  - barepod.linux developers (@barepod)
-options:
-  _input:
-    description: The Pod manifest (or a container of it).
-    type: dict
-    required: true
-'''
-
-EXAMPLES = r'''
-- name: Identity of the chapter's pod
-  ansible.builtin.set_fact:
-    pod_id: "{{ manifest | barepod.linux.pod_identity }}"
-'''
-
-RETURN = r'''
-_value:
-  description: See the description of each filter.
-  type: raw
-'''
+# Each filter is documented in its own file next to this one (pod_validate.yml, pod_identity.yml,
+# pod_container_source.yml, pod_container_mounts.yml, pod_container_spec.yml, pod_container_specs.yml,
+# pod_module_args.yml): one page per filter, with its positional arguments, as ansible-doc shows them.
 
 import re
 import uuid
 
 from ansible.errors import AnsibleFilterError
 
-from ansible_collections.barepod.linux.plugins.module_utils import _defaults
+from ansible_collections.barepod.linux.plugins.module_utils import _defaults, _qos, _quantity
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
 NAME_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z')
 SUBDOMAIN_RE = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z')
@@ -92,6 +59,14 @@ def _check_list_of(field, value, types, what):
     return value
 
 
+def _check_id(field, value):
+    """runAsUser / runAsGroup: an integer uid/gid (what ns_sandbox accepts)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0xFFFFFFFE:
+        _fail(field, 'must be an integer from 0 to 4294967294, got %r' % (value,))
+
+
 def _check_container(f, c, vols):
     cname = c.get('name')
     if not isinstance(cname, str) or len(cname) > 63 or not NAME_RE.match(cname):
@@ -102,13 +77,29 @@ def _check_container(f, c, vols):
         if c.get(key) is not None and not isinstance(c.get(key), list):
             _fail('%s.%s' % (f, key), 'must be a list of strings')
         _check_list_of('%s.%s' % (f, key), c.get(key), (str, int, float), 'a string')
+        for j, a in enumerate(c.get(key) or []):
+            if '\x00' in str(a):
+                _fail('%s.%s[%d]' % (f, key, j), 'contains a NUL byte')
+    if not (c.get('command') or c.get('args')):
+        # ns_sandbox runs the container's command: the images barepod makes root filesystems from
+        # carry no entrypoint it falls back on
+        _fail(f + '.command', 'a command (or args) is required: there is no image entrypoint to fall back on')
     for j, e in enumerate(_check_list_of(f + '.env', c.get('env'), dict, 'a mapping with name and value')):
-        if not isinstance(e.get('name'), str) or not e['name']:
-            _fail('%s.env[%d].name' % (f, j), 'must be a non-empty string, got %r' % (e.get('name'),))
-    if c.get('workingDir') is not None and not isinstance(c.get('workingDir'), str):
-        _fail(f + '.workingDir', 'must be a string, got %r' % (c.get('workingDir'),))
-    if c.get('securityContext') is not None and not isinstance(c.get('securityContext'), dict):
+        if not isinstance(e.get('name'), str) or not e['name'] or '=' in e['name'] or '\x00' in e['name']:
+            _fail('%s.env[%d].name' % (f, j), 'must be a non-empty string without "=" or NUL, got %r' % (e.get('name'),))
+        if '\x00' in str(e.get('value', '')):
+            _fail('%s.env[%d].value' % (f, j), 'contains a NUL byte')
+    wd = c.get('workingDir')
+    if wd is not None:
+        if not isinstance(wd, str) or not wd.startswith('/') or '\x00' in wd:
+            _fail(f + '.workingDir', 'must be an absolute path, got %r' % (wd,))
+        if wd.rstrip('/') == '/proc' or wd.startswith('/proc/'):
+            _fail(f + '.workingDir', '%r is under /proc; a working directory must be a directory of the rootfs' % (wd,))
+    sc = c.get('securityContext')
+    if sc is not None and not isinstance(sc, dict):
         _fail(f + '.securityContext', 'must be a mapping')
+    for key in ('runAsUser', 'runAsGroup'):
+        _check_id('%s.securityContext.%s' % (f, key), (sc or {}).get(key))
     for j, vm in enumerate(_check_list_of(f + '.volumeMounts', c.get('volumeMounts'), dict, 'a mapping')):
         fm = '%s.volumeMounts[%d]' % (f, j)
         if not isinstance(vm.get('name'), str) or vm['name'] not in vols:
@@ -169,6 +160,11 @@ def pod_validate(manifest):
             _fail(vf + '.hostPath.path', 'must be a string, got %r' % (got,))
         if 'emptyDir' in v and v['emptyDir'] is not None and not isinstance(v['emptyDir'], dict):
             _fail(vf + '.emptyDir', 'must be a mapping')
+        if (v.get('emptyDir') or {}).get('sizeLimit') is not None:
+            try:
+                _quantity.to_bytes(v['emptyDir']['sizeLimit'], vf + '.emptyDir.sizeLimit')
+            except BarepodError as e:
+                raise AnsibleFilterError(e.msg)
         vols[v['name']] = v
     seen = set()
     for i, c in enumerate(ctrs):
@@ -179,6 +175,17 @@ def pod_validate(manifest):
         if c['name'] in seen:
             _fail(f + '.name', 'duplicate container name %r' % c['name'])
         seen.add(c['name'])
+    # resources: every quantity parsed as cgroup_limit parses it, requests at most the limits
+    try:
+        _qos.normalise_containers(ctrs, 'spec.containers')
+    except BarepodError as e:
+        raise AnsibleFilterError(e.msg)
+    grace = spec.get('terminationGracePeriodSeconds')
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0):
+        _fail('spec.terminationGracePeriodSeconds', 'must be a non-negative number of seconds, got %r' % (grace,))
+    share = spec.get('shareProcessNamespace')
+    if share is not None and not isinstance(share, bool):
+        _fail('spec.shareProcessNamespace', 'must be true or false, got %r' % (share,))
     return manifest
 
 

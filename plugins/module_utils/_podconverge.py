@@ -153,13 +153,33 @@ def check_steps(steps, iptables=None):
             reason = [a for r in rs for a in (r.get("actions") or [])][:20]
             break
     if first == "record":
-        # a new (or changed) Pod: the record step would write before the rootfs step validates
-        # its input. Check the rootfs arguments now (protected hostPaths, images, mount
-        # targets), so a refused manifest fails before any change, leaving no pod record.
-        for a in with_inputs("rootfs", steps["rootfs"], known):
-            run_module_logic(STEP_MODULES["rootfs"], a, True, iptables)
+        validate_rest(steps, known, iptables)
     run = list(STEPS[STEPS.index(first) :]) if first else []
     return dict(converged=first is None, run=run, checked=known, changes=reason or [])
+
+
+# A new or changed Pod (the record step changes) would have its record written before the later
+# steps validate their inputs. These steps' arguments come from the manifest and the role's settings
+# (plus the netns path, which the sandbox step does not move), so their check mode, planned against
+# what the earlier steps would create, refuses now whatever their module would refuse later. The
+# hosts and containers steps are left out: they read the root filesystems the rootfs step may change.
+VALIDATED_AFTER_RECORD = ("rootfs", "sandbox", "cgroup_pod", "cgroup_containers", "network")
+
+
+def validate_rest(steps, known, iptables=None):
+    """Check mode of the VALIDATED_AFTER_RECORD steps (a hostPath, an image, a quantity, an
+    unavailable controller, a bridge that is not one...) so a refused Pod fails before the role's
+    first change, and never after its record, rootfs, sandbox, cgroups and veth exist. The results
+    only feed the later steps' inputs: the role runs every one of these steps for real."""
+    planned = dict(known)
+    for step in VALIDATED_AFTER_RECORD:
+        args = with_inputs(step, steps[step], planned)
+        module = STEP_MODULES[step]
+        if isinstance(args, list):
+            planned[step] = [run_module_logic(module, a, True, iptables) for a in args]
+        else:
+            planned[step] = run_module_logic(module, args, True, iptables)
+    return planned
 
 
 def check_many(pods, iptables=None):

@@ -75,7 +75,9 @@ def pod_hostname(name):
     return h
 
 
-def check_rootfs(field, path):
+def check_rootfs(field, path, pending=False):
+    """The container's rootfs, a real directory. pending (check mode): a rootfs that does not
+    exist yet is one an earlier step (chroot_rootfs) would create; only its path is checked."""
     if not isinstance(path, str) or not path.startswith('/'):
         raise BarepodError('must be an absolute path, got %r' % (path,), field=field, value=path)
     if '\x00' in path or '..' in path.split('/'):
@@ -83,6 +85,8 @@ def check_rootfs(field, path):
     path = os.path.normpath(path)
     if path == '/':
         raise BarepodError('the host root "/" cannot be a container rootfs', field=field, value=path)
+    if pending and not os.path.lexists(path):
+        return path
     try:
         st = os.lstat(path)
     except OSError as e:
@@ -160,12 +164,14 @@ def _get(d, *keys):
     return None
 
 
-def desired_container(i, c, hostname, share_pid):
+def desired_container(i, c, hostname, share_pid, pending=False):
+    """pending (check mode): the rootfs and cgroups may be ones earlier steps would create; those
+    that do not exist yet are planned against instead of refused (their contents are not known)."""
     field = 'containers[%d]' % i
     if not isinstance(c, dict):
         raise BarepodError('must be a dict', field=field, value=c)
     name = _check_name(field + '.name', c.get('name'))
-    rootfs = check_rootfs(field + '.rootfs', c.get('rootfs'))
+    rootfs = check_rootfs(field + '.rootfs', c.get('rootfs'), pending)
     command = list(c.get('command') or [])
     args = list(c.get('args') or [])
     argv = [str(a) for a in command + args]
@@ -195,13 +201,16 @@ def desired_container(i, c, hostname, share_pid):
         full_env.append(('HOME', '/'))
     full_env = [(k, v) for k, v in full_env if k not in envmap] + env
     path_env = dict(full_env).get('PATH', DEFAULT_PATH)
-    exe = resolve_command(field + '.command', rootfs, argv[0], path_env, wd)
+    if pending and not os.path.lexists(rootfs):
+        exe = argv[0]  # resolved in the rootfs once it exists (the real run)
+    else:
+        exe = resolve_command(field + '.command', rootfs, argv[0], path_env, wd)
     cgroups = []
     for j, cg in enumerate(c.get('cgroups') or []):
         cf = '%s.cgroups[%d]' % (field, j)
         if not isinstance(cg, str) or not cg.startswith('/') or '..' in cg.split('/') or '\x00' in cg:
             raise BarepodError('must be an absolute cgroup directory without "..", got %r' % (cg,), field=cf, value=cg)
-        if not os.path.isfile(os.path.join(cg, 'cgroup.procs')):
+        if not os.path.isfile(os.path.join(cg, 'cgroup.procs')) and not (pending and not os.path.lexists(cg)):
             raise BarepodError('%s is not a cgroup directory (no cgroup.procs)' % cg, field=cf, value=cg)
         cgroups.append(os.path.normpath(cg))
     spec = dict(name=name, rootfs=rootfs, argv=argv, exe=exe, cgroups=cgroups,
@@ -219,8 +228,9 @@ def spec_hash(spec):
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def desired(params):
-    """Validate and normalise module parameters; raises BarepodError before any change."""
+def desired(params, pending=False):
+    """Validate and normalise module parameters; raises BarepodError before any change.
+    pending: check mode, where the containers' rootfs and cgroups may not exist yet."""
     namespace = params.get('namespace') or 'default'
     name = params.get('name')
     _check_name('namespace', namespace)
@@ -264,7 +274,7 @@ def desired(params):
         return d
     seen = set()
     for i, c in enumerate(params.get('containers') or []):
-        spec = desired_container(i, c, hostname, share_pid)
+        spec = desired_container(i, c, hostname, share_pid, pending)
         if spec['name'] in seen:
             raise BarepodError('duplicate container name %r' % spec['name'],
                                field='containers[%d].name' % i, value=spec['name'])
@@ -790,7 +800,7 @@ class SandboxManager(Manager):
 
     def __init__(self, params, check_mode=False, diff=False):
         super().__init__(params, check_mode, diff)
-        self.d = desired(params)
+        self.d = desired(params, pending=check_mode)
         self.pause = None
 
     def run(self):

@@ -300,15 +300,18 @@ class VethNet(Manager):
                 raise BarepodError('pod %s already exists with uid %s, not %s' % (spec.record.key, owner, spec.uid),
                                    field='pod_uid', value=spec.uid)
         ns = spec.resolve_netns()
-        if not nl.is_netns(ns):
+        ns_exists = nl.is_netns(ns)
+        if not ns_exists and not self.check_mode:
             raise BarepodError('network namespace %s does not exist' % ns, field='netns', value=ns)
+        # check mode before the sandbox exists (a first bring-up checked as a whole): the netns is
+        # what the sandbox step would create, so the whole attachment is planned against an empty one
         store = _ipam.Store(spec.network, spec.data_dir)
         alloc = _ipam.Allocator(store, _ipam.RangeSet([spec.range]))
         ipr = nl.open_ipr()
-        pipr = nl.open_ipr(ns)
+        pipr = nl.open_ipr(ns) if ns_exists else None
         try:
             node = observe_node(ipr, spec, self.proc_root)
-            pod = observe_pod(pipr, spec)
+            pod = observe_pod(pipr, spec) if pipr is not None else dict(eth=None, lo_up=False, default_routes=[])
             ip, rng, new = alloc.peek(spec.container_id, spec.ifname, spec.requested)
             stale = alloc.stale(spec.container_id, spec.ifname)
             held = [a for a in store.get_by_id(spec.container_id, spec.ifname) if alloc.rangeset.contains(a)]
@@ -357,7 +360,8 @@ class VethNet(Manager):
                 chain=chain_name(spec.network, spec.container_id) if spec.ip_masq else None,
                 actions=self.actions.planned)
         finally:
-            pipr.close()
+            if pipr is not None:
+                pipr.close()
             ipr.close()
 
     def bridge_present(self):

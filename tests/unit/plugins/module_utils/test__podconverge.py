@@ -242,10 +242,15 @@ def test_first_change_and_everything_after_it_runs(monkeypatch, first):
     assert res['converged'] is False and res['changes']
     assert all(c == dict(action='x', target=first) for c in res['changes'])
     # no step after the first change is checked (its inputs may change when that step runs); a new
-    # or changed Pod (record) may still have its rootfs arguments validated before anything is written
+    # or changed Pod (record) has the steps whose arguments come from the manifest validated before
+    # anything is written (issue 17, item 5), never the hosts/containers steps (they read the rootfs)
     called = [a.get('_step') for _m, a in fake.calls]
     after = called[len(called) - called[::-1].index(first):]
-    assert all(s == 'rootfs' for s in after) and (first == 'record' or not after), called
+    if first == 'record':
+        assert sorted(set(after)) == sorted(pc.VALIDATED_AFTER_RECORD), called
+        assert 'containers' not in after and 'hosts' not in after and 'status' not in after
+    else:
+        assert not after, called
 
 
 def test_a_new_pod_ip_runs_the_hosts_step_on(monkeypatch):
@@ -276,3 +281,32 @@ def test_many_pods_one_result_each_and_errors_name_the_pod(monkeypatch):
     assert 'pods[1]' in e.value.msg
     out = run_module('pod_converged', dict(steps=fake_steps(), pods=[fake_steps()]))
     assert out['failed'] and 'mutually exclusive' in out['msg']
+
+
+@pytest.mark.parametrize('refusing', list(pc.VALIDATED_AFTER_RECORD))
+def test_a_new_pod_refused_by_a_later_step_fails_before_the_record_is_written(monkeypatch, refusing):
+    """issue 17, item 5: a new pod (the record step changes) whose later step's module refuses its
+    arguments fails in pod_converged, before the role's record task, naming that module's field;
+    the later steps get the inputs the earlier ones would produce (netns path, cgroup paths)."""
+    fake = FakeModules(changing=['record'] + list(pc.VALIDATED_AFTER_RECORD))
+
+    def refuse(module, args, check_mode=True, iptables=None):
+        res = fake(module, args, check_mode, iptables)
+        if args.get('_step') == refusing:
+            raise BarepodError('refused', field='%s.field' % refusing, value=None)
+        return res
+
+    monkeypatch.setattr(pc, 'run_module_logic', refuse)
+    with pytest.raises(BarepodError, match=r'%s\.field' % refusing):
+        pc.check_steps(fake_steps())
+    by_step = dict((a.get('_step'), a) for _m, a in fake.calls)
+    if refusing == 'network':
+        assert by_step['network']['netns'] == '/run/netns/barepod-abc'
+
+
+def test_a_changed_step_after_the_record_does_not_validate_the_rest(monkeypatch):
+    fake = FakeModules(changing=['sandbox'])
+    monkeypatch.setattr(pc, 'run_module_logic', fake)
+    res = pc.check_steps(fake_steps())
+    assert res['run'][0] == 'sandbox'
+    assert [a.get('_step') for _m, a in fake.calls] == ['record', 'rootfs', 'sandbox']
