@@ -430,3 +430,38 @@ class Node(object):
                 except OSError:
                     pass
             time.sleep(0.2)
+
+
+# ------------------------------------------------------------------ tar fixtures (image layers)
+
+def tar_member(name, kind='file', data=b'', target='', mode=None):
+    """(TarInfo, data) of one layer member: file, dir, symlink, hardlink, chr or blk."""
+    import tarfile
+    ti = tarfile.TarInfo(name)
+    ti.mtime = 1700000000
+    if kind == 'file':
+        ti.type, ti.size, ti.mode = tarfile.REGTYPE, len(data), mode or 0o644
+    elif kind == 'dir':
+        ti.type, ti.mode = tarfile.DIRTYPE, mode or 0o755
+    elif kind == 'symlink':
+        ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, target, 0o777
+    elif kind == 'hardlink':
+        ti.type, ti.linkname = tarfile.LNKTYPE, target
+    elif kind == 'chr':
+        ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 3
+    elif kind == 'blk':
+        ti.type, ti.devmajor, ti.devminor = tarfile.BLKTYPE, 8, 0
+    return ti, data
+
+
+def tar_bytes(members, gz=False):
+    """A PAX tar (gzip'd when gz) of (TarInfo, data) members."""
+    import gzip
+    import io
+    import tarfile
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=tarfile.PAX_FORMAT) as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
+    raw = buf.getvalue()
+    return gzip.compress(raw) if gz else raw

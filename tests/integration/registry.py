@@ -14,6 +14,7 @@
   are a closed loopback port, so a failing mirror never falls back to the internet.
 """
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -242,3 +243,20 @@ def two_platform_layout(path, tag='latest'):
             mediaType='application/vnd.oci.image.index.v1+json', digest=idig, size=isize,
             annotations={'org.opencontainers.image.ref.name': tag})]), f)
     return idig, {host: mine, other_arch: odig}
+
+
+@contextlib.contextmanager
+def busybox_registry(work, tags=('latest',)):
+    """A started test registry holding the offline busybox image as library/busybox:<tag> for each
+    tag, with `manifest`, `layout` and `conf` (a registries.conf making it the docker.io mirror)."""
+    reg = Registry(work).start()
+    try:
+        layout = str(work / 'busybox-oci')
+        reg.manifest = busybox_layout(layout)
+        for tag in tags:
+            reg.push(layout, 'latest', 'library/busybox:%s' % tag)
+        reg.conf = reg.registries_conf(work / 'registries.conf')
+        reg.layout = layout
+        yield reg
+    finally:
+        reg.stop()

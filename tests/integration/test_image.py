@@ -18,7 +18,7 @@ import pytest
 
 from conftest import run_module
 
-from registry import Registry, _goarch, busybox_layout, two_platform_layout
+from registry import Registry, _goarch, busybox_layout, busybox_registry, two_platform_layout
 
 pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/docker-registry') or not os.path.exists('/usr/bin/skopeo'),
                                 reason='needs docker-registry and skopeo')
@@ -26,18 +26,8 @@ pytestmark = pytest.mark.skipif(not os.path.exists('/usr/bin/docker-registry') o
 
 @pytest.fixture(scope='module')
 def registry(tmp_path_factory):
-    work = tmp_path_factory.mktemp('registry')
-    reg = Registry(work).start()
-    try:
-        layout = str(work / 'busybox-oci')
-        reg.manifest = busybox_layout(layout)
-        reg.push(layout, 'latest', 'library/busybox:latest')
-        reg.push(layout, 'latest', 'library/busybox:1.36')
-        reg.conf = reg.registries_conf(work / 'registries.conf')
-        reg.layout = layout
+    with busybox_registry(tmp_path_factory.mktemp('registry'), tags=('latest', '1.36')) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 def image(args, store, reg=None, **kw):

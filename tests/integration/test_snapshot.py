@@ -19,7 +19,7 @@ import pytest
 
 from conftest import COLLECTIONS_ROOT, run_module
 
-from registry import Registry, busybox_layout
+from registry import busybox_layout, busybox_registry
 
 from ansible_collections.barepod.linux.plugins.module_utils import _imagestore as st
 from ansible_collections.barepod.linux.plugins.module_utils import _snapshot as sn
@@ -33,16 +33,8 @@ pytestmark = [
 
 @pytest.fixture(scope='module')
 def registry(tmp_path_factory):
-    work = tmp_path_factory.mktemp('registry')
-    reg = Registry(work).start()
-    try:
-        layout = str(work / 'busybox-oci')
-        reg.manifest = busybox_layout(layout)
-        reg.push(layout, 'latest', 'library/busybox:latest')
-        reg.conf = reg.registries_conf(work / 'registries.conf')
+    with busybox_registry(tmp_path_factory.mktemp('registry')) as reg:
         yield reg
-    finally:
-        reg.stop()
 
 
 @pytest.fixture

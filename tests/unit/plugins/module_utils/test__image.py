@@ -4,7 +4,6 @@
 """Image formats, layer order, whiteouts, and hostile archives that must not write outside
 the root (a sentinel directory next to it must stay untouched)."""
 
-import gzip
 import hashlib
 import io
 import json
@@ -12,6 +11,7 @@ import os
 import tarfile
 
 import pytest
+from harness import tar_bytes, tar_member
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image, detect_format
@@ -20,29 +20,7 @@ from ansible_collections.barepod.linux.plugins.module_utils._safefs import SafeR
 
 # ------------------------------------------------------------------ fixture builders
 
-def member(name, kind='file', data=b'', target='', mode=None):
-    ti = tarfile.TarInfo(name)
-    ti.mtime = 1700000000
-    if kind == 'file':
-        ti.type, ti.size, ti.mode = tarfile.REGTYPE, len(data), mode or 0o644
-    elif kind == 'dir':
-        ti.type, ti.mode = tarfile.DIRTYPE, mode or 0o755
-    elif kind == 'symlink':
-        ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, target, 0o777
-    elif kind == 'hardlink':
-        ti.type, ti.linkname = tarfile.LNKTYPE, target
-    elif kind == 'chr':
-        ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 3
-    return ti, data
-
-
-def tar_bytes(members, gz=False):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode='w') as tf:
-        for ti, data in members:
-            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
-    raw = buf.getvalue()
-    return gzip.compress(raw) if gz else raw
+member = tar_member
 
 
 def write_tar(path, members, gz=False):

@@ -11,39 +11,16 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 
 import pytest
+from harness import tar_bytes, tar_member
 
 from ansible_collections.barepod.linux.plugins.module_utils import _imagestore as st
 from ansible_collections.barepod.linux.plugins.module_utils import _snapshot as sn
 from ansible_collections.barepod.linux.plugins.module_utils._safefs import SafeRoot
 
 
-def member(name, kind='file', data=b'', target='', mode=None):
-    ti = tarfile.TarInfo(name)
-    ti.mtime = 1700000000
-    if kind == 'file':
-        ti.type, ti.size, ti.mode = tarfile.REGTYPE, len(data), mode or 0o644
-    elif kind == 'dir':
-        ti.type, ti.mode = tarfile.DIRTYPE, mode or 0o755
-    elif kind == 'symlink':
-        ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, target, 0o777
-    elif kind == 'hardlink':
-        ti.type, ti.linkname = tarfile.LNKTYPE, target
-    elif kind == 'chr':
-        ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 3
-    elif kind == 'blk':
-        ti.type, ti.devmajor, ti.devminor = tarfile.BLKTYPE, 8, 0
-    return ti, data
-
-
-def tar_bytes(members):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode='w', format=tarfile.PAX_FORMAT) as tf:
-        for ti, data in members:
-            tf.addfile(ti, io.BytesIO(data) if ti.isreg() else None)
-    return buf.getvalue()
+member = tar_member
 
 
 def sha(data):
