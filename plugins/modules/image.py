@@ -108,6 +108,7 @@ options:
     type: int
     default: 900
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - skopeo (Debian package C(skopeo)) for pulls
 author:
   - barepod.linux developers (@barepod)

@@ -27,6 +27,8 @@ options:
     description: Root of the image store.
     type: path
     default: /var/lib/barepod/images
+requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
 author:
   - barepod.linux developers (@barepod)
 notes:

@@ -55,6 +55,8 @@ options:
     description: Root of the pod records.
     type: path
     default: /run/barepod/pods
+requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
 author:
   - barepod.linux developers (@barepod)
 notes:

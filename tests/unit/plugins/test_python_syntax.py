@@ -49,3 +49,20 @@ def test_every_plugin_file_compiles(version):
     assert len(files) > 40
     p = subprocess.run([python, '-c', COMPILE_ALL] + files, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
     assert p.returncode == 0, p.stdout.decode(errors='replace')
+
+
+def test_every_module_documents_the_floor():
+    import glob
+    import yaml
+    want = 'Python %d.%d or newer on the managed node' % _module.MIN_PYTHON
+    paths = sorted(glob.glob(os.path.join(REPO, 'plugins', 'modules', '*.py')))
+    assert paths
+    for path in paths:
+        ns = {}
+        with open(path) as f:
+            src = f.read()
+        exec(compile(src.split('\nEXAMPLES')[0], path, 'exec'), ns)  # the DOCUMENTATION string only
+        doc = yaml.safe_load(ns['DOCUMENTATION'])
+        assert any(want in r for r in doc.get('requirements') or ()), path
+    with open(os.path.join(REPO, 'README.md')) as f:
+        assert 'Python %d.%d or newer' % _module.MIN_PYTHON in f.read()
