@@ -66,9 +66,12 @@ def ansible_shim():
     import ansible
     shim = os.path.join(REPO, 'build', 'ansible-shim')
     link = os.path.join(shim, 'ansible')
+    target = os.path.dirname(ansible.__file__)
     os.makedirs(shim, exist_ok=True)
-    if not os.path.islink(link):
-        os.symlink(os.path.dirname(ansible.__file__), link)
+    if not (os.path.islink(link) and os.readlink(link) == target):
+        tmp = '%s.%d' % (link, os.getpid())
+        os.symlink(target, tmp)
+        os.replace(tmp, link)  # atomic: concurrent runs never see it missing
     return shim
 
 
@@ -169,6 +172,8 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns
     python = python or module_python()
     shim = [ansible_shim()] if python != sys.executable else []
     e['PYTHONPATH'] = os.pathsep.join([COLLECTIONS_ROOT] + shim + [e.get('PYTHONPATH', '')])
+    if shim:
+        e['PYTHONDONTWRITEBYTECODE'] = '1'  # no other version's caches in the controller's venv or plugins/
     if env:
         e.update(env)
     try:
