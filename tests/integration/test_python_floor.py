@@ -37,6 +37,7 @@ MODULE_TESTS = [
     'tests/integration/test_veth_net.py::test_attach_converges_and_detaches',
     'tests/integration/test_veth_net.py::test_reachability_on_one_node',
     'tests/integration/test_kube_svc_rules.py::test_auto_backend_and_offline_mode',
+    'tests/integration/test_image.py::test_pull_cold_then_again',
 ]
 
 MANIFEST = dict(apiVersion='v1', kind='Pod', metadata=dict(name='floor', namespace='default', labels=dict(app='floor')),
