@@ -56,8 +56,103 @@ class ModuleResult(dict):
         return bool(self.get('changed'))
 
 
-def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns=None, pass_fds=()):
+def ansible_shim():
+    """A directory holding only the `ansible` package of this venv, to put on PYTHONPATH of
+    another interpreter: what AnsiballZ ships to a node (ansible.module_utils), nothing else."""
+    import ansible
+    shim = os.path.join(REPO, 'build', 'ansible-shim')
+    link = os.path.join(shim, 'ansible')
+    target = os.path.dirname(ansible.__file__)
+    os.makedirs(shim, exist_ok=True)
+    if not (os.path.islink(link) and os.readlink(link) == target):
+        tmp = '%s.%d' % (link, os.getpid())
+        os.symlink(target, tmp)
+        os.replace(tmp, link)  # atomic: concurrent runs never see it missing
+    return shim
+
+
+def module_python():
+    """The interpreter modules run under: $BAREPOD_TEST_PYTHON (a managed node's Python, see
+    tests/integration/test_python_floor.py) or this one."""
+    return os.environ.get('BAREPOD_TEST_PYTHON') or sys.executable
+
+
+# Managed-node Pythons the modules are tested under (tests/integration/test_python_floor.py):
+# the floor (_module.MIN_PYTHON) and the newest. $BAREPOD_PYTHON_3_9 (etc.) names one; else it is
+# looked for on PATH and in pyenv's versions directory.
+NEWEST_PYTHON = (3, 13)
+PYENV_ROOT = os.environ.get('PYENV_ROOT') or os.path.expanduser('~/.pyenv')
+
+
+def _python_version(path):
+    try:
+        out = subprocess.run([path, '-c', 'import sys; print("%d.%d" % sys.version_info[:2])'],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return tuple(int(x) for x in out.stdout.decode().split('.'))
+
+
+def find_python(version):
+    """An interpreter of that (major, minor) version, or None."""
+    import glob
+    name = 'python%d.%d' % version
+    env = os.environ.get('BAREPOD_PYTHON_%d_%d' % version)
+    candidates = [env] if env else []
+    candidates += [shutil.which(name)] + sorted(glob.glob(os.path.join(PYENV_ROOT, 'versions', '%d.%d.*' % version, 'bin', name)),
+                                                reverse=True)
+    candidates += ['/usr/bin/' + name, '/usr/local/bin/' + name]
+    for c in candidates:
+        if c and os.access(c, os.X_OK) and _python_version(c) == tuple(version):
+            return c
+    return None
+
+
+def _pin(requirement):
+    with open(os.path.join(REPO, 'requirements.txt')) as f:
+        for line in f:
+            line = line.split('#')[0].strip()
+            if line.lower().startswith(requirement.lower() + '=='):
+                return line
+    raise AssertionError('%s is not pinned in requirements.txt' % requirement)
+
+
+def node_python(version):
+    """A venv under build/ with a managed node's Python `version` and what a node gets (the pinned
+    pyroute2, PyYAML): its python path. Built once (a stamp names the pins). Missing interpreter:
+    skip here, fail under CI=true (the floor is then untested)."""
+    base = find_python(version)
+    if base is None:
+        msg = 'no Python %d.%d interpreter found (PATH, %s/versions, $BAREPOD_PYTHON_%d_%d)' % (version + (PYENV_ROOT,) + version)
+        if os.environ.get('CI') == 'true':
+            pytest.fail(msg)
+        pytest.skip(msg)
+    venv = os.path.join(REPO, 'build', 'node-python-%d.%d' % version)
+    pins = [_pin('pyroute2'), _pin('PyYAML')]
+    stamp = os.path.join(venv, '.barepod-installed')
+    want = '%s\n%s\n' % (os.path.realpath(base), ' '.join(pins))
+    try:
+        with open(stamp) as f:
+            if f.read() == want:
+                return os.path.join(venv, 'bin', 'python')
+    except OSError:
+        pass
+    shutil.rmtree(venv, ignore_errors=True)
+    for argv in ([base, '-m', 'venv', venv],
+                 [os.path.join(venv, 'bin', 'python'), '-m', 'pip', 'install', '-q', '--disable-pip-version-check'] + pins):
+        p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600, check=False)
+        if p.returncode != 0:
+            pytest.fail('building %s failed: %s\n%s' % (venv, ' '.join(argv), p.stdout.decode(errors='replace')))
+    with open(stamp, 'w') as f:
+        f.write(want)
+    return os.path.join(venv, 'bin', 'python')
+
+
+def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns=None, pass_fds=(), python=None):
     """Run plugins/modules/<name>.py in a fresh interpreter as Ansible would; return its JSON.
+
+    python: the interpreter (default module_python()); another than this one gets only the
+    `ansible` package of this venv on its path, as a managed node gets it from AnsiballZ.
 
     netns: run it inside that `ip netns` namespace (a throwaway "node"), never the host's.
     pass_fds: open file descriptors the module inherits (as from a careless caller: the raw
@@ -70,13 +165,17 @@ def run_module(name, args, check=False, diff=False, timeout=120, env=None, netns
         json.dump({'ANSIBLE_MODULE_ARGS': payload}, f)
         argsfile = f.name
     e = dict(os.environ)
-    e['PYTHONPATH'] = COLLECTIONS_ROOT + os.pathsep + e.get('PYTHONPATH', '')
+    python = python or module_python()
+    shim = [ansible_shim()] if python != sys.executable else []
+    e['PYTHONPATH'] = os.pathsep.join([COLLECTIONS_ROOT] + shim + [e.get('PYTHONPATH', '')])
+    if shim:
+        e['PYTHONDONTWRITEBYTECODE'] = '1'  # no other version's caches in the controller's venv or plugins/
     if env:
         e.update(env)
     try:
         prefix = ['ip', 'netns', 'exec', netns] if netns else []
         p = subprocess.run(
-            prefix + [sys.executable, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
+            prefix + [python, '-m', 'ansible_collections.barepod.linux.plugins.modules.' + name, argsfile],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             timeout=timeout, env=e, cwd='/', pass_fds=tuple(pass_fds), check=False)
     finally:

@@ -11,9 +11,27 @@ BarepodError (or an OSError) turned into ``fail_json`` naming the field, never a
 
 from __future__ import annotations
 
+import sys
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
+
+
+# The oldest managed-node Python the modules support (README "Installing the collection"): Debian
+# 11's 3.9, and the oldest the pinned pyroute2 (0.9.x) installs on. The code itself stays 3.8
+# syntax (ansible-test sanity), but nothing is tested below this, so a module refuses to run.
+MIN_PYTHON = (3, 9)
+
+
+def python_too_old(version_info=None):
+    """The message refusing this interpreter, or None when it is new enough."""
+    v = tuple(version_info or sys.version_info)[:3]
+    if v[:2] >= MIN_PYTHON:
+        return None
+    return ('barepod.linux modules need Python %d.%d or newer on the managed node; %s is Python %s '
+            '(set ansible_python_interpreter to a newer one)'
+            % (MIN_PYTHON + (sys.executable or 'this interpreter', '.'.join(str(x) for x in v))))
 
 
 def module_result(res, want_diff, warn):
@@ -39,6 +57,9 @@ def run_module(name, spec, manager, requires=(), echo=None):
     parameters (None: Ansible's own), for arguments too large to echo back.
     """
     module = AnsibleModule(supports_check_mode=True, **spec)
+    too_old = python_too_old()
+    if too_old:
+        module.fail_json(msg=too_old)
     for req in requires:
         lib, ok, err = req[:3]
         if not ok and (len(req) < 4 or req[3](module.params)):

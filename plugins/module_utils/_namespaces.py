@@ -15,6 +15,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import signal
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 
@@ -250,6 +251,28 @@ def setns(fd, nstype=0):
         os.setns(fd, nstype)
         return
     _check(libc().setns(ctypes.c_int(fd), ctypes.c_int(nstype)), 'setns')
+
+
+# pidfd_open and pidfd_send_signal have the same number on every Linux architecture (the unified
+# syscall table from 424 on); os.pidfd_open and signal.pidfd_send_signal exist from Python 3.9 only.
+_NR_PIDFD_SEND_SIGNAL = 424
+_NR_PIDFD_OPEN = 434
+
+
+def pidfd_open(pid):
+    """os.pidfd_open, with the raw syscall on Python 3.8."""
+    if hasattr(os, 'pidfd_open'):
+        return os.pidfd_open(pid)
+    return _check(libc().syscall(ctypes.c_long(_NR_PIDFD_OPEN), ctypes.c_int(pid), ctypes.c_uint(0)), 'pidfd_open')
+
+
+def pidfd_send_signal(fd, sig):
+    """signal.pidfd_send_signal, with the raw syscall on Python 3.8 (ProcessLookupError once exited)."""
+    if hasattr(signal, 'pidfd_send_signal'):
+        signal.pidfd_send_signal(fd, sig)
+        return
+    _check(libc().syscall(ctypes.c_long(_NR_PIDFD_SEND_SIGNAL), ctypes.c_int(fd), ctypes.c_int(int(sig)),
+                          ctypes.c_void_p(None), ctypes.c_uint(0)), 'pidfd_send_signal')
 
 
 def mount(source, target, fstype, flags=0, data=None):

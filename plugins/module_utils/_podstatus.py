@@ -136,7 +136,7 @@ def format_table(rows):
             ('AGE', 'age'), ('IP', 'ip'), ('NODE', 'node')]
     cells = [[head for head, _key in cols]] + [[str(r.get(key, '')) for _head, key in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
-    return ['   '.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return ['   '.join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
 
 
 def pod_view(rec, host_ip=None, node=None):

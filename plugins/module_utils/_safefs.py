@@ -18,6 +18,7 @@ import os
 import posixpath
 import shutil
 import stat
+import sys
 
 from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError
 from ansible_collections.barepod.linux.plugins.module_utils._paths import secure_join, is_within
@@ -31,6 +32,30 @@ def clean(path):
     while p.startswith('//'):
         p = p[1:]
     return p
+
+
+def rmtree_at(dirfd, name):
+    """shutil.rmtree(name, dir_fd=dirfd) (Python 3.11+), by hand on older managed-node Pythons:
+    every directory opened O_NOFOLLOW relative to its parent's fd, so no symlink is followed."""
+    if sys.version_info >= (3, 11):
+        shutil.rmtree(name, dir_fd=dirfd)
+    else:
+        _rmtree_at_by_hand(dirfd, name)
+
+
+def _rmtree_at_by_hand(dirfd, name):
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    try:
+        with os.scandir(fd) as it:
+            entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        for child, is_dir in entries:
+            if is_dir:
+                _rmtree_at_by_hand(fd, child)
+            else:
+                os.unlink(child, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dirfd)
 
 
 class UnderMount(BarepodError):
@@ -184,7 +209,7 @@ class SafeRoot(object):
         self._check_mounts(hp)
         self._cache_clear()
         if stat.S_ISDIR(st.st_mode):
-            shutil.rmtree(name, dir_fd=dirfd)
+            rmtree_at(dirfd, name)
         else:
             os.unlink(name, dir_fd=dirfd)
         return True

@@ -724,7 +724,7 @@ def _open_pidfds(entries):
         if not _alive(e):
             continue
         try:
-            fd = os.pidfd_open(e['pid'])
+            fd = ns.pidfd_open(e['pid'])
         except OSError:
             continue
         if pid_alive(e['pid'], e.get('starttime')):  # still the same process after opening
@@ -754,7 +754,7 @@ def _wait_pidfds(fds, timeout):
 
 def _pidfd_signal(fd, sig):
     try:
-        signal.pidfd_send_signal(fd, sig)
+        ns.pidfd_send_signal(fd, sig)
     except ProcessLookupError:
         pass
 

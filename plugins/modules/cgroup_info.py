@@ -78,6 +78,7 @@ notes:
   - Supports check mode (it never changes anything).
   - Memory values are in bytes; C(max) means unlimited. cpu usage and throttled time are in microseconds.
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - Linux with cgroup v1 and/or v2 mounted.
 '''
 

@@ -132,6 +132,7 @@ notes:
     the kernel's error and the usage.
   - Supports check mode and diff (old and new value per file).
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - Linux with cgroup v1 and/or v2 mounted.
 '''
 

@@ -191,6 +191,7 @@ notes:
   - Libraries found through an ld.so.conf directory that is not a system directory are placed at that
     path but the rootfs has no ld.so.cache; give such programs a DT_RUNPATH or copy the library by hand.
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - Linux, root (mount(2), chown).
   - busybox-static for O(busybox).
 '''

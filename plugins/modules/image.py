@@ -104,6 +104,7 @@ options:
     type: int
     default: 900
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - skopeo (Debian package C(skopeo)) for pulls
 extends_documentation_fragment:
   - barepod.linux.roots.image_store

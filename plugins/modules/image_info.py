@@ -25,6 +25,8 @@ options:
     default: []
 extends_documentation_fragment:
   - barepod.linux.roots.image_store
+requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
 author:
   - barepod.linux developers (@barepod)
 notes:

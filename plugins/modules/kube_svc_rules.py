@@ -195,6 +195,7 @@ notes:
     from the sync record without rendering everything. More than 100 inline objects are not echoed back
     in C(invocation).
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - iptables (nft and/or legacy) with iptables-save and iptables-restore, root, unless O(apply=false).
   - PyYAML for O(src).
 '''

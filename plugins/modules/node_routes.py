@@ -50,6 +50,7 @@ author:
 notes:
   - Supports check mode and diff mode.
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - pyroute2
 '''
 

@@ -170,6 +170,7 @@ notes:
   - Log files hold the raw output of the container (no CRI timestamp prefix, as there is no shim).
   - No image metadata is read, so O(containers[].command) (or args) is required.
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - Linux, root
   - a C compiler (gcc, libc6-dev) for V(pause=c), or busybox-static for V(pause=busybox)
 '''

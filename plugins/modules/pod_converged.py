@@ -44,6 +44,7 @@ options:
 notes:
   - Other keys of I(steps) (such as C(identity)) are ignored.
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - pyroute2 (for the network step)
 '''
 

@@ -53,6 +53,8 @@ options:
     default: false
 extends_documentation_fragment:
   - barepod.linux.roots.state_root
+requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
 author:
   - barepod.linux developers (@barepod)
 notes:

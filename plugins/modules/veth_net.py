@@ -129,6 +129,7 @@ notes:
     C(ip netns exec) for experiments; it never creates network namespaces.
   - Supports check mode and diff mode.
 requirements:
+  - Python 3.9 or newer on the managed node (older ones are refused).
   - pyroute2
   - iptables (iptables-save and iptables-restore) when O(ip_masq=true)
 '''

@@ -62,3 +62,10 @@ def test_pod_status_checks_live_in_the_manager_so_pod_converged_gets_them(tmp_pa
 
 def test_every_pod_step_module_has_a_manager():
     assert set(pc.STEP_MODULES.values()) <= set(pc.MANAGERS)
+
+
+def test_python_below_the_floor_is_refused_naming_the_floor():
+    assert _module.MIN_PYTHON == (3, 9)
+    msg = _module.python_too_old((3, 8, 18))
+    assert 'Python 3.9 or newer' in msg and 'Python 3.8.18' in msg and 'ansible_python_interpreter' in msg
+    assert _module.python_too_old((3, 9, 0)) is None and _module.python_too_old((3, 13, 1)) is None
