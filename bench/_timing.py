@@ -15,3 +15,16 @@ def pair(ours, peer, runs, setup_ours=None, setup_peer=None):
             fn()
             out.append(time.perf_counter() - t)
     return statistics.median(a), statistics.median(b)
+
+
+def root_bench_args(default_runs, why_root):
+    """The command line every root benchmark takes (--runs), after checking it runs as root."""
+    import argparse
+    import os
+    import sys
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--runs', type=int, default=default_runs)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit('run as root (%s)' % why_root)
+    return args

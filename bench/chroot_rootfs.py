@@ -14,7 +14,6 @@ Prints medians and ratios (ours / peer), writes bench/results/chroot_rootfs.json
 Usage: .venv/bin/python bench/chroot_rootfs.py [--runs N]
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -28,7 +27,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, 'tests'))
 import conftest  # noqa: E402,F401  (makes ansible_collections.barepod.linux importable)
 
-from _timing import pair  # noqa: E402
+from _timing import pair, root_bench_args  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._elf import Resolver, parse_elf  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._rootfs import RootfsManager  # noqa: E402
@@ -55,11 +54,7 @@ def params(path):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--runs', type=int, default=9)
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit('run as root (copies keep ownership, like the module)')
+    args = root_bench_args(9, 'copies keep ownership, like the module')
     ldso = parse_elf('/bin/ls').interp
     work = tempfile.mkdtemp(prefix='bprootfs-bench-')
     rows = []

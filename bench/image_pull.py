@@ -28,7 +28,6 @@ temporary directory; nothing of it is left behind.
 Usage: .venv/bin/python bench/image_pull.py [--runs N]
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -43,7 +42,7 @@ sys.path.insert(0, os.path.join(REPO, 'tests'))
 sys.path.insert(0, os.path.join(REPO, 'tests', 'integration'))
 import conftest  # noqa: E402  (makes ansible_collections.barepod.linux importable; run_module)
 
-from _timing import pair  # noqa: E402
+from _timing import pair, root_bench_args  # noqa: E402
 from images import nginx_layout  # noqa: E402
 from registry import Registry  # noqa: E402
 
@@ -81,11 +80,7 @@ class Podman(object):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--runs', type=int, default=7)
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit('run as root (podman with root storage; the image store keeps owners)')
+    args = root_bench_args(7, 'podman with root storage; the image store keeps owners')
     for tool in ('podman', 'skopeo', 'docker-registry'):
         if not shutil.which(tool):
             sys.exit('%s not found (apt-get install podman skopeo docker-registry)' % tool)

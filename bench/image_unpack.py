@@ -15,7 +15,6 @@ Prints medians and ratios (ours / peer), writes bench/results/image_unpack.json.
 assertions. Usage: .venv/bin/python bench/image_unpack.py [--runs N]
 """
 
-import argparse
 import gzip
 import hashlib
 import json
@@ -37,6 +36,7 @@ from ansible_collections.barepod.linux.plugins.module_utils import _imagestore a
 from ansible_collections.barepod.linux.plugins.module_utils import _snapshot as sn  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._image import Image, apply_image  # noqa: E402
 from ansible_collections.barepod.linux.plugins.module_utils._safefs import SafeRoot  # noqa: E402
+from _timing import root_bench_args
 
 
 CPU = {}
@@ -83,11 +83,7 @@ def unpack(layer, root):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument('--runs', type=int, default=7)
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit('run as root (ownership is applied, overlay is mounted)')
+    args = root_bench_args(7, 'ownership is applied, overlay is mounted')
     work = tempfile.mkdtemp(prefix='bpunpack-bench-')
     rows = []
     try:

@@ -405,12 +405,7 @@ class ImageStore(object):
         return keep
 
     def unreferenced_blobs(self):
-        try:
-            names = os.listdir(self.blob_dir)
-        except OSError:
-            return []
-        keep = self.referenced_blobs()
-        return sorted('sha256:' + n for n in names if 'sha256:' + n not in keep)
+        return _snapshot.unkept_digests(self.blob_dir, self.referenced_blobs)
 
     def unreferenced_snapshots(self):
         return _snapshot.Snapshotter(self).unreferenced()

@@ -419,6 +419,18 @@ def probe_overlay(workdir):
     return ok
 
 
+
+def unkept_digests(directory, keep, skip=None):
+    """The sha256 digests named by the entries of a content-addressed directory (blobs,
+    snapshots) that are not in keep() (called only when the directory exists); entries starting
+    with `skip` (work directories) are not content."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    kept = keep()
+    return sorted('sha256:' + n for n in names if not (skip and n.startswith(skip)) and 'sha256:' + n not in kept)
+
 class Snapshotter(object):
     """Snapshots of one image store (an _imagestore.ImageStore)."""
 
@@ -547,12 +559,7 @@ class Snapshotter(object):
         return used
 
     def unreferenced(self):
-        try:
-            names = os.listdir(self.root)
-        except OSError:
-            return []
-        keep = self.referenced() | self.in_use()
-        return sorted('sha256:' + n for n in names if not n.startswith(TMP_PREFIX) and 'sha256:' + n not in keep)
+        return unkept_digests(self.root, lambda: self.referenced() | self.in_use(), skip=TMP_PREFIX)
 
     def gc(self):
         """Remove snapshots no image references and no mount uses (call with the store's
