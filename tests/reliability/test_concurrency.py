@@ -76,7 +76,7 @@ def test_parallel_rule_syncs_are_serialised(node, reliability_log):
 
     with concurrent.futures.ThreadPoolExecutor(N) as ex:
         results = list(ex.map(sync, prefixes))
-    assert all(r['_rc'] == 0 and r['changed'] for r in results), [r for r in results if r['_rc'] != 0]
+    assert all(r['_rc'] == 0 and r['changed'] for r in results), [(r.get('msg'), r.get('_stderr')) for r in results if r['_rc'] != 0]
     nat = node.rules('nat')
     for p in prefixes:
         assert '-A PREROUTING -m comment --comment "kubernetes service portals" -j %s-SERVICES' % p in nat, p
