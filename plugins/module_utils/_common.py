@@ -162,10 +162,16 @@ def read_text(path, default=None):
 
 
 def makedirs(path, mode=0o755):
-    """mkdir -p that reports whether it created anything."""
+    """mkdir -p that reports whether it created anything. Safe against a concurrent creator
+    (parallel module runs making the same state directory): whoever loses the race sees it there."""
     if os.path.isdir(path):
         return False
-    os.makedirs(path, mode)
+    try:
+        os.makedirs(path, mode)
+    except FileExistsError:
+        if os.path.isdir(path):
+            return False
+        raise
     return True
 
 

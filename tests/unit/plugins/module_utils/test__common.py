@@ -79,3 +79,26 @@ def test_pid_alive_and_starttime():
     assert not c.pid_alive(me, st + 1)
     assert not c.pid_alive(0)
     assert not c.pid_alive(2 ** 22 + 7)
+
+
+def test_makedirs_when_another_run_creates_it_between_the_check_and_the_mkdir(tmp_path, monkeypatch):
+    """Parallel kube_svc_rules runs made the same state directory: the loser of the race got
+    FileExistsError ('[Errno 17] File exists') instead of finding the directory there."""
+    from ansible_collections.barepod.linux.plugins.module_utils import _common
+    target = tmp_path / 'state'
+    real_isdir = os.path.isdir
+    calls = []
+
+    def isdir_racing(path):
+        if path == str(target) and not calls:
+            calls.append(path)
+            os.mkdir(path)  # the other run wins right after our check
+            return False
+        return real_isdir(path)
+
+    monkeypatch.setattr(_common.os.path, 'isdir', isdir_racing)
+    assert _common.makedirs(str(target)) is False
+    assert real_isdir(str(target))
+    (tmp_path / 'file').write_text('x')
+    with pytest.raises(FileExistsError):
+        _common.makedirs(str(tmp_path / 'file'))
