@@ -115,7 +115,7 @@ def overlay_mounts(text):
             continue
         opts = {}
         for o in parts[sep + 3].split(','):
-            k, _, v = o.partition('=')
+            k, _sep, v = o.partition('=')
             opts[k] = _unescape(v)
         rec = dict(lowerdir=[d for d in opts.get('lowerdir', '').split(':') if d],
                    upperdir=opts.get('upperdir'), workdir=opts.get('workdir'))
@@ -134,8 +134,7 @@ def _chunks(f, gz):
     """Uncompressed data of a layer file, CHUNK by CHUNK (never more per step, whatever the
     compression ratio: a gzip bomb cannot take the memory)."""
     if not gz:
-        for data in iter(lambda: f.read(CHUNK), b''):
-            yield data
+        yield from iter(lambda: f.read(CHUNK), b'')
         return
     z = _gunzip()
     inp = b''
@@ -419,7 +418,6 @@ def probe_overlay(workdir):
     return ok
 
 
-
 def unkept_digests(directory, keep, skip=None):
     """The sha256 digests named by the entries of a content-addressed directory (blobs,
     snapshots) that are not in keep() (called only when the directory exists); entries starting
@@ -430,6 +428,7 @@ def unkept_digests(directory, keep, skip=None):
         return []
     kept = keep()
     return sorted('sha256:' + n for n in names if not (skip and n.startswith(skip)) and 'sha256:' + n not in kept)
+
 
 class Snapshotter(object):
     """Snapshots of one image store (an _imagestore.ImageStore)."""
