@@ -196,6 +196,15 @@ def write_if_changed(path, data, mode=0o644):
     return True
 
 
+def fsync_dir(path):
+    """fsync a directory, so the renames and links made in it survive a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path, data, mode=0o644, fsync=True):
     """Write bytes to a temporary file beside path and rename it over path: readers see the
     old or the new content, never a part. fsync=False for caches that need not survive a crash."""

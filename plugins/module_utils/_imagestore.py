@@ -35,7 +35,7 @@ import shutil
 import tarfile
 import tempfile
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json, failpoint
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json, failpoint, fsync_dir
 from ansible_collections.barepod.linux.plugins.module_utils import _image
 from ansible_collections.barepod.linux.plugins.module_utils import _imageref
 from ansible_collections.barepod.linux.plugins.module_utils import _snapshot
@@ -55,14 +55,6 @@ INDEX_TYPES = (MT_OCI_INDEX, MT_DOCKER_LIST)
 MANIFEST_TYPES = (MT_OCI_MANIFEST, MT_DOCKER_MANIFEST)
 REF_NAME_ANNOTATION = 'org.opencontainers.image.ref.name'
 CHUNK = 1 << 20
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def sha256_file(path):
@@ -366,7 +358,7 @@ class ImageStore(object):
 
     def _write_refs(self, refs):
         atomic_write(self.refs_path, dump_json(dict(refs=refs)).encode('utf-8'), 0o644)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def commit(self, ing, names, record):
         """Move the verified blobs of `ing` into the store (durably), then point `names`
@@ -380,7 +372,7 @@ class ImageStore(object):
             os.rename(path, final)
             moved = True
         if moved:
-            _fsync_dir(self.blob_dir)
+            fsync_dir(self.blob_dir)
         failpoint('image-commit')  # blobs in, reference not yet: the image must not be usable
         refs = self.refs()
         for n in names:

@@ -48,7 +48,7 @@ import tempfile
 import threading
 import zlib
 
-from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json, failpoint
+from ansible_collections.barepod.linux.plugins.module_utils._common import BarepodError, atomic_write, dump_json, failpoint, fsync_dir
 from ansible_collections.barepod.linux.plugins.module_utils import _image
 from ansible_collections.barepod.linux.plugins.module_utils import _imageref
 from ansible_collections.barepod.linux.plugins.module_utils import _namespaces as ns
@@ -374,14 +374,6 @@ def unpack_diff(fs, members, warnings):
 
 # ------------------------------------------------------------------ the snapshotter
 
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rmtree_no_mounts(path, mountinfo='/proc/self/mountinfo'):
     """Remove a directory tree, refusing when a mount point is at or below it (shutil.rmtree
     would empty a bind-mounted host directory or /proc's files otherwise)."""
@@ -527,7 +519,7 @@ class Snapshotter(object):
             if os.path.isdir(final):
                 shutil.rmtree(final)  # a dir without fs/: not a snapshot
             os.rename(tmp, final)
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return True
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
